@@ -1,0 +1,91 @@
+"""Image decoding and ImageNet preprocessing.
+
+`preprocess(decode(data))` yields exactly the array that torchvision's reference pipeline produces:
+
+    ResNet50_Weights.IMAGENET1K_V2.transforms()(ImageOps.exif_transpose(img).convert("RGB"))
+
+i.e. EXIF orientation applied, any Pillow mode converted to RGB, the shorter side resized to 232 with
+Pillow's antialiased bilinear filter, a centred 224x224 crop, scaling to [0, 1] and per-channel
+normalisation, all in float32 and in the same order of operations, so the result is bit-identical.
+It uses only Pillow and NumPy, so the ONNX Runtime path never touches torch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+RESIZE_SIZE = 232
+CROP_SIZE = 224
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+
+class ImageError(Exception):
+    """A per-item failure with a stable machine-readable code and a short human detail."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode `data` into an upright RGB image, refusing anything that is not a bounded, whole image.
+
+    Raises ImageError with code `empty`, `unsupported_format`, `too_large` or `undecodable`.
+    The pixel limit is checked from the header, before any pixel is decoded.
+    """
+    if not data:
+        raise ImageError("empty", "the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels check below replaces Pillow's global bomb guard.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ImageError("undecodable", "the bytes are not a recognised image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError("undecodable", f"the image header is invalid ({type(exc).__name__})") from None
+    if img.format not in ACCEPTED_FORMATS:
+        raise ImageError(
+            "unsupported_format",
+            f"format {img.format} is not accepted; send JPEG, PNG, WebP, GIF, BMP or TIFF",
+        )
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageError("undecodable", f"the image claims an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            "too_large", f"{width}x{height} is {width * height} pixels, above the limit of {max_pixels}"
+        )
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img).convert("RGB")
+    except Image.DecompressionBombError:
+        raise ImageError("too_large", "the image expands beyond the pixel limit") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError("undecodable", f"the image data is truncated or corrupt ({exc})") from None
+
+
+def resized_size(width: int, height: int, short_side: int = RESIZE_SIZE) -> tuple[int, int]:
+    """The (width, height) torchvision's Resize(int) gives: shorter side to `short_side`, aspect kept."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def preprocess(img: Image.Image) -> np.ndarray:
+    """An RGB image → a normalised float32 array of shape (3, 224, 224)."""
+    resized = img.resize(resized_size(*img.size), Image.Resampling.BILINEAR)
+    width, height = resized.size
+    top = int(round((height - CROP_SIZE) / 2.0))
+    left = int(round((width - CROP_SIZE) / 2.0))
+    cropped = resized.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
+    chw = np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1)
+    scaled = chw.astype(np.float32) / np.float32(255.0)
+    return (scaled - MEAN) / STD

@@ -1,0 +1,384 @@
+# ---------------------------------------------------------------------------
+# General
+# ---------------------------------------------------------------------------
+
+variable "project_name" {
+  description = "Name prefix for every resource, and the value of the Project tag that deploy tooling (SSM Run Command) targets."
+  type        = string
+  default     = "image-classification-api"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,38}[a-z0-9]$", var.project_name))
+    error_message = "project_name must be 4-40 characters of lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "environment" {
+  description = "Deployment environment name (used in names, tags and the SSM parameter path)."
+  type        = string
+  default     = "prod"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]{1,15}$", var.environment))
+    error_message = "environment must be 2-16 lowercase alphanumeric characters, starting with a letter."
+  }
+}
+
+variable "aws_region" {
+  description = "AWS region to deploy into."
+  type        = string
+  default     = "us-east-1"
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", var.aws_region))
+    error_message = "aws_region must look like an AWS region name, e.g. us-east-1."
+  }
+}
+
+variable "aws_endpoint_url" {
+  description = "Override URL for every AWS API this configuration uses (a local emulator such as moto, for tests). Leave null for real AWS."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.aws_endpoint_url == null || can(regex("^https?://[^/]+/?$", var.aws_endpoint_url))
+    error_message = "aws_endpoint_url must be null or an http(s)://host[:port] URL."
+  }
+}
+
+variable "extra_tags" {
+  description = "Additional tags applied to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------
+
+variable "vpc_cidr" {
+  description = "CIDR block of the VPC. Public and private /20-or-smaller subnets are carved out of it for two AZs."
+  type        = string
+  default     = "10.40.0.0/16"
+
+  validation {
+    condition     = can(cidrhost(var.vpc_cidr, 0)) && tonumber(split("/", var.vpc_cidr)[1]) >= 16 && tonumber(split("/", var.vpc_cidr)[1]) <= 24
+    error_message = "vpc_cidr must be a valid IPv4 CIDR with a prefix length between /16 and /24."
+  }
+}
+
+variable "availability_zones" {
+  description = "Exactly two availability zones to use. Null picks the first two available zones of the region."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.availability_zones == null || try(length(var.availability_zones) == 2, false)
+    error_message = "availability_zones must be null or a list of exactly two zone names."
+  }
+}
+
+variable "nat_gateway_per_az" {
+  description = "Create one NAT gateway per AZ (resilient to an AZ outage, ~2x NAT cost) instead of a single shared NAT gateway."
+  type        = bool
+  default     = false
+}
+
+# ---------------------------------------------------------------------------
+# Compute
+# ---------------------------------------------------------------------------
+
+variable "ami_ssm_parameter" {
+  description = "Public SSM parameter holding the AMI id (Amazon Linux 2023). Ignored when ami_id is set."
+  type        = string
+  default     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+
+  validation {
+    condition     = startswith(var.ami_ssm_parameter, "/aws/service/")
+    error_message = "ami_ssm_parameter must be a public AWS SSM parameter path starting with /aws/service/."
+  }
+}
+
+variable "ami_id" {
+  description = "Pin an explicit AMI id instead of resolving ami_ssm_parameter (reproducible rollouts). Null resolves the SSM parameter."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ami_id == null || can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "ami_id must be null or look like ami-0123456789abcdef0."
+  }
+}
+
+variable "instance_type" {
+  description = "EC2 instance type. The default is a compute-optimised x86 type suited to CPU inference; the AMI must match its architecture."
+  type        = string
+  default     = "c7i.xlarge"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
+    error_message = "instance_type must look like an EC2 instance type, e.g. c7i.xlarge."
+  }
+}
+
+variable "root_volume_size_gb" {
+  description = "Size of the encrypted gp3 root volume in GiB (holds the Docker images, which are large for PyTorch)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.root_volume_size_gb >= 20 && var.root_volume_size_gb <= 500 && floor(var.root_volume_size_gb) == var.root_volume_size_gb
+    error_message = "root_volume_size_gb must be a whole number between 20 and 500."
+  }
+}
+
+variable "asg_min_size" {
+  description = "Minimum number of instances in the Auto Scaling group."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.asg_min_size >= 0 && var.asg_min_size <= 50 && floor(var.asg_min_size) == var.asg_min_size
+    error_message = "asg_min_size must be a whole number between 0 and 50."
+  }
+}
+
+variable "asg_max_size" {
+  description = "Maximum number of instances in the Auto Scaling group."
+  type        = number
+  default     = 4
+
+  validation {
+    condition     = var.asg_max_size >= 1 && var.asg_max_size <= 50 && var.asg_max_size >= var.asg_min_size
+    error_message = "asg_max_size must be between 1 and 50 and not smaller than asg_min_size."
+  }
+}
+
+variable "asg_desired_capacity" {
+  description = "Initial desired number of instances (target tracking adjusts it afterwards). Null means asg_min_size."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.asg_desired_capacity == null || try(var.asg_desired_capacity >= var.asg_min_size && var.asg_desired_capacity <= var.asg_max_size, false)
+    error_message = "asg_desired_capacity must be null or between asg_min_size and asg_max_size."
+  }
+}
+
+variable "cpu_target_utilization" {
+  description = "Average CPU utilisation (percent) that the target-tracking scaling policy keeps the group at."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.cpu_target_utilization >= 10 && var.cpu_target_utilization <= 90
+    error_message = "cpu_target_utilization must be between 10 and 90."
+  }
+}
+
+variable "health_check_grace_period" {
+  description = "Seconds after launch before failed load-balancer health checks replace an instance (image pull + model load)."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.health_check_grace_period >= 60 && var.health_check_grace_period <= 3600
+    error_message = "health_check_grace_period must be between 60 and 3600 seconds."
+  }
+}
+
+variable "wait_for_capacity_timeout" {
+  description = "How long terraform apply waits for the ASG to reach its minimum size (\"0\" disables waiting)."
+  type        = string
+  default     = "15m"
+
+  validation {
+    condition     = can(regex("^(0|[0-9]+[smh])$", var.wait_for_capacity_timeout))
+    error_message = "wait_for_capacity_timeout must be \"0\" or a duration such as 10m."
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Application (docker compose)
+# ---------------------------------------------------------------------------
+
+variable "compose_file_path" {
+  description = "Path of the docker-compose.yml the instances run; relative paths are resolved from this module directory."
+  type        = string
+  default     = "../docker-compose.yml"
+
+  validation {
+    condition     = length(trimspace(var.compose_file_path)) > 0
+    error_message = "compose_file_path must not be empty."
+  }
+}
+
+variable "compose_version" {
+  description = "Release of the Docker Compose v2 CLI plugin installed on the instances (checksum-verified download from GitHub)."
+  type        = string
+  default     = "v2.39.2"
+
+  validation {
+    condition     = can(regex("^v2\\.[0-9]+\\.[0-9]+$", var.compose_version))
+    error_message = "compose_version must look like v2.X.Y."
+  }
+}
+
+variable "gateway_port" {
+  description = "Port the gateway container publishes on the instance (GATEWAY_PORT); the load balancer targets it."
+  type        = number
+  default     = 8000
+
+  validation {
+    condition     = var.gateway_port >= 1024 && var.gateway_port <= 65535 && floor(var.gateway_port) == var.gateway_port
+    error_message = "gateway_port must be an unprivileged port between 1024 and 65535."
+  }
+}
+
+variable "gateway_api_key_hashes" {
+  description = "SHA-256 hex digests of the gateway's API keys (GATEWAY_API_KEY_HASHES). Stored as an SSM SecureString, never in user_data."
+  type        = list(string)
+  sensitive   = true
+
+  validation {
+    condition     = length(var.gateway_api_key_hashes) > 0 && alltrue([for h in var.gateway_api_key_hashes : can(regex("^[0-9a-f]{64}$", h))])
+    error_message = "gateway_api_key_hashes must be a non-empty list of lowercase 64-character SHA-256 hex digests."
+  }
+}
+
+variable "serve_image" {
+  description = "TorchServe image reference (SERVE_IMAGE), e.g. myorg/image-classification-serve:1.2.3. Stored in SSM so rollouts do not replace instances."
+  type        = string
+  sensitive   = true
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$", var.serve_image))
+    error_message = "serve_image must be a Docker image reference such as org/name:tag."
+  }
+}
+
+variable "gateway_image" {
+  description = "Gateway image reference (GATEWAY_IMAGE), e.g. myorg/image-classification-gateway:1.2.3."
+  type        = string
+  sensitive   = true
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$", var.gateway_image))
+    error_message = "gateway_image must be a Docker image reference such as org/name:tag."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the container and API Gateway access log groups."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one of the values CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, 60, 90, ...)."
+  }
+}
+
+# ---------------------------------------------------------------------------
+# API Gateway
+# ---------------------------------------------------------------------------
+
+variable "stage_name" {
+  description = "Name of the API Gateway stage (the first path segment of the invoke URL, before the gateway's own /v1/... routes)."
+  type        = string
+  default     = "api"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-]{1,64}$", var.stage_name))
+    error_message = "stage_name must be 1-64 letters, digits, hyphens or underscores."
+  }
+}
+
+variable "api_throttle_rate_limit" {
+  description = "Steady-state requests per second allowed per API key (usage plan) and for the stage as a whole."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.api_throttle_rate_limit > 0 && var.api_throttle_rate_limit <= 10000
+    error_message = "api_throttle_rate_limit must be greater than 0 and at most 10000."
+  }
+}
+
+variable "api_throttle_burst_limit" {
+  description = "Burst (token bucket size) allowed per API key and for the stage."
+  type        = number
+  default     = 40
+
+  validation {
+    condition     = var.api_throttle_burst_limit >= 1 && var.api_throttle_burst_limit <= 5000 && floor(var.api_throttle_burst_limit) == var.api_throttle_burst_limit
+    error_message = "api_throttle_burst_limit must be a whole number between 1 and 5000."
+  }
+}
+
+variable "api_quota_limit" {
+  description = "Maximum number of requests per API key per api_quota_period."
+  type        = number
+  default     = 100000
+
+  validation {
+    condition     = var.api_quota_limit >= 1 && floor(var.api_quota_limit) == var.api_quota_limit
+    error_message = "api_quota_limit must be a positive whole number."
+  }
+}
+
+variable "api_quota_period" {
+  description = "Period of the usage plan quota: DAY, WEEK or MONTH."
+  type        = string
+  default     = "MONTH"
+
+  validation {
+    condition     = contains(["DAY", "WEEK", "MONTH"], var.api_quota_period)
+    error_message = "api_quota_period must be DAY, WEEK or MONTH."
+  }
+}
+
+variable "stage_throttle_rate_limit" {
+  description = "Steady-state requests per second for the whole stage (all API keys together); protects the backend."
+  type        = number
+  default     = 100
+
+  validation {
+    condition     = var.stage_throttle_rate_limit > 0 && var.stage_throttle_rate_limit <= 10000
+    error_message = "stage_throttle_rate_limit must be greater than 0 and at most 10000."
+  }
+}
+
+variable "stage_throttle_burst_limit" {
+  description = "Burst allowed for the whole stage (all API keys together)."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.stage_throttle_burst_limit >= 1 && var.stage_throttle_burst_limit <= 5000 && floor(var.stage_throttle_burst_limit) == var.stage_throttle_burst_limit
+    error_message = "stage_throttle_burst_limit must be a whole number between 1 and 5000."
+  }
+}
+
+variable "api_integration_timeout_ms" {
+  description = "API Gateway integration timeout in milliseconds (REST API hard limit 29000 by default)."
+  type        = number
+  default     = 29000
+
+  validation {
+    condition     = var.api_integration_timeout_ms >= 50 && var.api_integration_timeout_ms <= 29000
+    error_message = "api_integration_timeout_ms must be between 50 and 29000."
+  }
+}
+
+variable "expose_health_endpoints" {
+  description = "Forward /healthz and /readyz through API Gateway (still API-key protected). False answers them with 404 at the edge."
+  type        = bool
+  default     = false
+}
+
+variable "manage_api_gateway_account" {
+  description = "Set the region-wide API Gateway CloudWatch Logs role (required once per account/region for access logs). Disable if another stack owns it."
+  type        = bool
+  default     = true
+}

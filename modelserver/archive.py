@@ -1,0 +1,131 @@
+"""Build `model_store/resnet50.mar`: weights → verified ONNX + state dict + labels + metadata + handler.
+
+    python -m modelserver build [--weights imagenet|random|PATH] [--sha256 HEX] [--engine onnx|eager]
+
+The ONNX export is checked against the eager model before anything is packaged; a model that fails the
+check is refused. The archive's model-config.yaml carries the serving defaults chosen by measurement
+(see README, "Serving defaults").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+import yaml
+
+from handlers.engines import ENGINES, ONNX_FILE, STATE_DICT_FILE
+from modelserver import onnx_export
+from modelserver.weights import IMAGENET, Weights, sha256_file
+
+MODEL_NAME = "resnet50"
+MODEL_VERSION = "1.0"
+HANDLER_PACKAGE = Path(__file__).resolve().parent.parent / "handlers"
+HANDLER_ENTRY = "handlers/image_handler.py"  # TorchServe calls its module-level handle()
+
+
+class ArchiveError(Exception):
+    """torch-model-archiver could not package the staged files."""
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What goes into the archive's model-config.yaml."""
+
+    engine: str = "onnx"
+    workers: int = 1
+    batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    response_timeout_s: int = 30
+    max_pixels: int = 40_000_000
+    default_top_k: int = 5
+    max_top_k: int = 20
+
+    def as_yaml(self) -> dict:
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}")
+        return {
+            "minWorkers": self.workers,
+            "maxWorkers": self.workers,
+            "batchSize": self.batch_size,
+            "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.response_timeout_s,
+            "handler": {
+                "engine": self.engine,
+                "max_pixels": self.max_pixels,
+                "default_top_k": self.default_top_k,
+                "max_top_k": self.max_top_k,
+            },
+        }
+
+
+def metadata(weights: Weights, config: ServingConfig, state_dict_sha256: str, onnx_diff: float) -> dict:
+    return {
+        "model_name": MODEL_NAME,
+        "model_version": MODEL_VERSION,
+        "weights": weights.name,
+        "weights_sha256": weights.source_sha256 or state_dict_sha256,
+        "untrained": weights.untrained,
+        "reference_acc1": weights.reference_acc1,
+        "engine": config.engine,
+        "onnx_max_abs_logit_diff": onnx_diff,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+
+
+def stage(weights: Weights, config: ServingConfig, root: Path) -> Path:
+    """Write every file of the archive into `root/payload`; return that folder."""
+    payload = root / "payload"
+    payload.mkdir(parents=True)
+    torch.save(weights.model.state_dict(), payload / STATE_DICT_FILE)
+    onnx_export.export(weights.model, payload / ONNX_FILE)
+    onnx_diff = onnx_export.verify(weights.model, payload / ONNX_FILE)
+    labels = {str(i): name for i, name in enumerate(IMAGENET.meta["categories"])}
+    (payload / "index_to_name.json").write_text(json.dumps(labels, indent=0))
+    meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff)
+    (payload / "metadata.json").write_text(json.dumps(meta, indent=2))
+    shutil.copytree(HANDLER_PACKAGE, payload / "code" / "handlers", ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "model-config.yaml").write_text(yaml.safe_dump(config.as_yaml(), sort_keys=False))
+    return payload
+
+
+def package(payload: Path, config_file: Path, output: Path) -> Path:
+    """Run torch-model-archiver over the staged files; write `output` atomically."""
+    export_dir = payload.parent / "export"
+    export_dir.mkdir()
+    extra = [str(p) for p in sorted(payload.iterdir()) if p.name != "code"] + [str(payload / "code")]
+    cmd = [
+        str(Path(sys.executable).with_name("torch-model-archiver")),
+        "--model-name", MODEL_NAME,
+        "--version", MODEL_VERSION,
+        "--handler", str(payload / "code" / HANDLER_ENTRY),
+        "--extra-files", ",".join(extra),
+        "--config-file", str(config_file),
+        "--export-path", str(export_dir),
+    ]  # fmt: skip
+    # The archiver stages in $TMPDIR/<model name>; a private TMPDIR keeps parallel builds apart.
+    env = {**os.environ, "TMPDIR": str(payload.parent)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise ArchiveError(f"torch-model-archiver failed: {(done.stderr or done.stdout).strip()[-500:]}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    built = export_dir / f"{MODEL_NAME}.mar"
+    tmp = output.with_suffix(".mar.partial")
+    shutil.move(built, tmp)
+    tmp.replace(output)
+    return output
+
+
+def build(weights: Weights, config: ServingConfig, output: Path) -> Path:
+    with tempfile.TemporaryDirectory(prefix="mar-build-") as tmp:
+        payload = stage(weights, config, Path(tmp))
+        return package(payload, Path(tmp) / "model-config.yaml", output)

@@ -1,0 +1,188 @@
+"""Run TorchServe: render its config, start it from a scratch directory, wait for READY workers, stop it.
+
+TorchServe writes `logs/` and `key_file.json` into its working directory, so every run gets its own.
+Readiness is judged from the management API's model description (at least one worker READY), not from
+`/ping`, which reports healthy while workers are still starting or crash-looping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE_CONFIG = REPO_ROOT / "config.properties"
+MODEL_NAME = "resnet50"
+KEY_FILE = "key_file.json"
+
+
+class TorchServeError(Exception):
+    """TorchServe did not start, died, or did not become ready in time."""
+
+
+def command(config: Path, model_store: Path) -> list[str]:
+    """The one TorchServe start command, used by `make run`, the tests and Dockerfile.serve."""
+    return ["torchserve", "--foreground", "--ncs", "--ts-config", str(config), "--model-store", str(model_store)]
+
+
+def render_config(base: str, overrides: dict[str, str]) -> str:
+    """`base` (a .properties text) with the values of `overrides` replaced or appended."""
+    remaining = dict(overrides)
+    lines = []
+    for line in base.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and "=" in line and key in remaining:
+            line = f"{key}={remaining.pop(key)}"
+        lines.append(line)
+    lines.extend(f"{key}={value}" for key, value in remaining.items())
+    return "\n".join(lines) + "\n"
+
+
+def read_properties(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+@dataclass(frozen=True)
+class Ports:
+    inference: int = 8080
+    management: int = 8081
+    metrics: int = 8082
+    grpc_inference: int = 7070
+    grpc_management: int = 7071
+    worker: int = 9000
+
+    def overrides(self, host: str = "127.0.0.1") -> dict[str, str]:
+        return {
+            "inference_address": f"http://{host}:{self.inference}",
+            "management_address": f"http://{host}:{self.management}",
+            "metrics_address": f"http://{host}:{self.metrics}",
+            "grpc_inference_address": host,
+            "grpc_inference_port": str(self.grpc_inference),
+            "grpc_management_address": host,
+            "grpc_management_port": str(self.grpc_management),
+            "initial_worker_port": str(self.worker),
+        }
+
+
+def read_keys(workdir: Path) -> dict[str, str]:
+    """{'inference': ..., 'management': ..., 'API': ...} from the key file TorchServe wrote."""
+    data = json.loads((workdir / KEY_FILE).read_text())
+    return {name: entry["key"] for name, entry in data.items()}
+
+
+def ready_workers(management_url: str, management_key: str, timeout: float = 2.0) -> int:
+    """How many workers of the model are READY, per the management API (0 on any failure)."""
+    try:
+        response = httpx.get(
+            f"{management_url}/models/{MODEL_NAME}",
+            headers={"Authorization": f"Bearer {management_key}"},
+            timeout=timeout,
+        )
+        response.raise_for_status()
+        workers = response.json()[0].get("workers", [])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError):
+        return 0
+    return sum(1 for worker in workers if worker.get("status") == "READY")
+
+
+class TorchServe:
+    """One TorchServe process tree, started from `workdir` with `ports` bound on loopback."""
+
+    def __init__(self, workdir: Path, model_store: Path, ports: Ports, extra_config: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.model_store = model_store
+        self.ports = ports
+        self.extra_config = extra_config or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.inference}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.management}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.metrics}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / KEY_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "torchserve.out"
+
+    def keys(self) -> dict[str, str]:
+        return read_keys(self.workdir)
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "config.properties"
+        config.write_text(render_config(BASE_CONFIG.read_text(), {**self.ports.overrides(), **self.extra_config}))
+        self.key_file.unlink(missing_ok=True)
+        bin_dir = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                command(config, self.model_store.resolve()),
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stop() takes Java and workers too
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Block until a worker is READY twice in a row; return the seconds waited."""
+        started = time.monotonic()
+        streak = 0
+        while time.monotonic() - started < timeout:
+            if self.process is None or self.process.poll() is not None:
+                raise TorchServeError(f"TorchServe exited before it was ready:\n{self.log_tail()}")
+            if self.key_file.exists():
+                streak = streak + 1 if ready_workers(self.management_url, self.keys()["management"]) else 0
+                if streak >= 2:
+                    return time.monotonic() - started
+            time.sleep(0.25)
+        raise TorchServeError(f"no READY worker after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the whole process group: TERM, wait for every process in it, then KILL what is left."""
+        if self.process is None:
+            return
+        group = self.process.pid
+        _signal_group(group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _signal_group(group, 0):
+            self.process.poll()  # reap the launcher so it does not keep the group alive as a zombie
+            time.sleep(0.2)
+        _signal_group(group, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Send `sig` to a process group; False if the group no longer exists."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    return True
