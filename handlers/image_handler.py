@@ -123,13 +123,11 @@ class ImageClassifierHandler:
 
     def postprocess(self, probabilities: np.ndarray, batch: Batch, context: Any, size: int) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = [{} for _ in range(size)]
-        for row, (idx, k) in enumerate(zip(batch.positions, batch.top_k)):
+        for row, (idx, k) in enumerate(zip(batch.positions, batch.top_k, strict=True)):
             scores = probabilities[row]
             top = np.argsort(-scores, kind="stable")[:k]
             results[idx] = {
-                "predictions": [
-                    {"class_id": int(c), "label": self.labels[c], "score": float(scores[c])} for c in top
-                ]
+                "predictions": [{"class_id": int(c), "label": self.labels[c], "score": float(scores[c])} for c in top]
             }
         for idx, err in batch.errors.items():
             results[idx] = {"error": {"code": err.code, "detail": err.detail}}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -60,9 +61,7 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageError("undecodable", f"the image claims an empty size {width}x{height}")
     if width * height > max_pixels:
-        raise ImageError(
-            "too_large", f"{width}x{height} is {width * height} pixels, above the limit of {max_pixels}"
-        )
+        raise ImageError("too_large", f"{width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
     try:
         img.load()
         return ImageOps.exif_transpose(img).convert("RGB")

@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, ready_workers, read_keys
+from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, read_keys, ready_workers
 
 DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
 
