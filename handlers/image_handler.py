@@ -143,6 +143,7 @@ class ImageClassifierHandler:
         batch = self.preprocess(data, context)
         probabilities = self.inference(batch)
         results = self.postprocess(probabilities, batch, context, len(data))
+        logger.info("batch of %d: %d classified, %d rejected", len(data), len(batch.positions), len(batch.errors))
         for idx, err in batch.errors.items():
             logger.info("request %s rejected: %s", results[idx]["request_id"], err)
         return results

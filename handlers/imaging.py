@@ -48,7 +48,9 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
             # Our own max_pixels check below replaces Pillow's global bomb guard.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise ImageError("too_large", f"the image header claims more than {max_pixels} pixels") from None
+    except UnidentifiedImageError:
         raise ImageError("undecodable", "the bytes are not a recognised image") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("undecodable", f"the image header is invalid ({type(exc).__name__})") from None

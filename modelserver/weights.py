@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import urllib.error
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +45,8 @@ def _strict_model(state_dict: object, origin: str) -> torch.nn.Module:
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "mismatch")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = next((line for line in lines if not line.startswith("Error(s) in loading")), "mismatch")
         missing = len(set(model.state_dict()) - set(state_dict))
         unexpected = len(set(state_dict) - set(model.state_dict()))
         raise WeightsError(
@@ -85,11 +85,9 @@ def from_file(path: Path, expected_sha256: str | None = None) -> Weights:
         raise WeightsError(f"weights file {path} has sha256 {digest}, expected {expected_sha256.lower()}")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    except Exception as exc:  # corrupt zips, truncated data, refused pickles: each library raises its own
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise WeightsError(f"weights file {path} is not a readable torch state dict: {reason}") from None
-    except Exception as exc:  # the unpickler refuses arbitrary objects in many ways
-        raise WeightsError(f"weights file {path} is not a plain state dict ({type(exc).__name__})") from None
     return Weights(
         model=_strict_model(state_dict, str(path)),
         name=f"file:{path.name}",

@@ -1,0 +1,58 @@
+"""Session fixtures: one model archive (random weights) and one real TorchServe, always stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import PYTHON, group_alive, torchserve_ports
+
+from modelserver.torchserve import TorchServe
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store holding resnet50.mar built by the real CLI with deterministic random weights."""
+    store = tmp_path_factory.mktemp("model_store")
+    subprocess.run(
+        [PYTHON, "-m", "modelserver", "build", "--weights", "random", "--output", str(store / "resnet50.mar")],
+        check=True,
+        timeout=600,
+    )
+    return store
+
+
+@pytest.fixture(scope="session")
+def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The archive unpacked, as TorchServe unpacks it for a worker."""
+    target = tmp_path_factory.mktemp("model_dir")
+    with zipfile.ZipFile(model_store / "resnet50.mar") as mar:
+        mar.extractall(target)
+    return target
+
+
+def start_torchserve(workdir: Path, model_store: Path) -> TorchServe:
+    server = TorchServe(workdir, model_store, torchserve_ports())
+    server.start()
+    try:
+        server.wait_ready(timeout=180)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes."""
+    server = start_torchserve(tmp_path_factory.mktemp("torchserve"), model_store)
+    assert server.process is not None
+    group = server.process.pid
+    try:
+        yield server
+    finally:
+        server.stop()
+        assert not group_alive(group), "TorchServe left processes behind"

@@ -1,0 +1,105 @@
+"""Test images generated on the fly: every format and Pillow mode we accept, EXIF orientations, odd sizes."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+from PIL import Image
+
+RNG_SEED = 7
+
+
+def gradient(width: int, height: int, seed: int = RNG_SEED) -> Image.Image:
+    """A deterministic RGB image with structure (gradients + noise), so resizing is actually exercised."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    base = np.concatenate(
+        [np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)), (x + y) / 2 % 256], axis=2
+    )
+    noisy = base + rng.normal(0, 20, size=(height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+
+def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def jpeg(width: int = 320, height: int = 240, seed: int = RNG_SEED, quality: int = 90) -> bytes:
+    return encode(gradient(width, height, seed), "JPEG", quality=quality)
+
+
+def png(width: int = 320, height: int = 240, seed: int = RNG_SEED) -> bytes:
+    return encode(gradient(width, height, seed), "PNG")
+
+
+def with_orientation(orientation: int, width: int = 300, height: int = 200) -> bytes:
+    """A JPEG whose EXIF Orientation tag is `orientation` (1-8)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(gradient(width, height, seed=orientation), "JPEG", quality=92, exif=exif.tobytes())
+
+
+def in_mode(mode: str, width: int = 257, height: int = 311) -> tuple[str, bytes]:
+    """An image in Pillow `mode`, saved in a format that keeps that mode; returns (format, bytes)."""
+    rgb = gradient(width, height)
+    if mode == "1":
+        return "PNG", encode(rgb.convert("1"), "PNG")
+    if mode == "L":
+        return "PNG", encode(rgb.convert("L"), "PNG")
+    if mode == "LA":
+        la = rgb.convert("LA")
+        la.putalpha(Image.linear_gradient("L").resize(rgb.size))
+        return "PNG", encode(la, "PNG")
+    if mode == "P":
+        pal = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        return "PNG", encode(pal, "PNG", transparency=0)
+    if mode == "RGBA":
+        rgba = rgb.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").rotate(90).resize(rgb.size))
+        return "PNG", encode(rgba, "PNG")
+    if mode == "CMYK":
+        return "JPEG", encode(rgb.convert("CMYK"), "JPEG", quality=90)
+    if mode == "I;16":
+        wide = np.asarray(rgb.convert("L"), dtype=np.uint16) * 257
+        return "PNG", encode(Image.frombytes("I;16", rgb.size, wide.astype("<u2").tobytes()), "PNG")
+    if mode == "RGB":
+        return "PNG", encode(rgb, "PNG")
+    raise ValueError(mode)
+
+
+MODES = ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "RGB"]
+
+
+def in_format(fmt: str, width: int = 300, height: int = 260) -> bytes:
+    img = gradient(width, height)
+    if fmt == "GIF":
+        frames = [img.convert("P", palette=Image.Palette.ADAPTIVE), gradient(width, height, seed=99).convert("P")]
+        return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    if fmt == "WEBP":
+        return encode(img, "WEBP", quality=90)
+    if fmt == "TIFF":
+        return encode(img, "TIFF", compression="tiff_lzw")
+    return encode(img, fmt)
+
+
+FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+
+
+def truncated_jpeg() -> bytes:
+    data = jpeg(200, 150)
+    return data[: len(data) // 2]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small valid PNG whose IHDR claims `width`x`height` (CRC fixed up): a decompression bomb's header."""
+    data = bytearray(png(16, 16))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = crc.to_bytes(4, "big")
+    return bytes(data)

@@ -1,0 +1,96 @@
+"""The built archive: contents, metadata, ONNX verification, and ONNX/eager engine parity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from imagegen import FORMATS, in_format, jpeg
+from onnx import numpy_helper
+from torchvision.models import ResNet50_Weights
+
+from handlers.engines import EagerEngine, OnnxEngine
+from handlers.imaging import decode, preprocess
+from modelserver.onnx_export import VerificationError, verify
+from modelserver.weights import from_seed
+
+
+def test_archive_contents(model_store: Path) -> None:
+    with zipfile.ZipFile(model_store / "resnet50.mar") as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    assert {"model.onnx", "resnet50.pth", "index_to_name.json", "metadata.json", "model-config.yaml"} <= names
+    assert {"image_handler.py", "handlers/imaging.py", "handlers/engines.py"} <= names
+    assert manifest["model"]["modelName"] == "resnet50"
+    assert manifest["model"]["handler"] == "image_handler.py"
+
+
+def test_metadata_flags_random_weights_as_untrained(model_dir: Path) -> None:
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["untrained"] is True
+    assert meta["weights"] == "random-seed-0"
+    assert meta["weights_sha256"] == hashlib.sha256((model_dir / "resnet50.pth").read_bytes()).hexdigest()
+    assert meta["engine"] == "onnx"
+    assert 0 <= meta["onnx_max_abs_logit_diff"] < 1e-3
+    assert (meta["model_name"], meta["model_version"]) == ("resnet50", "1.0")
+
+
+def test_labels_come_from_torchvision(model_dir: Path) -> None:
+    labels = json.loads((model_dir / "index_to_name.json").read_text())
+    categories = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
+    assert len(labels) == 1000
+    assert [labels[str(i)] for i in range(1000)] == categories
+
+
+def test_model_config(model_dir: Path) -> None:
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    assert {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"} <= set(config)
+    assert config["handler"]["engine"] == "onnx"
+    assert config["handler"]["default_top_k"] == 5
+
+
+def test_onnx_and_eager_agree(model_dir: Path) -> None:
+    images = [jpeg(320, 240, seed=s) for s in range(3)] + [in_format(f) for f in FORMATS]
+    batch = np.stack([preprocess(decode(data, 10**8)) for data in images])
+    onnx_logits = OnnxEngine(model_dir, threads=2).run(batch)
+    eager_logits = EagerEngine(model_dir, threads=2).run(batch)
+    assert onnx_logits.shape == eager_logits.shape == (len(images), 1000)
+    assert np.abs(onnx_logits - eager_logits).max() < 1e-3
+    top5 = lambda logits: np.argsort(-logits, axis=1)[:, :5]  # noqa: E731
+    assert np.array_equal(top5(onnx_logits), top5(eager_logits))
+
+
+def test_verification_accepts_the_packaged_export(model_dir: Path) -> None:
+    assert verify(from_seed().model, model_dir / "model.onnx") < 1e-3
+
+
+def test_verification_refuses_tampered_weights(model_dir: Path, tmp_path: Path) -> None:
+    graph = onnx.load(str(model_dir / "model.onnx"))
+    bias = next(t for t in graph.graph.initializer if numpy_helper.to_array(t).shape == (1000,))
+    values = numpy_helper.to_array(bias).copy()
+    values[17] += 0.5
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    tampered = tmp_path / "model.onnx"
+    onnx.save(graph, str(tampered))
+    with pytest.raises(VerificationError, match="max abs logit difference"):
+        verify(from_seed().model, tampered)
+
+
+def test_verification_refuses_a_corrupt_file(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "model.onnx"
+    shutil.copy(model_dir / "model.onnx", broken)
+    broken.write_bytes(broken.read_bytes()[: 1 << 20])
+    with pytest.raises(VerificationError, match="cannot load"):
+        verify(from_seed().model, broken)
+
+
+def test_verification_refuses_other_weights(model_dir: Path) -> None:
+    with pytest.raises(VerificationError):
+        verify(from_seed(5).model, model_dir / "model.onnx")

@@ -1,0 +1,92 @@
+"""Our Pillow/NumPy preprocessing equals torchvision's reference transform bit for bit."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from imagegen import FORMATS, MODES, encode, gradient, in_format, in_mode, jpeg, truncated_jpeg, with_orientation
+from PIL import Image, ImageOps
+from torchvision.models import ResNet50_Weights
+
+from handlers.imaging import ImageError, decode, preprocess
+
+REFERENCE = ResNet50_Weights.IMAGENET1K_V2.transforms()
+MAX_PIXELS = 40_000_000
+
+
+def reference(data: bytes) -> torch.Tensor:
+    return REFERENCE(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
+def ours(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(preprocess(decode(data, MAX_PIXELS)))
+
+
+def assert_identical(data: bytes) -> None:
+    expected, actual = reference(data), ours(data)
+    assert actual.dtype == expected.dtype == torch.float32
+    assert actual.shape == expected.shape == (3, 224, 224)
+    assert torch.equal(actual, expected), f"max abs diff {(actual - expected).abs().max().item()}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_pillow_mode_matches_reference(mode: str) -> None:
+    fmt, data = in_mode(mode)
+    assert Image.open(io.BytesIO(data)).mode == mode, "the generator must really produce this mode"
+    assert_identical(data)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_accepted_format_matches_reference(fmt: str) -> None:
+    data = in_format(fmt)
+    assert Image.open(io.BytesIO(data)).format == fmt
+    assert_identical(data)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientations_match_reference(orientation: int) -> None:
+    data = with_orientation(orientation)
+    assert_identical(data)
+
+
+def test_exif_rotation_is_applied() -> None:
+    """Orientation 6 (rotate 90° CW) must change the result, not be ignored by both sides alike."""
+    upright = ours(with_orientation(1, 300, 200))
+    rotated = ours(with_orientation(6, 300, 200))
+    assert not torch.equal(upright, rotated)
+    raw = torch.from_numpy(preprocess(Image.open(io.BytesIO(with_orientation(6, 300, 200))).convert("RGB")))
+    assert not torch.equal(raw, rotated)
+
+
+@pytest.mark.parametrize(
+    "size", [(1, 1), (2, 3), (224, 224), (231, 233), (232, 232), (4000, 30), (30, 4000), (1920, 1080), (3000, 4000)]
+)
+def test_sizes_match_reference(size: tuple[int, int]) -> None:
+    assert_identical(encode(gradient(*size), "PNG"))
+
+
+def test_animated_gif_uses_first_frame() -> None:
+    data = in_format("GIF")
+    first = Image.open(io.BytesIO(data)).convert("RGB")
+    assert np.array_equal(np.asarray(decode(data, MAX_PIXELS)), np.asarray(first))
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "undecodable"),
+        (truncated_jpeg(), "undecodable"),
+        (encode(gradient(64, 64), "ICO"), "unsupported_format"),
+        (jpeg(300, 200), "too_large"),
+    ],
+    ids=["empty", "text", "truncated-jpeg", "ico", "over-pixel-limit"],
+)
+def test_bad_inputs_raise_image_error_with_stable_code(data: bytes, code: str) -> None:
+    with pytest.raises(ImageError) as caught:
+        decode(data, max_pixels=50_000)
+    assert caught.value.code == code
+    assert caught.value.detail
