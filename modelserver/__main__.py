@@ -21,13 +21,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     # torch is imported here, not at module level: `ready` runs in health checks and must stay light.
     from modelserver.archive import ArchiveError, ServingConfig, build
     from modelserver.onnx_export import VerificationError
-    from modelserver.weights import WeightsError, resolve
+    from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
         print(f"{args.output} exists; not rebuilding")
         return 0
     try:
         weights = resolve(args.weights, args.sha256, args.cache_dir)
+    except DownloadError as exc:
+        if not args.offline_fallback:
+            return _fail(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        print("*** FALLING BACK TO RANDOM WEIGHTS: the model is UNTRAINED and its answers are meaningless ***")
+        weights = from_seed()
     except WeightsError as exc:
         return _fail(str(exc))
     if weights.untrained:
@@ -94,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--output", type=Path, default=DEFAULT_MAR)
     build.add_argument("--cache-dir", type=Path, default=None, help="download cache (default: torch hub's)")
     build.add_argument("--if-missing", action="store_true", help="do nothing when the output exists")
+    build.add_argument(
+        "--offline-fallback", action="store_true", help="use random weights when the download fails (make run)"
+    )
     build.set_defaults(func=cmd_build)
 
     serve = sub.add_parser("serve", help="run TorchServe in the foreground with the default ports")

@@ -21,6 +21,10 @@ class WeightsError(Exception):
     """The weights could not be had or do not fit ResNet50; the message says why and what to do."""
 
 
+class DownloadError(WeightsError):
+    """The official weights could not be downloaded (offline host, proxy, outage)."""
+
+
 @dataclass(frozen=True)
 class Weights:
     model: torch.nn.Module
@@ -60,7 +64,7 @@ def from_imagenet(cache_dir: Path | None = None) -> Weights:
     try:
         state_dict = IMAGENET.get_state_dict(progress=False, check_hash=True, model_dir=cache_dir)
     except (urllib.error.URLError, OSError) as exc:
-        raise WeightsError(
+        raise DownloadError(
             f"could not download {IMAGENET.url} ({exc}); on an offline host pass a local file with "
             "--weights PATH (optionally --sha256 HEX), or --weights random for untrained test weights"
         ) from None

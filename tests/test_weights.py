@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,14 @@ def test_random_weights_are_deterministic() -> None:
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert from_seed().untrained
     assert not torch.equal(from_seed(1).model.state_dict()["fc.weight"], first["fc.weight"])
+
+
+def test_offline_fallback_builds_untrained_archive_loudly(tmp_path: Path) -> None:
+    unreachable = "http://127.0.0.1:9"
+    env = {"https_proxy": unreachable, "HTTPS_PROXY": unreachable, "no_proxy": ""}
+    out = tmp_path / "resnet50.mar"
+    done = build_cli("--cache-dir", str(tmp_path / "c"), "--offline-fallback", "--output", str(out), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "FALLING BACK TO RANDOM WEIGHTS" in done.stdout and "UNTRAINED" in done.stdout
+    with zipfile.ZipFile(out) as mar:
+        assert json.loads(mar.read("metadata.json"))["untrained"] is True

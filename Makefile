@@ -1,0 +1,39 @@
+# The two commands in README: `make run` (the service) and `make test` (the test suite).
+# Each sets up .venv itself. torch is installed with plain pip (it comes from local disk here).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MAR := model_store/resnet50.mar
+# imagenet (download, hash-checked), random (untrained, for offline demos) or a path to a state dict
+WEIGHTS ?= imagenet
+
+.PHONY: setup mar run test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[serve,gateway,dev]'
+	touch $@
+
+# Builds the archive only when it is missing; `make mar FORCE=1` rebuilds. With WEIGHTS=imagenet and no
+# network, it falls back to random weights with a loud warning (the model is then untrained).
+mar: setup
+	$(PY) -m modelserver build --weights $(WEIGHTS) $(if $(FORCE),,--if-missing) \
+		$(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
+
+run: mar
+	$(PY) -m modelserver serve
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf .run $(MAR)

@@ -1,0 +1,579 @@
+"""Terraform in infra/: formatting, validation, plan assertions, and a real apply/destroy against moto.
+
+Everything runs in a temporary copy of infra/ (no state or .terraform in the repo). The AWS
+provider comes from a local filesystem mirror (``TF_PLUGIN_DIR`` or a few well-known
+directories); the AWS APIs are served by a moto server started for this module and always
+stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+TERRAFORM = shutil.which("terraform")
+REGION = "us-east-1"
+
+pytestmark = pytest.mark.skipif(
+    TERRAFORM is None, reason="the `terraform` binary is not on PATH; install Terraform >= 1.11 to run infra tests"
+)
+
+PLUGIN_DIR_CANDIDATES = (
+    "/opt/tf-plugins",
+    "~/.terraform.d/plugins",
+    "~/.local/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+    "/usr/share/terraform/plugins",
+)
+
+# sha256("test") and sha256("another key"): valid GATEWAY_API_KEY_HASHES entries.
+KEY_HASHES = [
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "2aa50b47c92342ddda1dccb774e50e497d759632db2c3a8b86b31a9d737f8151",
+]
+SERVE_IMAGE = "example/image-classification-serve:1.2.3"
+GATEWAY_IMAGE = "example/image-classification-gateway:1.2.3"
+COMPOSE = """\
+services:
+  torchserve:
+    image: ${SERVE_IMAGE}
+  gateway:
+    image: ${GATEWAY_IMAGE}
+    environment:
+      GATEWAY_API_KEY_HASHES: ${GATEWAY_API_KEY_HASHES}
+    ports:
+      - "${GATEWAY_PORT:-8000}:8000"
+"""
+
+PLAN_TIMEOUT = 300
+APPLY_TIMEOUT = 480
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+
+
+def find_plugin_dir() -> Path | None:
+    """The filesystem mirror holding terraform-provider-aws, or None (then init uses the registry)."""
+    override = os.environ.get("TF_PLUGIN_DIR")
+    candidates = [override] if override else list(PLUGIN_DIR_CANDIDATES)
+    for candidate in candidates:
+        root = Path(candidate).expanduser()
+        if root.is_dir() and any(root.glob("**/terraform-provider-aws*")):
+            return root
+    if override:
+        raise AssertionError(f"TF_PLUGIN_DIR={override} holds no terraform-provider-aws* binary")
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tf(
+    workdir: Path, env: dict[str, str], *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [TERRAFORM, *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"terraform {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+            f"\n--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def show_json(workdir: Path, env: dict[str, str], *target: str) -> dict[str, Any]:
+    return json.loads(tf(workdir, env, "show", "-json", "-no-color", *target).stdout)
+
+
+def resources(module: dict[str, Any], type_: str | None = None) -> list[dict[str, Any]]:
+    """All resources of a planned_values/values root module (child modules included)."""
+    found = list(module.get("resources", []))
+    for child in module.get("child_modules", []):
+        found.extend(resources(child))
+    return [r for r in found if r["mode"] == "managed" and (type_ is None or r["type"] == type_)]
+
+
+def one(module: dict[str, Any], address: str) -> dict[str, Any]:
+    matches = [r for r in resources(module) if r["address"] == address]
+    assert len(matches) == 1, f"expected exactly one {address}, found {len(matches)}"
+    return matches[0]["values"]
+
+
+def config_resource(plan: dict[str, Any], address: str) -> dict[str, Any]:
+    for r in plan["configuration"]["root_module"]["resources"]:
+        if r["address"] == address:
+            return r
+    raise AssertionError(f"{address} not in configuration")
+
+
+def references(expr: dict[str, Any]) -> list[str]:
+    return list(expr.get("references", []))
+
+
+# ---------------------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for terraform: fake credentials, no user AWS/Terraform config leaking in."""
+    home = tmp_path_factory.mktemp("tf-home")
+    cli_config = home / "terraformrc"
+    cli_config.write_text("")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "TF_VAR_", "TF_CLI_ARGS", "TF_LOG", "TF_DATA_DIR", "TF_WORKSPACE"))
+    }
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105 - moto's fake credentials
+        AWS_REGION=REGION,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=str(home / "aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(home / "aws-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+        TF_CLI_CONFIG_FILE=str(cli_config),
+        TF_IN_AUTOMATION="1",
+        CHECKPOINT_DISABLE="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def moto_url(tf_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server on 127.0.0.1:<free port>, started with this interpreter, always stopped."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = dict(tf_env, MOTO_IAM_LOAD_MANAGED_POLICIES="true")
+    with log.open("w") as log_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"moto server exited with {proc.returncode} (is `moto[server]` installed for "
+                    f"{sys.executable}?):\n{log.read_text()[-3000:]}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"moto server did not listen on {port}:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, tf_env: dict[str, str], moto_url: str) -> Path:
+    """An initialised copy of infra/ whose variables point the provider at moto."""
+    work = tmp_path_factory.mktemp("infra")
+    shutil.copytree(
+        INFRA,
+        work,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "*.tfstate*", "*.tfvars", "*.tfplan"),
+    )
+    compose = work.parent / f"{work.name}-compose" / "docker-compose.yml"
+    compose.parent.mkdir()
+    compose.write_text(COMPOSE)
+    (work / "test.auto.tfvars.json").write_text(
+        json.dumps(
+            {
+                "aws_endpoint_url": moto_url,
+                "aws_region": REGION,
+                "compose_file_path": str(compose),
+                "gateway_api_key_hashes": KEY_HASHES,
+                "serve_image": SERVE_IMAGE,
+                "gateway_image": GATEWAY_IMAGE,
+                "wait_for_capacity_timeout": "5m",
+            }
+        )
+    )
+    init = ["init", "-backend=false", "-input=false", "-no-color"]
+    plugin_dir = find_plugin_dir()
+    if plugin_dir is not None:
+        init.append(f"-plugin-dir={plugin_dir}")
+    tf(work, tf_env, *init, timeout=300)
+    return work
+
+
+@pytest.fixture(scope="module")
+def plan(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
+    """`terraform show -json` of a saved plan with the default variables (plan file: tfplan)."""
+    tf(workdir, tf_env, "plan", "-input=false", "-no-color", "-parallelism=10", "-out=tfplan", timeout=PLAN_TIMEOUT)
+    return show_json(workdir, tf_env, "tfplan")
+
+
+@pytest.fixture(scope="module")
+def plan_exposed(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
+    """The same plan with expose_health_endpoints = true."""
+    tf(
+        workdir,
+        tf_env,
+        "plan",
+        "-input=false",
+        "-no-color",
+        "-parallelism=10",
+        "-var=expose_health_endpoints=true",
+        "-out=tfplan-exposed",
+        timeout=PLAN_TIMEOUT,
+    )
+    return show_json(workdir, tf_env, "tfplan-exposed")
+
+
+# ---------------------------------------------------------------------------------------
+# static checks
+# ---------------------------------------------------------------------------------------
+
+
+def test_fmt(tf_env: dict[str, str]) -> None:
+    proc = tf(REPO, tf_env, "fmt", "-check", "-recursive", "-diff", "-no-color", "infra", check=False)
+    assert proc.returncode == 0, f"terraform fmt would change files:\n{proc.stdout}{proc.stderr}"
+
+
+def test_validate(workdir: Path, tf_env: dict[str, str]) -> None:
+    out = json.loads(tf(workdir, tf_env, "validate", "-json", "-no-color").stdout)
+    assert out["valid"] is True, out
+    assert out["error_count"] == 0, out
+
+
+def test_provider_pinned_and_no_registry_modules(workdir: Path) -> None:
+    lock = (workdir / ".terraform.lock.hcl").read_text()
+    assert 'provider "registry.terraform.io/hashicorp/aws"' in lock
+    assert 'version     = "5.100.' in lock
+    assert not (workdir / ".terraform" / "modules").exists(), "infra/ must not use registry modules"
+
+
+def test_every_variable_is_described_and_inputs_validated(plan: dict[str, Any]) -> None:
+    variables = plan["configuration"]["root_module"]["variables"]
+    missing = [name for name, v in variables.items() if not v.get("description")]
+    assert not missing, f"variables without description: {missing}"
+    for secret in ("gateway_api_key_hashes", "serve_image", "gateway_image"):
+        assert variables[secret].get("sensitive") is True, secret
+
+
+# ---------------------------------------------------------------------------------------
+# plan assertions
+# ---------------------------------------------------------------------------------------
+
+
+def test_launch_template_requires_imdsv2_encrypted_root_and_no_ssh(plan: dict[str, Any]) -> None:
+    lt = one(plan["planned_values"]["root_module"], "aws_launch_template.this")
+    (metadata,) = lt["metadata_options"]
+    assert metadata["http_tokens"] == "required"
+    assert metadata["http_endpoint"] == "enabled"
+    assert metadata["http_put_response_hop_limit"] == 1
+    ebs = [bdm["ebs"][0] for bdm in lt["block_device_mappings"]]
+    assert ebs, "root volume mapping missing"
+    assert all(str(e["encrypted"]).lower() == "true" for e in ebs)
+    assert not lt.get("key_name"), "no SSH key pair: access is through SSM Session Manager"
+    assert lt["instance_type"] == "c7i.xlarge"
+    # AMI resolved from the public Amazon Linux 2023 SSM parameter (served by moto here).
+    assert lt["image_id"].startswith("ami-")
+
+
+def test_user_data_renders_valid_bash_without_secrets(plan: dict[str, Any], tmp_path: Path) -> None:
+    lt = one(plan["planned_values"]["root_module"], "aws_launch_template.this")
+    script = base64.b64decode(lt["user_data"]).decode()
+    for hash_ in KEY_HASHES:
+        assert hash_ not in script, "API key hashes must come from SSM at boot, not from user_data"
+    assert SERVE_IMAGE not in script
+    assert GATEWAY_IMAGE not in script
+    # The compose file travels base64-encoded, byte for byte.
+    assert base64.b64encode(COMPOSE.encode()).decode() in script
+    assert "--with-decryption" in script
+    for name in ("gateway_api_key_hashes", "serve_image", "gateway_image"):
+        assert f"/image-classification-api/prod/{name}" in script
+    assert '"log-driver": "awslogs"' in script
+    assert '"awslogs-group": "/image-classification-api/prod/containers"' in script
+    assert "GATEWAY_PORT=8000" in script
+    assert "systemctl enable --now" in script
+    path = tmp_path / "user_data.sh"
+    path.write_text(script)
+    syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30, check=False)
+    assert syntax.returncode == 0, syntax.stderr
+    assert len(lt["user_data"]) < 16 * 1024, "EC2 user_data is limited to 16 KiB"
+
+
+def test_no_ingress_from_anywhere_and_only_gateway_port(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    assert not resources(root, "aws_security_group_rule")
+    assert not resources(root, "aws_vpc_security_group_ingress_rule")
+    groups = resources(root, "aws_security_group")
+    assert groups
+    for group in groups:
+        for rule in group["values"]["ingress"]:
+            assert "0.0.0.0/0" not in rule["cidr_blocks"], group["address"]
+            assert "::/0" not in rule["ipv6_cidr_blocks"], group["address"]
+            assert not (rule["from_port"] <= 22 <= rule["to_port"]), "no SSH port"
+    instance_sg = one(root, "aws_security_group.instance")
+    (rule,) = instance_sg["ingress"]
+    assert (rule["protocol"], rule["from_port"], rule["to_port"]) == ("tcp", 8000, 8000)
+    assert rule["cidr_blocks"] == ["10.40.0.0/16"]
+
+
+def test_instances_and_nlb_live_in_private_subnets(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    asg_refs = references(config_resource(plan, "aws_autoscaling_group.this")["expressions"]["vpc_zone_identifier"])
+    assert "aws_subnet.private" in asg_refs
+    assert not any("aws_subnet.public" in r for r in asg_refs)
+    nlb_refs = references(config_resource(plan, "aws_lb.internal")["expressions"]["subnets"])
+    assert "aws_subnet.private" in nlb_refs
+    private = [r["values"] for r in resources(root, "aws_subnet") if r["address"].startswith("aws_subnet.private")]
+    assert len(private) == 2
+    assert len({s["availability_zone"] for s in private}) == 2, "two AZs"
+    assert all(s["map_public_ip_on_launch"] is False for s in private)
+    # Private routes go through NAT, never straight to the internet gateway.
+    for route in resources(root, "aws_route"):
+        if route["address"].startswith("aws_route.private_nat"):
+            assert not route["values"].get("gateway_id")
+    assert len(resources(root, "aws_nat_gateway")) == 1, "one NAT gateway by default"
+    nlb = one(root, "aws_lb.internal")
+    assert nlb["internal"] is True
+    assert nlb["load_balancer_type"] == "network"
+    tg = one(root, "aws_lb_target_group.gateway")
+    assert tg["port"] == 8000
+    (hc,) = tg["health_check"]
+    assert (hc["protocol"], hc["path"]) == ("HTTP", "/readyz")
+    asg = one(root, "aws_autoscaling_group.this")
+    assert asg["health_check_type"] == "ELB"
+    assert {"key": "Project", "value": "image-classification-api", "propagate_at_launch": True} in asg["tag"]
+
+
+def test_every_public_method_requires_an_api_key(plan: dict[str, Any]) -> None:
+    methods = resources(plan["planned_values"]["root_module"], "aws_api_gateway_method")
+    assert len(methods) == 3  # {proxy+}, /healthz, /readyz
+    for method in methods:
+        assert method["values"]["api_key_required"] is True, method["address"]
+
+
+def test_proxy_goes_over_the_vpc_link_to_the_nlb(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    assert one(root, "aws_api_gateway_resource.proxy")["path_part"] == "{proxy+}"
+    integration = one(root, "aws_api_gateway_integration.proxy")
+    assert integration["type"] == "HTTP_PROXY"
+    assert integration["connection_type"] == "VPC_LINK"
+    assert integration["timeout_milliseconds"] == 29000
+    expressions = config_resource(plan, "aws_api_gateway_integration.proxy")["expressions"]
+    assert "aws_api_gateway_vpc_link.this.id" in references(expressions["connection_id"])
+    link_refs = references(config_resource(plan, "aws_api_gateway_vpc_link.this")["expressions"]["target_arns"])
+    assert "aws_lb.internal.arn" in link_refs
+    api = one(root, "aws_api_gateway_rest_api.this")
+    assert set(api["binary_media_types"]) >= {"multipart/form-data", "image/*"}
+
+
+def test_usage_plan_throttles_and_meters(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    usage_plan = one(root, "aws_api_gateway_usage_plan.this")
+    (throttle,) = usage_plan["throttle_settings"]
+    assert throttle["rate_limit"] > 0 and throttle["burst_limit"] > 0
+    (quota,) = usage_plan["quota_settings"]
+    assert quota["limit"] > 0 and quota["period"] in {"DAY", "WEEK", "MONTH"}
+    assert len(usage_plan["api_stages"]) == 1
+    usage_key = config_resource(plan, "aws_api_gateway_usage_plan_key.default")["expressions"]
+    assert "aws_api_gateway_api_key.default.id" in references(usage_key["key_id"])
+    assert "aws_api_gateway_usage_plan.this.id" in references(usage_key["usage_plan_id"])
+
+
+def test_stage_has_access_logs_and_metrics(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    stage = one(root, "aws_api_gateway_stage.this")
+    (access,) = stage["access_log_settings"]
+    fields = json.loads(access["format"])
+    assert fields["requestId"] == "$context.requestId"
+    assert "$context.identity.apiKeyId" in fields.values()
+    dest = references(config_resource(plan, "aws_api_gateway_stage.this")["expressions"]["access_log_settings"][0][
+        "destination_arn"
+    ])
+    assert "aws_cloudwatch_log_group.api_access.arn" in dest
+    (settings,) = one(root, "aws_api_gateway_method_settings.all")["settings"]
+    assert settings["metrics_enabled"] is True
+    assert one(root, "aws_api_gateway_method_settings.all")["method_path"] == "*/*"
+
+
+def test_health_endpoints_not_exposed_by_default(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    paths = {r["values"]["path_part"] for r in resources(root, "aws_api_gateway_resource")}
+    assert {"healthz", "readyz"} <= paths, "explicit resources shadow {proxy+} for the health paths"
+    for name in ("healthz", "readyz"):
+        integration = one(root, f'aws_api_gateway_integration.health["{name}"]')
+        assert integration["type"] == "MOCK"
+        assert not integration.get("uri")
+        assert json.loads(integration["request_templates"]["application/json"]) == {"statusCode": 404}
+        assert integration["passthrough_behavior"] == "NEVER"
+        response = one(root, f'aws_api_gateway_integration_response.health_not_found["{name}"]')
+        assert response["status_code"] == "404"
+    forwarded = {
+        r["address"] for r in resources(root, "aws_api_gateway_integration") if r["values"]["type"] != "MOCK"
+    }
+    assert forwarded == {"aws_api_gateway_integration.proxy"}, "only {proxy+} reaches the instances"
+
+
+def test_health_endpoints_exposed_when_asked(plan_exposed: dict[str, Any]) -> None:
+    root = plan_exposed["planned_values"]["root_module"]
+    for name in ("healthz", "readyz"):
+        integration = one(root, f'aws_api_gateway_integration.health["{name}"]')
+        assert integration["type"] == "HTTP_PROXY"
+        assert integration["connection_type"] == "VPC_LINK"
+        assert integration["uri"].endswith(f":80/{name}")
+        method = one(root, f'aws_api_gateway_method.health["{name}"]')
+        assert method["api_key_required"] is True
+    assert not resources(root, "aws_api_gateway_integration_response")
+
+
+def test_outputs_expose_ids_never_the_key_value(plan: dict[str, Any]) -> None:
+    outputs = plan["configuration"]["root_module"]["outputs"]
+    assert {"invoke_url", "api_key_id", "autoscaling_group_name", "log_group_name"} <= set(outputs)
+    assert references(outputs["api_key_id"]["expression"]) == [
+        "aws_api_gateway_api_key.default.id",
+        "aws_api_gateway_api_key.default",
+    ]
+    for name, output in outputs.items():
+        assert not any(r.endswith("api_key.default.value") for r in references(output["expression"])), name
+
+
+def test_runtime_config_is_securestring(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    params = {r["values"]["name"]: r["values"] for r in resources(root, "aws_ssm_parameter")}
+    assert set(params) == {
+        "/image-classification-api/prod/gateway_api_key_hashes",
+        "/image-classification-api/prod/serve_image",
+        "/image-classification-api/prod/gateway_image",
+    }
+    assert all(p["type"] == "SecureString" for p in params.values())
+    assert params["/image-classification-api/prod/gateway_api_key_hashes"]["value"] == ",".join(KEY_HASHES)
+
+
+def test_invalid_key_hash_is_rejected(workdir: Path, tf_env: dict[str, str]) -> None:
+    proc = tf(
+        workdir,
+        tf_env,
+        "plan",
+        "-input=false",
+        "-no-color",
+        "-refresh=false",
+        '-var=gateway_api_key_hashes=["not-a-sha256"]',
+        timeout=PLAN_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "64-character SHA-256" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# apply + destroy against moto
+# ---------------------------------------------------------------------------------------
+
+
+def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[str, Any], moto_url: str) -> None:
+    import boto3  # installed with moto[server]
+
+    tf(workdir, tf_env, "apply", "-input=false", "-no-color", "-parallelism=10", "tfplan", timeout=APPLY_TIMEOUT)
+    state = show_json(workdir, tf_env)
+    root = state["values"]["root_module"]
+
+    private_ids = {r["values"]["id"] for r in resources(root, "aws_subnet") if ".private[" in r["address"]}
+    public_ids = {r["values"]["id"] for r in resources(root, "aws_subnet") if ".public[" in r["address"]}
+    assert len(private_ids) == 2 and len(public_ids) == 2
+
+    asg = one(root, "aws_autoscaling_group.this")
+    assert set(asg["vpc_zone_identifier"]) == private_ids
+    assert asg["target_group_arns"] == [one(root, "aws_lb_target_group.gateway")["arn"]]
+    nlb = one(root, "aws_lb.internal")
+    assert nlb["internal"] is True and nlb["load_balancer_type"] == "network"
+    assert one(root, "aws_api_gateway_vpc_link.this")["target_arns"] == [nlb["arn"]]
+    proxy = one(root, "aws_api_gateway_integration.proxy")
+    assert proxy["connection_type"] == "VPC_LINK"
+    assert proxy["uri"] == f"http://{nlb['dns_name']}:80/{{proxy}}"
+    usage_plan = one(root, "aws_api_gateway_usage_plan.this")
+    assert usage_plan["throttle_settings"][0]["rate_limit"] == 20
+    assert usage_plan["quota_settings"][0]["limit"] == 100000
+    stage = one(root, "aws_api_gateway_stage.this")
+    assert stage["access_log_settings"][0]["destination_arn"] == one(root, "aws_cloudwatch_log_group.api_access")["arn"]
+    assert one(root, "aws_api_gateway_usage_plan_key.default")["key_id"] == one(root, "aws_api_gateway_api_key.default")["id"]
+
+    # Instance role: only SSM core as a managed policy; the inline policy names its own resources.
+    attachments = [r["values"]["policy_arn"] for r in resources(root, "aws_iam_role_policy_attachment")]
+    assert "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore" in attachments
+    inline = json.loads(one(root, "aws_iam_role_policy.instance")["policy"])
+    actions = set()
+    for statement in inline["Statement"]:
+        res = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert "*" not in res, statement
+        actions.update(statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    assert actions == {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "logs:DescribeLogStreams",
+        "ssm:GetParameter",
+        "ssm:GetParameters",
+        "kms:Decrypt",
+    }
+
+    outputs = state["values"]["outputs"]
+    assert outputs["invoke_url"]["value"].startswith("https://")
+    assert outputs["invoke_url"]["value"].endswith("/api")
+    assert outputs["api_key_id"]["value"] == one(root, "aws_api_gateway_api_key.default")["id"]
+    assert outputs["autoscaling_group_name"]["value"] == "image-classification-api-prod"
+    assert outputs["log_group_name"]["value"] == "/image-classification-api/prod/containers"
+
+    # What the emulator actually holds: the group launched its instances into private subnets.
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)  # noqa: S106
+    autoscaling = session.client("autoscaling", endpoint_url=moto_url)
+    ec2 = session.client("ec2", endpoint_url=moto_url)
+    (group,) = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["image-classification-api-prod"])[
+        "AutoScalingGroups"
+    ]
+    instance_ids = [i["InstanceId"] for i in group["Instances"]]
+    assert len(instance_ids) == 2
+    reservations = ec2.describe_instances(InstanceIds=instance_ids)["Reservations"]
+    instances = [i for r in reservations for i in r["Instances"]]
+    assert {i["SubnetId"] for i in instances} <= private_ids
+    assert all(not i.get("PublicIpAddress") for i in instances)
+    tags = [{t["Key"]: t["Value"] for t in i.get("Tags", [])} for i in instances]
+    assert all(t.get("Project") == "image-classification-api" for t in tags), tags
+    ssm = session.client("ssm", endpoint_url=moto_url)
+    stored = ssm.get_parameter(Name="/image-classification-api/prod/serve_image", WithDecryption=True)["Parameter"]
+    assert (stored["Type"], stored["Value"]) == ("SecureString", SERVE_IMAGE)
+
+    tf(workdir, tf_env, "destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=10", timeout=APPLY_TIMEOUT)
+    after = show_json(workdir, tf_env)
+    assert not resources(after.get("values", {}).get("root_module", {})), "state must be empty after destroy"
+    assert not autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["image-classification-api-prod"])[
+        "AutoScalingGroups"
+    ]

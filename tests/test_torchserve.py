@@ -1,0 +1,127 @@
+"""End to end against a real TorchServe serving the real archive, token auth on."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
+from support import PYTHON
+
+from modelserver.torchserve import TorchServe, ready_workers, read_properties
+
+
+def predict(server: TorchServe, data: bytes, **headers: str) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {server.keys()['inference']}"}
+    return httpx.post(
+        f"{server.inference_url}/predictions/resnet50", content=data, headers={**auth, **headers}, timeout=60
+    )
+
+
+def test_single_prediction(torchserve: TorchServe) -> None:
+    response = predict(torchserve, jpeg(), **{"X-Top-K": "3", "X-Request-ID": "req-1"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["request_id"] == "req-1"
+    assert len(body["predictions"]) == 3
+    assert body["model"] == {
+        "name": "resnet50",
+        "version": "1.0",
+        "weights": "random-seed-0",
+        "untrained": True,
+        "engine": "onnx",
+    }
+
+
+def test_multipart_field_is_accepted(torchserve: TorchServe) -> None:
+    auth = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
+    response = httpx.post(
+        f"{torchserve.inference_url}/predictions/resnet50",
+        files={"data": ("x.png", in_format("PNG"), "image/png")},
+        headers=auth,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["predictions"]) == 5
+
+
+def test_concurrent_requests_are_batched_and_bad_items_stay_isolated(torchserve: TorchServe) -> None:
+    images = [jpeg(seed=s) for s in range(12)]
+    bad = {3: b"", 7: truncated_jpeg(), 10: png_claiming(30000, 30000)}
+    payloads = [bad.get(i, img) for i, img in enumerate(images)]
+    solo = {i: predict(torchserve, payloads[i]).json() for i in (0, 5)}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}),
+                                  enumerate(payloads)))  # fmt: skip
+    for i, response in enumerate(responses):
+        body = response.json()
+        assert body["request_id"] == f"c{i}"
+        if i in bad:
+            assert response.status_code == 422
+            assert body["error"]["code"] == {3: "empty", 7: "undecodable", 10: "too_large"}[i]
+        else:
+            assert response.status_code == 200, body
+            assert len(body["predictions"]) == 5
+    for i, expected in solo.items():
+        assert [p["class_id"] for p in responses[i].json()["predictions"]] == [
+            p["class_id"] for p in expected["predictions"]
+        ]
+    log = (torchserve.workdir / "logs" / "model_log.log").read_text()
+    sizes = [int(line.split("batch of ")[1].split(":")[0]) for line in log.splitlines() if "batch of " in line]
+    assert max(sizes) > 1, "TorchServe never batched concurrent requests"
+
+
+def test_token_auth_is_on(torchserve: TorchServe) -> None:
+    for url in (f"{torchserve.inference_url}/ping", f"{torchserve.inference_url}/predictions/resnet50"):
+        response = httpx.post(url, content=jpeg(), timeout=30) if "predictions" in url else httpx.get(url, timeout=30)
+        assert response.status_code == 400 and response.json()["type"] == "InvalidKeyException"
+    wrong = httpx.get(f"{torchserve.management_url}/models", headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 400
+
+
+def test_model_registration_api_is_off(torchserve: TorchServe) -> None:
+    key = torchserve.keys()["management"]
+    response = httpx.post(
+        f"{torchserve.management_url}/models",
+        params={"url": "https://example.invalid/evil.mar"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert response.status_code in (400, 403, 405), response.text
+    assert "evil" not in httpx.get(
+        f"{torchserve.management_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ).text
+
+
+def test_rendered_config_binds_loopback_only(torchserve: TorchServe) -> None:
+    props = read_properties((torchserve.workdir / "config.properties").read_text())
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+
+
+def test_prometheus_metrics(torchserve: TorchServe) -> None:
+    response = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=30)
+    assert response.status_code == 200
+    assert "ts_inference_requests_total" in response.text
+
+
+def test_ready_command_reports_workers(torchserve: TorchServe) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [PYTHON, "-m", "modelserver", "ready", "--management-url", torchserve.management_url,
+         "--key-file", str(torchserve.key_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "READY worker" in done.stdout
+    assert ready_workers(torchserve.management_url, "wrong-key") == 0
+
+
+@pytest.mark.parametrize("field", ["management", "inference", "API"])
+def test_key_file_has_all_keys(torchserve: TorchServe, field: str) -> None:
+    assert json.loads(torchserve.key_file.read_text())[field]["key"]
