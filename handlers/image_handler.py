@@ -17,6 +17,9 @@ Response per request, always JSON:
          for a bad item (codes: empty, undecodable, unsupported_format, too_large, bad_top_k);
          the other items of the same batch are unaffected
 
+Management API: `GET /models/resnet50?customized=true` returns the model block plus the label count
+and settings as `customizedMetadata` (TorchServe's custom describe; the gateway's /v1/models uses it).
+
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine` (onnx|eager),
 `max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided by the workers).
 """
@@ -137,9 +140,15 @@ class ImageClassifierHandler:
             result["model"] = self.model_block
         return results
 
-    def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, Any]] | None:
+    def describe(self) -> dict[str, Any]:
+        return {**self.model_block, "labels": len(self.labels), "max_pixels": self.settings["max_pixels"],
+                "default_top_k": self.settings["default_top_k"], "max_top_k": self.settings["max_top_k"]}  # fmt: skip
+
+    def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
         if data is None:
             return None
+        if context.get_request_header(0, "describe") == "True":
+            return [json.dumps(self.describe())]
         batch = self.preprocess(data, context)
         probabilities = self.inference(batch)
         results = self.postprocess(probabilities, batch, context, len(data))

@@ -10,7 +10,7 @@ import pytest
 from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
 from support import PYTHON
 
-from modelserver.torchserve import TorchServe, ready_workers, read_properties
+from modelserver.torchserve import TorchServe, read_properties, ready_workers
 
 
 def predict(server: TorchServe, data: bytes, **headers: str) -> httpx.Response:
@@ -90,9 +90,12 @@ def test_model_registration_api_is_off(torchserve: TorchServe) -> None:
         timeout=30,
     )
     assert response.status_code in (400, 403, 405), response.text
-    assert "evil" not in httpx.get(
-        f"{torchserve.management_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=30
-    ).text
+    assert (
+        "evil"
+        not in httpx.get(
+            f"{torchserve.management_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        ).text
+    )
 
 
 def test_rendered_config_binds_loopback_only(torchserve: TorchServe) -> None:
@@ -125,3 +128,16 @@ def test_ready_command_reports_workers(torchserve: TorchServe) -> None:
 @pytest.mark.parametrize("field", ["management", "inference", "API"])
 def test_key_file_has_all_keys(torchserve: TorchServe, field: str) -> None:
     assert json.loads(torchserve.key_file.read_text())[field]["key"]
+
+
+def test_custom_describe_returns_the_model_block(torchserve: TorchServe) -> None:
+    response = httpx.get(
+        f"{torchserve.management_url}/models/resnet50",
+        params={"customized": "true"},
+        headers={"Authorization": f"Bearer {torchserve.keys()['management']}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    described = response.json()[0]["customizedMetadata"]
+    assert described["labels"] == 1000 and described["untrained"] is True
+    assert described["weights"] == "random-seed-0" and described["engine"] == "onnx"

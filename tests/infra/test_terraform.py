@@ -417,9 +417,9 @@ def test_stage_has_access_logs_and_metrics(plan: dict[str, Any]) -> None:
     fields = json.loads(access["format"])
     assert fields["requestId"] == "$context.requestId"
     assert "$context.identity.apiKeyId" in fields.values()
-    dest = references(config_resource(plan, "aws_api_gateway_stage.this")["expressions"]["access_log_settings"][0][
-        "destination_arn"
-    ])
+    dest = references(
+        config_resource(plan, "aws_api_gateway_stage.this")["expressions"]["access_log_settings"][0]["destination_arn"]
+    )
     assert "aws_cloudwatch_log_group.api_access.arn" in dest
     (settings,) = one(root, "aws_api_gateway_method_settings.all")["settings"]
     assert settings["metrics_enabled"] is True
@@ -438,9 +438,7 @@ def test_health_endpoints_not_exposed_by_default(plan: dict[str, Any]) -> None:
         assert integration["passthrough_behavior"] == "NEVER"
         response = one(root, f'aws_api_gateway_integration_response.health_not_found["{name}"]')
         assert response["status_code"] == "404"
-    forwarded = {
-        r["address"] for r in resources(root, "aws_api_gateway_integration") if r["values"]["type"] != "MOCK"
-    }
+    forwarded = {r["address"] for r in resources(root, "aws_api_gateway_integration") if r["values"]["type"] != "MOCK"}
     assert forwarded == {"aws_api_gateway_integration.proxy"}, "only {proxy+} reaches the instances"
 
 
@@ -492,7 +490,7 @@ def test_invalid_key_hash_is_rejected(workdir: Path, tf_env: dict[str, str]) -> 
         check=False,
     )
     assert proc.returncode != 0
-    assert "64-character SHA-256" in proc.stderr, proc.stderr
+    assert "64-character SHA-256 hex digests" in " ".join(proc.stderr.split()), proc.stderr
 
 
 # ---------------------------------------------------------------------------------------
@@ -525,7 +523,10 @@ def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[st
     assert usage_plan["quota_settings"][0]["limit"] == 100000
     stage = one(root, "aws_api_gateway_stage.this")
     assert stage["access_log_settings"][0]["destination_arn"] == one(root, "aws_cloudwatch_log_group.api_access")["arn"]
-    assert one(root, "aws_api_gateway_usage_plan_key.default")["key_id"] == one(root, "aws_api_gateway_api_key.default")["id"]
+    assert (
+        one(root, "aws_api_gateway_usage_plan_key.default")["key_id"]
+        == one(root, "aws_api_gateway_api_key.default")["id"]
+    )
 
     # Instance role: only SSM core as a managed policy; the inline policy names its own resources.
     attachments = [r["values"]["policy_arn"] for r in resources(root, "aws_iam_role_policy_attachment")]
@@ -571,7 +572,16 @@ def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[st
     stored = ssm.get_parameter(Name="/image-classification-api/prod/serve_image", WithDecryption=True)["Parameter"]
     assert (stored["Type"], stored["Value"]) == ("SecureString", SERVE_IMAGE)
 
-    tf(workdir, tf_env, "destroy", "-auto-approve", "-input=false", "-no-color", "-parallelism=10", timeout=APPLY_TIMEOUT)
+    tf(
+        workdir,
+        tf_env,
+        "destroy",
+        "-auto-approve",
+        "-input=false",
+        "-no-color",
+        "-parallelism=10",
+        timeout=APPLY_TIMEOUT,
+    )
     after = show_json(workdir, tf_env)
     assert not resources(after.get("values", {}).get("root_module", {})), "state must be empty after destroy"
     assert not autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["image-classification-api-prod"])[
