@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import PYTHON, group_alive, torchserve_ports
+from support import PYTHON, Gateway, gateway_env, group_alive, torchserve_ports
 
+from gateway.auth import key_hash
 from modelserver.torchserve import TorchServe
 
 
@@ -56,3 +57,24 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         server.stop()
         assert not group_alive(group), "TorchServe left processes behind"
+
+
+API_KEY = "ica_test-key-for-the-suite"
+OTHER_KEY = "ica_another-valid-key"
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def gateway(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The real gateway over HTTP in front of the session's TorchServe."""
+    env = gateway_env(torchserve, [key_hash(API_KEY), key_hash(OTHER_KEY)], rate_limit_rps="1000",
+                      rate_limit_burst="1000")  # fmt: skip
+    server = Gateway(tmp_path_factory.mktemp("gateway") / "gateway.log", env).start()
+    try:
+        yield server
+    finally:
+        server.stop()

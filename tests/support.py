@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-from modelserver.torchserve import Ports
+import httpx
+
+from modelserver.torchserve import Ports, TorchServe
 
 PYTHON = sys.executable
 
@@ -44,3 +49,57 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class Gateway:
+    """The real gateway (`python -m gateway`) in a subprocess on a free loopback port; logs kept in a file."""
+
+    def __init__(self, log_file: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_file = log_file
+        self.env = {**os.environ, **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port)}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Gateway:
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "gateway"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited:\n{self.log_file.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("gateway did not come up")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def logs(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+def gateway_env(server: TorchServe, key_hashes: list[str], **overrides: str) -> dict[str, str]:
+    env = {
+        "GATEWAY_INFERENCE_URL": server.inference_url,
+        "GATEWAY_MANAGEMENT_URL": server.management_url,
+        "GATEWAY_KEY_FILE": str(server.key_file),
+        "GATEWAY_API_KEY_HASHES": ",".join(key_hashes),
+    }
+    env.update({f"GATEWAY_{k.upper()}": v for k, v in overrides.items()})
+    return env

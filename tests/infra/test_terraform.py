@@ -147,7 +147,7 @@ def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     }
     env.update(
         AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",  # noqa: S105 - moto's fake credentials
+        AWS_SECRET_ACCESS_KEY="testing",
         AWS_REGION=REGION,
         AWS_DEFAULT_REGION=REGION,
         AWS_CONFIG_FILE=str(home / "aws-config"),
@@ -448,10 +448,12 @@ def test_health_endpoints_exposed_when_asked(plan_exposed: dict[str, Any]) -> No
         integration = one(root, f'aws_api_gateway_integration.health["{name}"]')
         assert integration["type"] == "HTTP_PROXY"
         assert integration["connection_type"] == "VPC_LINK"
-        assert integration["uri"].endswith(f":80/{name}")
+        assert integration["integration_http_method"] == "GET"
         method = one(root, f'aws_api_gateway_method.health["{name}"]')
         assert method["api_key_required"] is True
     assert not resources(root, "aws_api_gateway_integration_response")
+    uri = config_resource(plan_exposed, "aws_api_gateway_integration.health")["expressions"]["uri"]
+    assert "local.nlb_base_url" in references(uri)  # the NLB's DNS name is only known after apply
 
 
 def test_outputs_expose_ids_never_the_key_value(plan: dict[str, Any]) -> None:
@@ -491,6 +493,24 @@ def test_invalid_key_hash_is_rejected(workdir: Path, tf_env: dict[str, str]) -> 
     )
     assert proc.returncode != 0
     assert "64-character SHA-256 hex digests" in " ".join(proc.stderr.split()), proc.stderr
+
+
+def test_tfvars_example_passes_validation(workdir: Path, tf_env: dict[str, str]) -> None:
+    example = workdir / "example.tfvars"
+    shutil.copyfile(INFRA / "terraform.tfvars.example", example)
+    proc = tf(
+        workdir,
+        tf_env,
+        "plan",
+        "-input=false",
+        "-no-color",
+        "-refresh=false",
+        f"-var-file={example}",
+        timeout=PLAN_TIMEOUT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Plan:" in proc.stdout
 
 
 # ---------------------------------------------------------------------------------------
@@ -554,7 +574,7 @@ def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[st
     assert outputs["log_group_name"]["value"] == "/image-classification-api/prod/containers"
 
     # What the emulator actually holds: the group launched its instances into private subnets.
-    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)  # noqa: S106
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION)
     autoscaling = session.client("autoscaling", endpoint_url=moto_url)
     ec2 = session.client("ec2", endpoint_url=moto_url)
     (group,) = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["image-classification-api-prod"])[

@@ -1,0 +1,27 @@
+"""`python -m gateway`: serve the gateway with uvicorn, configured from the GATEWAY_* settings."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from gateway.settings import get_settings
+
+
+def main() -> None:
+    settings = get_settings()
+    uvicorn.run(
+        "gateway.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

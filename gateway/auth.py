@@ -1,0 +1,116 @@
+"""API keys and per-key rate limiting.
+
+The gateway stores only SHA-256 hashes of keys. A key arrives in `X-API-Key` or `Authorization: Bearer`.
+Run `python -m gateway.auth` (or `make api-key`) to mint a key: it prints the key and its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+import time
+from dataclasses import dataclass
+
+from fastapi import Request, Response
+
+from gateway.problems import Problem
+
+AUTH_CHALLENGE = 'Bearer realm="image-classification-api", ApiKey header="X-API-Key"'
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    key = "ica_" + secrets.token_urlsafe(32)
+    return key, key_hash(key)
+
+
+class KeyStore:
+    """Known key hashes. Lookup compares against every hash in constant time, so timing reveals nothing."""
+
+    def __init__(self, hashes: list[str]) -> None:
+        self._hashes = [bytes.fromhex(h) for h in hashes]
+
+    def identify(self, key: str) -> str | None:
+        """The key's id (a hash prefix, safe to log) if the key is known, else None."""
+        digest = hashlib.sha256(key.encode()).digest()
+        match = None
+        for known in self._hashes:
+            if hmac.compare_digest(digest, known):
+                match = known
+        return match.hex()[:12] if match else None
+
+
+@dataclass
+class Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per key: `rate` tokens per second, at most `burst` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, Bucket] = {}
+
+    def take(self, key_id: str) -> tuple[bool, int, float]:
+        """(allowed, tokens remaining, seconds until a token is available)."""
+        now = time.monotonic()
+        bucket = self._buckets.setdefault(key_id, Bucket(float(self.burst), now))
+        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+        bucket.updated = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return True, int(bucket.tokens), 0.0
+        return False, 0, (1 - bucket.tokens) / self.rate
+
+
+def presented_key(request: Request) -> str | None:
+    if key := request.headers.get("x-api-key"):
+        return key
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+async def authenticate(request: Request, response: Response) -> str:
+    """FastAPI dependency: the caller's key id, after auth and rate limiting; else a 401 or 429 problem."""
+    keys: KeyStore = request.app.state.keys
+    limiter: RateLimiter = request.app.state.limiter
+    key = presented_key(request)
+    key_id = keys.identify(key) if key else None
+    if key_id is None:
+        # Missing, unknown and wrong keys get the same answer.
+        raise Problem("unauthorized", "send a valid API key in X-API-Key or Authorization: Bearer",
+                      headers={"WWW-Authenticate": AUTH_CHALLENGE})  # fmt: skip
+    request.state.key_id = key_id
+    allowed, remaining, wait = limiter.take(key_id)
+    headers = {
+        "RateLimit-Limit": str(limiter.burst),
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(math.ceil(wait)),
+    }
+    if not allowed:
+        request.app.state.metrics.rate_limited.inc()
+        retry = str(max(1, math.ceil(wait)))
+        raise Problem("rate-limited", f"rate limit of {limiter.rate:g}/s (burst {limiter.burst}) exceeded; "
+                      f"retry in {retry} s", headers={**headers, "Retry-After": retry})  # fmt: skip
+    response.headers.update(headers)
+    return key_id
+
+
+def main() -> None:
+    key, digest = new_key()
+    print(f"API key (give to the client, store nowhere else): {key}")
+    print(f"SHA-256 (put in GATEWAY_API_KEY_HASHES):          {digest}")
+
+
+if __name__ == "__main__":
+    main()

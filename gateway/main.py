@@ -1,0 +1,121 @@
+"""The gateway app: `create_app()` wires settings, auth, metrics, the TorchServe client and the routes."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from gateway import logs, routes
+from gateway.auth import KeyStore, RateLimiter
+from gateway.metrics import Metrics
+from gateway.problems import Problem
+from gateway.settings import Settings, get_settings
+from gateway.upstream import TorchServeClient
+
+logger = logging.getLogger("gateway")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+DOCS_PATHS = ("/docs", "/redoc")  # FastAPI's docs pages load their assets from a CDN
+
+
+def request_id_of(request: Request) -> str:
+    incoming = request.headers.get("x-request-id", "")
+    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logs.configure(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.upstream = TorchServeClient(settings)
+        try:
+            yield
+        finally:
+            await app.state.upstream.close()
+
+    app = FastAPI(
+        title="image-classification-api",
+        version="1.0.0",
+        description="ImageNet classification (ResNet50) behind API-key auth. Errors are application/problem+json.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keys = KeyStore(settings.all_key_hashes())
+    app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+    app.state.metrics = Metrics()
+    app.include_router(routes.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.request_id = request_id_of(request)
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            logger.exception("unhandled error", extra={"request_id": request.state.request_id})
+            problem = Problem("internal-error", "an internal error occurred; it has been logged")
+            response = problem.response(request.state.request_id)
+        elapsed = time.perf_counter() - started
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        response.headers["X-Request-ID"] = request.state.request_id
+        response.headers.update(SECURITY_HEADERS)
+        if not request.url.path.startswith(DOCS_PATHS):
+            response.headers["Content-Security-Policy"] = API_CSP
+        app.state.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        app.state.metrics.latency.labels(route).observe(elapsed)
+        logger.info(
+            "request",
+            extra={
+                "request_id": request.state.request_id,
+                "key_id": getattr(request.state, "key_id", None),
+                "method": request.method,
+                "route": route,
+                "path": request.url.path[:200],
+                "status": response.status_code,
+                "latency_ms": round(elapsed * 1000, 2),
+                "client": request.client.host if request.client else None,
+            },
+        )
+        return response
+
+    @app.exception_handler(Problem)
+    async def on_problem(request: Request, problem: Problem) -> Response:
+        if problem.status < 500 and problem.slug not in ("unauthorized", "rate-limited"):
+            app.state.metrics.rejected.labels(problem.slug).inc()
+            app.state.metrics.images.labels("rejected").inc()
+        elif problem.status >= 500:
+            app.state.metrics.images.labels("failed").inc()
+        return problem.response(getattr(request.state, "request_id", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        problem = Problem("invalid-request", detail or "invalid parameters", errors=errors)
+        app.state.metrics.rejected.labels(problem.slug).inc()
+        return problem.response(request.state.request_id)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, exc: HTTPException) -> Response:
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "invalid-request")
+        headers = dict(exc.headers or {})
+        problem = Problem(slug, "no such resource" if slug == "not-found" else str(exc.detail), headers=headers)
+        return problem.response(getattr(request.state, "request_id", None))
+
+    return app

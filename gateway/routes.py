@@ -1,0 +1,205 @@
+"""The public API: /v1/predict, /v1/predict/batch, /v1/models, /healthz, /readyz, /metrics.
+
+A request's path: this module → validation.py (caps, sniffing, header check) → upstream.py (TorchServe)
+→ handlers/image_handler.py inside the TorchServe worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+
+from gateway import schemas
+from gateway.auth import authenticate
+from gateway.problems import Problem
+from gateway.settings import Settings
+from gateway.upstream import TorchServeClient
+from gateway.validation import CheckedImage, check_image, read_capped
+
+router = APIRouter()
+Authenticated = Annotated[str, Depends(authenticate)]
+TopK = Annotated[int, Query(ge=1, le=20, description="number of classes to return")]
+MinScore = Annotated[float | None, Query(ge=0.0, le=1.0, description="drop predictions scoring below this")]
+
+
+def settings_of(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def upstream_of(request: Request) -> TorchServeClient:
+    return request.app.state.upstream
+
+
+def refuse_oversized(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Problem("payload-too-large", f"the upload exceeds the limit of {limit} bytes")
+
+
+async def read_form(request: Request, limit: int, max_files: int) -> FormData:
+    """Parse a multipart body that has been read under `limit` bytes."""
+    body = await read_capped(request.stream(), limit)
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(max_files=max_files, max_fields=16)
+    except MultiPartException as exc:
+        raise Problem("invalid-request", f"malformed multipart body: {exc.message}") from None
+
+
+async def file_bytes(upload: UploadFile | str, limit: int, name: str) -> bytes:
+    if isinstance(upload, str):
+        raise Problem("invalid-request", f"field {name!r} must be a file, not text")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise Problem("payload-too-large", f"file {upload.filename!r} exceeds the limit of {limit} bytes")
+    return data
+
+
+def shape(result: dict[str, Any], top_k: int, min_score: float | None) -> list[dict[str, Any]]:
+    kept = [p for p in result["predictions"][:top_k] if min_score is None or p["score"] >= min_score]
+    return [{"rank": i + 1, **p} for i, p in enumerate(kept)]
+
+
+def model_block(result: dict[str, Any]) -> dict[str, Any]:
+    model = result.get("model") or {}
+    return {key: model.get(key) for key in ("name", "version", "weights", "untrained")}
+
+
+async def classify(request: Request, image: CheckedImage, top_k: int) -> tuple[dict[str, Any], float]:
+    """Send one checked image upstream; the handler's answer and the upstream seconds."""
+    metrics = request.app.state.metrics
+    started = time.perf_counter()
+    try:
+        result = await upstream_of(request).predict(image.data, top_k, request.state.request_id)
+    finally:
+        metrics.upstream_latency.observe(time.perf_counter() - started)
+    return result, time.perf_counter() - started
+
+
+@router.post(
+    "/v1/predict",
+    response_model=schemas.Prediction,
+    responses=schemas.ERRORS,
+    openapi_extra=schemas.SINGLE_BODY,
+    summary="Classify one image",
+    description="Send the image as multipart field `file`, or as the raw body with an `image/*` type.",
+)
+async def predict(request: Request, _: Authenticated, top_k: TopK = 5, min_score: MinScore = None) -> dict:
+    started = time.perf_counter()
+    settings = settings_of(request)
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        refuse_oversized(request, settings.max_upload_bytes + 64 * 1024)
+        form = await read_form(request, settings.max_upload_bytes + 64 * 1024, max_files=1)
+        if "file" not in form:
+            raise Problem("invalid-request", "the multipart body has no field named 'file'")
+        data = await file_bytes(form["file"], settings.max_upload_bytes, "file")
+    elif content_type.startswith(("image/", "application/octet-stream")):
+        refuse_oversized(request, settings.max_upload_bytes)
+        data = await read_capped(request.stream(), settings.max_upload_bytes)
+    else:
+        raise Problem(
+            "unsupported-media-type",
+            "send multipart/form-data with a field 'file', or the image as the body with an image/* type",
+        )
+    image = check_image(data, settings)
+    result, upstream_s = await classify(request, image, top_k)
+    request.app.state.metrics.images.labels("classified").inc()
+    return {
+        "request_id": request.state.request_id,
+        "model": model_block(result),
+        "predictions": shape(result, top_k, min_score),
+        "timing_ms": {
+            "total": round((time.perf_counter() - started) * 1000, 2),
+            "upstream": round(upstream_s * 1000, 2),
+        },
+    }
+
+
+async def batch_item(request: Request, upload: UploadFile | str, top_k: int, min_score: float | None) -> dict:
+    settings = settings_of(request)
+    metrics = request.app.state.metrics
+    filename = upload.filename if isinstance(upload, UploadFile) else None
+    try:
+        image = check_image(await file_bytes(upload, settings.max_upload_bytes, "files"), settings)
+        result, _ = await classify(request, image, top_k)
+    except Problem as problem:
+        outcome = "rejected" if problem.status < 500 else "failed"
+        metrics.images.labels(outcome).inc()
+        if outcome == "rejected":
+            metrics.rejected.labels(problem.slug).inc()
+        return {"filename": filename, "error": problem.body(request.state.request_id)}
+    metrics.images.labels("classified").inc()
+    return {"filename": filename, "model": model_block(result), "predictions": shape(result, top_k, min_score)}
+
+
+@router.post(
+    "/v1/predict/batch",
+    response_model=schemas.BatchPrediction,
+    response_model_exclude_none=True,
+    responses=schemas.ERRORS,
+    openapi_extra=schemas.BATCH_BODY,
+    summary="Classify several images",
+    description="Repeated multipart field `files`. Results come in input order; a bad file never fails the others.",
+)
+async def predict_batch(request: Request, _: Authenticated, top_k: TopK = 5, min_score: MinScore = None) -> dict:
+    settings = settings_of(request)
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise Problem("unsupported-media-type", "send multipart/form-data with one or more fields 'files'")
+    limit = settings.max_batch_bytes + 64 * 1024
+    refuse_oversized(request, limit)
+    form = await read_form(request, limit, max_files=settings.max_batch_files)
+    uploads = form.getlist("files")
+    if not uploads:
+        raise Problem("invalid-request", "the multipart body has no field named 'files'")
+    results = await asyncio.gather(*(batch_item(request, upload, top_k, min_score) for upload in uploads))
+    models = [r["model"] for r in results if "model" in r]
+    for result in results:
+        result.pop("model", None)
+    return {"request_id": request.state.request_id, "model": models[0] if models else None, "results": results}
+
+
+@router.get("/v1/models", response_model=schemas.Models, responses=schemas.ERRORS, summary="What is served")
+async def models(request: Request, _: Authenticated) -> dict:
+    info = await upstream_of(request).model_info()
+    readiness = await upstream_of(request).readiness()
+    fields = ("name", "version", "weights", "untrained", "labels", "engine")
+    return {"models": [{**{k: info.get(k) for k in fields}, "workers_ready": readiness.workers_ready}]}
+
+
+@router.get("/healthz", response_model=schemas.Health, summary="The gateway process is alive")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=schemas.Ready,
+    responses={503: schemas.ERRORS[503]},
+    summary="TorchServe has a READY worker for the model",
+)
+async def readyz(request: Request) -> dict:
+    upstream = upstream_of(request)
+    readiness = await upstream.readiness()
+    if not readiness.ready:
+        raise upstream.unavailable(f"not ready: {readiness.reason}")
+    return {"status": "ready", "detail": readiness.reason, "workers_ready": readiness.workers_ready}
+
+
+async def metrics_auth(request: Request, response: Response) -> None:
+    if not settings_of(request).metrics_public:
+        await authenticate(request, response)
+
+
+@router.get("/metrics", dependencies=[Depends(metrics_auth)], summary="Prometheus metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

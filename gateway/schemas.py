@@ -1,0 +1,134 @@
+"""Response models and OpenAPI descriptions (with examples) of the public API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from gateway.problems import PROBLEM_JSON, problem_schema
+
+UNTRAINED_NOTE = "true when the archive was built with random weights: predictions are then meaningless"
+
+
+class ModelBlock(BaseModel):
+    name: str | None
+    version: str | None
+    weights: str | None
+    untrained: bool | None = Field(description=UNTRAINED_NOTE)
+
+
+class Ranked(BaseModel):
+    rank: int = Field(ge=1)
+    class_id: int = Field(ge=0, le=999)
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
+class Timing(BaseModel):
+    total: float
+    upstream: float
+
+
+class Prediction(BaseModel):
+    request_id: str
+    model: ModelBlock
+    predictions: list[Ranked] = Field(description="scores in descending order")
+    timing_ms: Timing
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "request_id": "5b0d6c4e2f0a4c47",
+                    "model": {
+                        "name": "resnet50",
+                        "version": "1.0",
+                        "weights": "ResNet50_Weights.IMAGENET1K_V2",
+                        "untrained": False,
+                    },
+                    "predictions": [{"rank": 1, "class_id": 281, "label": "tabby", "score": 0.61}],
+                    "timing_ms": {"total": 61.2, "upstream": 58.9},
+                }  # fmt: skip
+            ]
+        }
+    }
+
+
+class BatchResult(BaseModel):
+    filename: str | None
+    predictions: list[Ranked] | None = None
+    error: dict[str, Any] | None = Field(None, description="a problem object, as for a single request")
+
+
+class BatchPrediction(BaseModel):
+    request_id: str
+    model: ModelBlock | None
+    results: list[BatchResult] = Field(description="one per file, in input order")
+
+
+class ModelInfo(BaseModel):
+    name: str | None
+    version: str | None
+    weights: str | None
+    untrained: bool | None = Field(description=UNTRAINED_NOTE)
+    labels: int | None
+    engine: str | None
+    workers_ready: int
+
+
+class Models(BaseModel):
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    detail: str
+    workers_ready: int
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": problem_schema()}}}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _problem("Missing or invalid API key"),
+    413: _problem("Upload or image dimensions too large"),
+    415: _problem("Not a supported image format"),
+    422: _problem("Invalid parameters, or an image that cannot be decoded"),
+    429: _problem("Rate limit exceeded; see Retry-After"),
+    502: _problem("The model server failed"),
+    503: _problem("The model is not ready; see Retry-After"),
+    504: _problem("The model did not answer in time"),
+}
+
+_BINARY = {"type": "string", "format": "binary"}
+SINGLE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}
+            },
+            "image/*": {"schema": _BINARY},
+        },
+    }
+}
+BATCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": _BINARY}},
+                }
+            }
+        },
+    }
+}

@@ -1,0 +1,79 @@
+"""Every gateway setting, typed, in one place. Each is overridable by an env var `GATEWAY_<NAME>`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=None, extra="ignore")
+
+    # This server
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 only inside a container")
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    log_level: str = "INFO"
+    keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive before the connection is closed")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest request head accepted")
+
+    # Upstream TorchServe
+    inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe inference API")
+    management_url: str = Field("http://127.0.0.1:8081", description="TorchServe management API (internal only)")
+    key_file: Path = Field(Path(".run/torchserve/key_file.json"), description="TorchServe's key_file.json")
+    model_name: str = "resnet50"
+    connect_timeout_s: float = Field(2.0, gt=0)
+    request_timeout_s: float = Field(25.0, gt=0, description="whole upstream call; below API Gateway's 29 s")
+    max_connections: int = Field(64, ge=1)
+    readiness_cache_s: float = Field(1.5, ge=0)
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503")
+
+    # Clients
+    api_key_hashes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="SHA-256 hex of accepted API keys"
+    )
+    api_key_hashes_file: Path | None = Field(None, description="file with one SHA-256 hex per line")
+    rate_limit_rps: float = Field(20.0, gt=0, description="sustained requests per second per API key")
+    rate_limit_burst: int = Field(40, ge=1, description="bucket size per API key")
+    metrics_public: bool = Field(True, description="serve /metrics without an API key")
+
+    # Inputs
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="per image")
+    max_batch_files: int = Field(32, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit (decompression bombs)")
+    max_side: int = Field(20_000, ge=1, description="largest accepted width or height")
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError("each API key hash must be 64 hex characters (SHA-256)")
+        return [digest.lower() for digest in value]
+
+    def all_key_hashes(self) -> list[str]:
+        hashes = list(self.api_key_hashes)
+        if self.api_key_hashes_file is not None:
+            lines = self.api_key_hashes_file.read_text().splitlines()
+            hashes += self._hex([line.strip() for line in lines if line.strip() and not line.startswith("#")])
+        return hashes
+
+    @property
+    def max_batch_bytes(self) -> int:
+        return self.max_upload_bytes * self.max_batch_files
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

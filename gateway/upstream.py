@@ -1,0 +1,190 @@
+"""The one way to TorchServe: a pooled httpx client, its token keys, and the mapping of its failures.
+
+Keys: TorchServe's token authorization stays on. The keys live in the `key_file.json` TorchServe writes
+(shared read-only with the gateway). When TorchServe answers 400 InvalidKeyException, the gateway re-reads
+the file; if the key there is the one that just failed (it expired), it asks TorchServe's management API
+for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
+retries once. Clients never see the rotation.
+
+Failures: unreachable, no worker or a full queue → 503 with Retry-After; no answer within the timeout
+→ 504; a per-item handler error → 422 with its code; anything else → 502. Never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gateway.problems import Problem
+from gateway.settings import Settings
+
+logger = logging.getLogger("gateway.upstream")
+
+ITEM_CODES_AS_REQUEST_ERRORS = {"bad_top_k"}
+
+
+class KeySource:
+    """TorchServe's current 'inference' and 'management' keys, renewed when they stop working."""
+
+    def __init__(self, key_file: Path, management_url: str, client: httpx.AsyncClient) -> None:
+        self.key_file = key_file
+        self.management_url = management_url
+        self.client = client
+        self._keys: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.key_file.read_text())
+            return {name: entry["key"] for name, entry in data.items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def get(self, kind: str) -> str | None:
+        if kind not in self._keys:
+            self._keys = self._read()
+        return self._keys.get(kind)
+
+    async def refresh(self, kind: str, stale: str | None) -> str | None:
+        """A key to use instead of `stale`: a newer one from the file, or one renewed via management."""
+        async with self._lock:
+            fresh = self._read()
+            if fresh.get(kind) and fresh[kind] != stale:
+                self._keys = fresh
+                return fresh[kind]
+            if "API" not in fresh:
+                return None
+            try:
+                await self.client.post(
+                    f"{self.management_url}/token",
+                    params={"type": kind},
+                    headers={"Authorization": f"Bearer {fresh['API']}"},
+                )
+            except httpx.HTTPError as exc:
+                logger.warning("renewing the TorchServe %s key failed: %s", kind, exc)
+                return None
+            self._keys = self._read()
+            logger.info("renewed the TorchServe %s key", kind)
+            return self._keys.get(kind)
+
+
+def is_invalid_key(response: httpx.Response) -> bool:
+    return response.status_code == 400 and b"InvalidKeyException" in response.content
+
+
+@dataclass
+class Readiness:
+    ready: bool
+    reason: str
+    workers_ready: int = 0
+    checked: float = 0.0
+
+
+class TorchServeClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
+        limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=32)
+        self.client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self.keys = KeySource(settings.key_file, settings.management_url, self.client)
+        self._readiness = Readiness(False, "not checked yet")
+        self._model_info: dict[str, Any] | None = None
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        key = self.keys.get(kind)
+        response = await self._send(key, method, url, **kwargs)
+        if is_invalid_key(response):
+            renewed = await self.keys.refresh(kind, key)
+            if renewed is not None:
+                response = await self._send(renewed, method, url, **kwargs)
+        return response
+
+    async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {key or ''}"}
+        return await self.client.request(method, url, headers=headers, **kwargs)
+
+    async def predict(self, image: bytes, top_k: int, request_id: str) -> dict[str, Any]:
+        """The handler's 200 body for one image, or a Problem."""
+        url = f"{self.settings.inference_url}/predictions/{self.settings.model_name}"
+        headers = {"X-Top-K": str(top_k), "X-Request-ID": request_id, "Content-Type": "application/octet-stream"}
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                response = await self._authorized("inference", "POST", url, content=image, headers=headers)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise self.unavailable("the model server does not accept connections") from None
+            detail = f"no answer from the model within {self.settings.request_timeout_s:g} s"
+            raise Problem("upstream-timeout", detail) from None
+        except httpx.ConnectError:
+            raise self.unavailable("the model server is unreachable") from None
+        except httpx.HTTPError as exc:
+            detail = f"the connection to the model server failed ({type(exc).__name__})"
+            raise Problem("upstream-error", detail) from None
+        return self._interpret(response)
+
+    def unavailable(self, detail: str) -> Problem:
+        return Problem("model-unavailable", detail, headers={"Retry-After": str(self.settings.retry_after_s)})
+
+    def _interpret(self, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("predictions"), list):
+            return body
+        if status == 422 and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            code = str(body["error"].get("code", "undecodable"))
+            detail = str(body["error"].get("detail", "the image cannot be decoded"))
+            slug = "invalid-request" if code in ITEM_CODES_AS_REQUEST_ERRORS else "invalid-image"
+            raise Problem(slug, detail, code=code)
+        if status in (404, 503):  # model not loaded, no worker, or the job queue is full
+            raise self.unavailable("the model has no free worker; retry shortly")
+        if status == 413:
+            raise Problem("payload-too-large", "the model server refused the upload size")
+        if is_invalid_key(response):
+            raise self.unavailable("the gateway cannot authenticate to the model server")
+        logger.error("unexpected upstream answer %s: %.200r", status, response.content)
+        raise Problem("upstream-error", f"the model server answered {status} unexpectedly")
+
+    async def readiness(self) -> Readiness:
+        """READY workers per the management API's model description, cached for a second or two."""
+        if time.monotonic() - self._readiness.checked < self.settings.readiness_cache_s:
+            return self._readiness
+        url = f"{self.settings.management_url}/models/{self.settings.model_name}"
+        try:
+            response = await self._authorized("management", "GET", url, timeout=self.settings.connect_timeout_s)
+            workers = response.json()[0].get("workers", []) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, AttributeError):
+            workers, response = None, None
+        if workers is None:
+            reason = "TorchServe is unreachable" if response is None else f"TorchServe answered {response.status_code}"
+            self._readiness = Readiness(False, reason, 0, time.monotonic())
+            self._model_info = None  # TorchServe may come back with another archive
+        else:
+            ready = sum(1 for w in workers if w.get("status") == "READY")
+            reason = f"{ready} of {len(workers)} workers READY"
+            self._readiness = Readiness(ready > 0, reason, ready, time.monotonic())
+        return self._readiness
+
+    async def model_info(self) -> dict[str, Any]:
+        """The handler's own description (TorchServe custom describe); cached once known."""
+        if self._model_info is None:
+            url = f"{self.settings.management_url}/models/{self.settings.model_name}"
+            try:
+                response = await self._authorized("management", "GET", url, params={"customized": "true"})
+                described = response.json()[0]["customizedMetadata"]
+                self._model_info = json.loads(described) if isinstance(described, str) else dict(described)
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+                raise self.unavailable("the model description is not available yet") from None
+        return self._model_info

@@ -1,0 +1,83 @@
+"""Input checks before anything is forwarded: size cap while streaming, format sniffing, header-only decode.
+
+The format is decided from the bytes alone; the client's content type and filename are never trusted.
+Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from gateway.problems import Problem
+from gateway.settings import Settings
+
+# (magic prefix, offset, format name as Pillow reports it)
+SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"WEBP", 8, "WEBP"),
+    (b"BM", 0, "BMP"),
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+)
+ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    data: bytes
+    format: str
+    width: int
+    height: int
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str = "the upload") -> bytes:
+    """Collect a streamed body, refusing with 413 as soon as it passes `limit` (Content-Length or not)."""
+    buf = bytearray()
+    async for chunk in chunks:
+        buf += chunk
+        if len(buf) > limit:
+            raise Problem("payload-too-large", f"{what} exceeds the limit of {limit} bytes")
+    return bytes(buf)
+
+
+def sniff(data: bytes) -> str:
+    if not data:
+        raise Problem("invalid-image", "the image is empty (0 bytes)", code="empty")
+    if data[:4] == b"RIFF" and data[8:12] != b"WEBP":
+        raise Problem("unsupported-media-type", f"RIFF data that is not WebP; send {ACCEPTED}")
+    for magic, offset, fmt in SIGNATURES:
+        if data[offset : offset + len(magic)] == magic and (fmt != "WEBP" or data[:4] == b"RIFF"):
+            return fmt
+    raise Problem("unsupported-media-type", f"the bytes are not a supported image; send {ACCEPTED}")
+
+
+def check_image(data: bytes, settings: Settings) -> CheckedImage:
+    """Sniff the format and read the dimensions from the header; raise a Problem for anything off."""
+    fmt = sniff(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            actual = img.format
+    except Image.DecompressionBombError:
+        raise Problem("image-too-large", f"the image header claims more than {settings.max_pixels} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
+        raise Problem("invalid-image", f"the {fmt} header cannot be read", code="undecodable") from None
+    if actual != fmt:
+        raise Problem("invalid-image", f"the bytes start like {fmt} but decode as {actual}", code="undecodable")
+    if width < 1 or height < 1:
+        raise Problem("invalid-image", f"the image claims an empty size {width}x{height}", code="undecodable")
+    if max(width, height) > settings.max_side:
+        raise Problem("image-too-large", f"{width}x{height} has a side above {settings.max_side} pixels")
+    if width * height > settings.max_pixels:
+        raise Problem("image-too-large", f"{width}x{height} is above the limit of {settings.max_pixels} pixels")
+    return CheckedImage(data=data, format=fmt, width=width, height=height)

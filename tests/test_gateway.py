@@ -1,0 +1,263 @@
+"""The gateway over HTTP, in front of a real TorchServe."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+
+import httpx
+import pytest
+from conftest import OTHER_KEY
+from imagegen import encode, gradient, in_format, in_mode, jpeg, png, truncated_jpeg, with_orientation
+from support import PYTHON, Gateway
+
+from gateway.problems import PROBLEM_JSON, TYPE_BASE
+
+UNTRAINED_MODEL = {"name": "resnet50", "version": "1.0", "weights": "random-seed-0", "untrained": True}
+
+
+def post(gateway: Gateway, api_key: str, path: str = "/v1/predict", **kwargs) -> httpx.Response:
+    headers = {"X-API-Key": api_key, **kwargs.pop("headers", {})}
+    return httpx.post(f"{gateway.url}{path}", headers=headers, timeout=60, **kwargs)
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body = response.json()
+    assert body["type"] == TYPE_BASE + slug
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return body
+
+
+def assert_prediction(body: dict, top_k: int = 5) -> None:
+    assert body["model"] == UNTRAINED_MODEL
+    predictions = body["predictions"]
+    assert [p["rank"] for p in predictions] == list(range(1, len(predictions) + 1))
+    assert len(predictions) == top_k
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True)
+    assert all(set(p) == {"rank", "class_id", "label", "score"} for p in predictions)
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["upstream"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_multipart_upload(gateway: Gateway, api_key: str, fmt: str) -> None:
+    response = post(gateway, api_key, files={"file": (f"x.{fmt.lower()}", in_format(fmt), "image/whatever")})
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_raw_body_upload(gateway: Gateway, api_key: str, fmt: str) -> None:
+    response = post(gateway, api_key, content=in_format(fmt), headers={"Content-Type": f"image/{fmt.lower()}"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert_prediction(body)
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_same_answer_as_torchserve_direct(gateway: Gateway, api_key: str, torchserve) -> None:
+    data = jpeg(seed=11)
+    direct = httpx.post(f"{torchserve.inference_url}/predictions/resnet50", content=data, timeout=60,
+                        headers={"Authorization": f"Bearer {torchserve.keys()['inference']}"}).json()  # fmt: skip
+    via = post(gateway, api_key, content=data, headers={"Content-Type": "image/jpeg"}).json()
+    assert [p["class_id"] for p in via["predictions"]] == [p["class_id"] for p in direct["predictions"]]
+
+
+def test_request_id_is_passed_through(gateway: Gateway, api_key: str) -> None:
+    response = post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg", "X-Request-ID": "abc-1"})
+    assert response.json()["request_id"] == response.headers["x-request-id"] == "abc-1"
+    hostile = post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg", "X-Request-ID": "a b\x01"})
+    assert hostile.headers["x-request-id"] != "a b\x01"
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 20])
+def test_top_k(gateway: Gateway, api_key: str, top_k: int) -> None:
+    response = post(gateway, api_key, params={"top_k": top_k}, content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert_prediction(response.json(), top_k)
+
+
+def test_min_score_drops_low_predictions(gateway: Gateway, api_key: str) -> None:
+    everything = post(gateway, api_key, params={"top_k": 20}, content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    scores = [p["score"] for p in everything.json()["predictions"]]
+    threshold = (scores[1] + scores[2]) / 2
+    kept = post(gateway, api_key, params={"top_k": 20, "min_score": threshold}, content=jpeg(),
+                headers={"Content-Type": "image/jpeg"}).json()["predictions"]  # fmt: skip
+    assert [p["score"] for p in kept] == scores[:2]
+    assert [p["rank"] for p in kept] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "params", [{"top_k": 0}, {"top_k": 21}, {"top_k": "many"}, {"min_score": -0.1}, {"min_score": 1.5}]
+)
+def test_parameter_bounds(gateway: Gateway, api_key: str, params: dict) -> None:
+    response = post(gateway, api_key, params=params, content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert_problem(response, 422, "invalid-request")
+
+
+def test_batch_mixed_good_and_bad(gateway: Gateway, api_key: str) -> None:
+    files = [
+        ("files", ("a.jpg", jpeg(seed=1), "image/jpeg")),
+        ("files", ("empty.jpg", b"", "image/jpeg")),
+        ("files", ("b.png", png(), "image/png")),
+        ("files", ("notes.txt", b"hello there, not an image", "text/plain")),
+        ("files", ("cut.jpg", truncated_jpeg(), "image/jpeg")),
+        ("files", ("c.webp", in_format("WEBP"), "image/webp")),
+    ]
+    response = post(gateway, api_key, "/v1/predict/batch", files=files, params={"top_k": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == UNTRAINED_MODEL
+    results = body["results"]
+    assert [r["filename"] for r in results] == ["a.jpg", "empty.jpg", "b.png", "notes.txt", "cut.jpg", "c.webp"]
+    for i in (0, 2, 5):
+        assert len(results[i]["predictions"]) == 3 and "error" not in results[i]
+    errors = {i: results[i]["error"] for i in (1, 3, 4)}
+    assert errors[1]["type"] == TYPE_BASE + "invalid-image" and errors[1]["code"] == "empty"
+    assert errors[3]["type"] == TYPE_BASE + "unsupported-media-type" and errors[3]["status"] == 415
+    assert errors[4]["type"] == TYPE_BASE + "invalid-image" and errors[4]["code"] == "undecodable"
+    assert all(e["request_id"] == body["request_id"] for e in errors.values())
+
+
+def test_batch_file_count_limit(gateway: Gateway, api_key: str) -> None:
+    files = [("files", (f"{i}.png", png(8, 8), "image/png")) for i in range(33)]
+    assert_problem(post(gateway, api_key, "/v1/predict/batch", files=files), 422, "invalid-request")
+
+
+def test_batch_needs_files(gateway: Gateway, api_key: str) -> None:
+    response = post(gateway, api_key, "/v1/predict/batch", files={"other": ("a.png", png(), "image/png")})
+    assert_problem(response, 422, "invalid-request")
+    raw = post(gateway, api_key, "/v1/predict/batch", content=png(), headers={"Content-Type": "image/png"})
+    assert_problem(raw, 415, "unsupported-media-type")
+
+
+def test_models(gateway: Gateway, api_key: str) -> None:
+    response = httpx.get(f"{gateway.url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
+    assert response.status_code == 200, response.text
+    (model,) = response.json()["models"]
+    assert model == {**UNTRAINED_MODEL, "labels": 1000, "engine": "onnx", "workers_ready": model["workers_ready"]}
+    assert model["workers_ready"] >= 1
+
+
+def test_health_and_readiness_are_open(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_openapi_and_docs(gateway: Gateway) -> None:
+    spec = httpx.get(f"{gateway.url}/openapi.json", timeout=10).json()
+    assert {"/v1/predict", "/v1/predict/batch", "/v1/models", "/healthz", "/readyz"} <= set(spec["paths"])
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*"} <= set(body)
+    assert "examples" in spec["components"]["schemas"]["Prediction"]
+    assert httpx.get(f"{gateway.url}/docs", timeout=10).status_code == 200
+
+
+class TestAuth:
+    def test_missing_key(self, gateway: Gateway) -> None:
+        response = httpx.post(f"{gateway.url}/v1/predict", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+        assert_problem(response, 401, "unauthorized")
+        assert "Bearer" in response.headers["www-authenticate"]
+
+    def test_wrong_key_looks_like_missing(self, gateway: Gateway) -> None:
+        wrong = post(gateway, "ica_wrong", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+        missing = httpx.post(f"{gateway.url}/v1/predict", content=jpeg(), headers={"Content-Type": "image/jpeg"})
+        body_wrong, body_missing = assert_problem(wrong, 401, "unauthorized"), missing.json()
+        assert {k: v for k, v in body_wrong.items() if k != "request_id"} == {
+            k: v for k, v in body_missing.items() if k != "request_id"
+        }
+
+    def test_bearer_and_second_key(self, gateway: Gateway) -> None:
+        headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {OTHER_KEY}"}
+        response = httpx.post(f"{gateway.url}/v1/predict", content=jpeg(), timeout=60, headers=headers)
+        assert response.status_code == 200, response.text
+
+    def test_models_needs_a_key(self, gateway: Gateway) -> None:
+        assert_problem(httpx.get(f"{gateway.url}/v1/models", timeout=10), 401, "unauthorized")
+
+    def test_rate_limit(self, torchserve, tmp_path, api_key: str) -> None:
+        from support import gateway_env
+
+        from gateway.auth import key_hash
+
+        env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="0.2", rate_limit_burst="2")
+        limited = Gateway(tmp_path / "gw.log", env).start()
+        try:
+            codes = []
+            for _ in range(3):
+                response = post(limited, api_key, content=b"", headers={"Content-Type": "image/jpeg"})
+                codes.append(response.status_code)
+            assert codes[:2] == [422, 422]
+            body = assert_problem(response, 429, "rate-limited")
+            assert int(response.headers["retry-after"]) >= 1
+            assert response.headers["ratelimit-limit"] == "2" and response.headers["ratelimit-remaining"] == "0"
+            assert "rate limit" in body["detail"]
+            metrics = httpx.get(f"{limited.url}/metrics", timeout=10).text
+            assert "gateway_rate_limited_requests_total 1.0" in metrics
+        finally:
+            limited.stop()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CMYK", "I;16", "P", "LA", "1", "exif-6", "exif-3", "gif-animated", "1x1", "very-wide", "tiff", "bmp"],
+)
+def test_odd_but_valid_images(gateway: Gateway, api_key: str, name: str) -> None:
+    data = {
+        "exif-6": lambda: with_orientation(6),
+        "exif-3": lambda: with_orientation(3),
+        "gif-animated": lambda: in_format("GIF"),
+        "1x1": lambda: encode(gradient(1, 1), "PNG"),
+        "very-wide": lambda: encode(gradient(6000, 20), "PNG"),
+        "tiff": lambda: in_format("TIFF"),
+        "bmp": lambda: in_format("BMP"),
+    }.get(name, lambda: in_mode(name)[1])()
+    response = post(gateway, api_key, files={"file": ("img", data, "application/octet-stream")})
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json())
+
+
+def test_concurrent_clients(gateway: Gateway, api_key: str) -> None:
+    images = [jpeg(seed=s) for s in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda d: post(gateway, api_key, content=d, headers={"Content-Type": "image/jpeg"}),
+                                  images))  # fmt: skip
+    assert [r.status_code for r in responses] == [200] * 16
+
+
+def test_metrics_exposition(gateway: Gateway, api_key: str) -> None:
+    post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg"})
+    post(gateway, api_key, content=b"nope", headers={"Content-Type": "image/jpeg"})
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'gateway_requests_total{method="POST",route="/v1/predict",status="200"}' in text
+    assert "gateway_request_duration_seconds_bucket" in text and "gateway_upstream_duration_seconds_count" in text
+    assert 'gateway_images_total{outcome="classified"}' in text
+    assert 'gateway_rejected_inputs_total{reason="unsupported-media-type"}' in text
+
+
+def test_logs_are_json_lines_without_keys(gateway: Gateway, api_key: str) -> None:
+    import json
+
+    post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg", "X-Request-ID": "log-probe"})
+    lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
+    probe = [line for line in lines if line.get("request_id") == "log-probe"]
+    assert probe and probe[-1]["status"] == 200 and probe[-1]["route"] == "/v1/predict"
+    assert probe[-1]["key_id"] and probe[-1]["latency_ms"] > 0
+    assert api_key not in gateway.logs() and OTHER_KEY not in gateway.logs()
+
+
+def test_gateway_imports_without_torch() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None\n"
+        "from gateway.main import create_app\n"
+        "from gateway.settings import Settings\n"
+        "create_app(Settings(api_key_hashes=['a' * 64]))\n"
+        "assert not any(m.startswith(('torch', 'numpy', 'onnx')) and sys.modules[m] is not None for m in sys.modules)\n"
+        "print('ok')"
+    )
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
