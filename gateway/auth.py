@@ -1,6 +1,6 @@
 """API keys and per-key rate limiting.
 
-The gateway stores only SHA-256 hashes of keys. A key arrives in `X-API-Key` or `Authorization: Bearer`.
+The gateway stores only SHA-256 hashes of keys. A key arrives in `Authorization: Bearer` or `X-API-Key`.
 Run `python -m gateway.auth` (or `make api-key`) to mint a key: it prints the key and its hash.
 """
 
@@ -71,21 +71,23 @@ class RateLimiter:
         return False, 0, (1 - bucket.tokens) / self.rate
 
 
-def presented_key(request: Request) -> str | None:
-    if key := request.headers.get("x-api-key"):
-        return key
+def presented_keys(request: Request) -> list[str]:
+    """Every credential the request carries. Behind Amazon API Gateway, `x-api-key` holds API Gateway's own
+    key and the gateway key comes as `Authorization: Bearer`, so any one of them may be ours."""
+    keys = []
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return None
+        keys.append(credentials.strip())
+    if key := request.headers.get("x-api-key"):
+        keys.append(key)
+    return keys
 
 
 async def authenticate(request: Request, response: Response) -> str:
     """FastAPI dependency: the caller's key id, after auth and rate limiting; else a 401 or 429 problem."""
     keys: KeyStore = request.app.state.keys
     limiter: RateLimiter = request.app.state.limiter
-    key = presented_key(request)
-    key_id = keys.identify(key) if key else None
+    key_id = next((found for key in presented_keys(request) if (found := keys.identify(key))), None)
     if key_id is None:
         # Missing, unknown and wrong keys get the same answer.
         raise Problem("unauthorized", "send a valid API key in X-API-Key or Authorization: Bearer",

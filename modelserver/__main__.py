@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, read_keys, ready_workers
+from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, ready_workers
 
 DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
 
@@ -76,12 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ready(args: argparse.Namespace) -> int:
-    try:
-        key = read_keys(args.key_file.parent)["management"]
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"not ready: cannot read the management key ({exc})")
-        return 1
-    count = ready_workers(args.management_url, key)
+    count = ready_workers(args.management_url, args.key_file)
     print(f"{count} READY worker(s)")
     return 0 if count else 1
 

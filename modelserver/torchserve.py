@@ -73,23 +73,34 @@ class Ports:
         }
 
 
-def read_keys(workdir: Path) -> dict[str, str]:
+def read_keys(key_file: Path) -> dict[str, str]:
     """{'inference': ..., 'management': ..., 'API': ...} from the key file TorchServe wrote."""
-    data = json.loads((workdir / KEY_FILE).read_text())
+    data = json.loads(key_file.read_text())
     return {name: entry["key"] for name, entry in data.items()}
 
 
-def ready_workers(management_url: str, management_key: str, timeout: float = 2.0) -> int:
+def describe(management_url: str, key_file: Path, timeout: float = 2.0) -> httpx.Response:
+    """The management API's description of the model. An expired management key (HTTP 400
+    InvalidKeyException) is renewed once with the file's permanent API key, which rewrites the file."""
+    url = f"{management_url}/models/{MODEL_NAME}"
+    keys = read_keys(key_file)
+    response = httpx.get(url, headers={"Authorization": f"Bearer {keys['management']}"}, timeout=timeout)
+    if response.status_code == 400 and "InvalidKeyException" in response.text:
+        renew = httpx.post(f"{management_url}/token", params={"type": "management"},
+                           headers={"Authorization": f"Bearer {keys['API']}"}, timeout=timeout)  # fmt: skip
+        renew.raise_for_status()
+        fresh = read_keys(key_file)["management"]
+        response = httpx.get(url, headers={"Authorization": f"Bearer {fresh}"}, timeout=timeout)
+    return response
+
+
+def ready_workers(management_url: str, key_file: Path, timeout: float = 2.0) -> int:
     """How many workers of the model are READY, per the management API (0 on any failure)."""
     try:
-        response = httpx.get(
-            f"{management_url}/models/{MODEL_NAME}",
-            headers={"Authorization": f"Bearer {management_key}"},
-            timeout=timeout,
-        )
+        response = describe(management_url, key_file, timeout)
         response.raise_for_status()
         workers = response.json()[0].get("workers", [])
-    except (httpx.HTTPError, ValueError, KeyError, IndexError):
+    except (httpx.HTTPError, OSError, ValueError, KeyError, IndexError):
         return 0
     return sum(1 for worker in workers if worker.get("status") == "READY")
 
@@ -125,7 +136,7 @@ class TorchServe:
         return self.workdir / "torchserve.out"
 
     def keys(self) -> dict[str, str]:
-        return read_keys(self.workdir)
+        return read_keys(self.key_file)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +169,7 @@ class TorchServe:
             if self.process is None or self.process.poll() is not None:
                 raise TorchServeError(f"TorchServe exited before it was ready:\n{self.log_tail()}")
             if self.key_file.exists():
-                streak = streak + 1 if ready_workers(self.management_url, self.keys()["management"]) else 0
+                streak = streak + 1 if ready_workers(self.management_url, self.key_file) else 0
                 if streak >= 2:
                     return time.monotonic() - started
             time.sleep(0.25)

@@ -176,6 +176,12 @@ class TestAuth:
         response = httpx.post(f"{gateway.url}/v1/predict", content=jpeg(), timeout=60, headers=headers)
         assert response.status_code == 200, response.text
 
+    def test_bearer_key_wins_over_a_foreign_x_api_key(self, gateway: Gateway) -> None:
+        """Behind Amazon API Gateway, x-api-key carries API Gateway's key; ours comes as Bearer."""
+        headers = {"Content-Type": "image/jpeg", "Authorization": f"Bearer {OTHER_KEY}", "X-API-Key": "apigw-key"}
+        response = httpx.post(f"{gateway.url}/v1/predict", content=jpeg(), timeout=60, headers=headers)
+        assert response.status_code == 200, response.text
+
     def test_models_needs_a_key(self, gateway: Gateway) -> None:
         assert_problem(httpx.get(f"{gateway.url}/v1/models", timeout=10), 401, "unauthorized")
 

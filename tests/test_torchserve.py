@@ -122,7 +122,7 @@ def test_ready_command_reports_workers(torchserve: TorchServe) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "READY worker" in done.stdout
-    assert ready_workers(torchserve.management_url, "wrong-key") == 0
+    assert ready_workers(torchserve.management_url, torchserve.workdir / "missing" / "key_file.json") == 0
 
 
 @pytest.mark.parametrize("field", ["management", "inference", "API"])
