@@ -103,10 +103,15 @@ class TorchServeClient:
     async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         key = self.keys.get(kind)
         response = await self._send(key, method, url, **kwargs)
-        if is_invalid_key(response):
-            renewed = await self.keys.refresh(kind, key)
-            if renewed is not None:
-                response = await self._send(renewed, method, url, **kwargs)
+        # At most two recoveries: a newer key from the file (TorchServe restarted or someone rotated it),
+        # then a renewal through the management API (that key expired too).
+        for _ in range(2):
+            if not is_invalid_key(response):
+                break
+            key = await self.keys.refresh(kind, key)
+            if key is None:
+                break
+            response = await self._send(key, method, url, **kwargs)
         return response
 
     async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> httpx.Response:

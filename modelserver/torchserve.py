@@ -144,7 +144,15 @@ class TorchServe:
         config.write_text(render_config(BASE_CONFIG.read_text(), {**self.ports.overrides(), **self.extra_config}))
         self.key_file.unlink(missing_ok=True)
         bin_dir = str(Path(sys.executable).parent)
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        # TorchServe's launcher keeps a pid file in $TMPDIR and refuses to start while another instance's
+        # process is alive: a private TMPDIR lets several instances (tests, ops) run side by side.
+        private_tmp = self.workdir / "tmp"
+        private_tmp.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TMPDIR": str(private_tmp),
+        }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 command(config, self.model_store.resolve()),
