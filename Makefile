@@ -8,7 +8,7 @@ MAR := model_store/resnet50.mar
 # imagenet (download, hash-checked), random (untrained, for offline demos) or a path to a state dict
 WEIGHTS ?= imagenet
 
-.PHONY: setup mar run test lint clean
+.PHONY: setup mar run test lint clean api-key
 
 setup: $(STAMP)
 
@@ -26,7 +26,7 @@ mar: setup
 		$(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
 
 run: mar
-	$(PY) -m modelserver serve
+	$(PY) -m modelserver run
 
 test: setup
 	$(PY) -m pytest
@@ -37,3 +37,7 @@ lint: setup
 
 clean:
 	rm -rf .run $(MAR)
+
+# Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES).
+api-key: setup
+	@$(PY) -m gateway.auth

@@ -1,11 +1,18 @@
-"""Command line: `python -m modelserver build|serve|ready`."""
+"""Command line: `python -m modelserver build|serve|run|ready`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import secrets
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, ready_workers
 
@@ -58,8 +65,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def ports_from(args: argparse.Namespace) -> Ports:
+    return Ports(**{f.name: getattr(args, f"{f.name}_port") for f in dataclasses.fields(Ports)})
+
+
+def add_port_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(Ports):
+        parser.add_argument(f"--{f.name.replace('_', '-')}-port", type=int, default=f.default, metavar="PORT")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    server = TorchServe(args.workdir, args.model_store, Ports())
+    server = TorchServe(args.workdir, args.model_store, ports_from(args))
     signal.signal(signal.SIGTERM, _interrupt)
     server.start()
     try:
@@ -72,6 +88,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        server.stop()
+
+
+def wait_gateway_ready(url: str, gateway: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise TorchServeError("the gateway exited during start-up")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TorchServeError(f"the gateway at {url} was not ready after {timeout:.0f}s")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """TorchServe and the gateway together; Ctrl-C (or SIGTERM) stops both."""
+    from gateway.auth import key_hash
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    api_key = os.environ.get("API_KEY") or "ica_" + secrets.token_urlsafe(24)
+    port = int(os.environ.get("GATEWAY_PORT", "8000"))
+    url = f"http://127.0.0.1:{port}"
+    server = TorchServe(args.workdir, args.model_store, ports_from(args))
+    env = {
+        **os.environ,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_INFERENCE_URL": server.inference_url,
+        "GATEWAY_MANAGEMENT_URL": server.management_url,
+        "GATEWAY_KEY_FILE": str(server.key_file),
+        "GATEWAY_API_KEY_HASHES": key_hash(api_key),
+    }
+    gateway: subprocess.Popen | None = None
+    try:
+        server.start()
+        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdin=subprocess.DEVNULL)
+        server.wait_ready(args.timeout)
+        wait_gateway_ready(url, gateway, args.timeout)
+        print(f"\nimage-classification-api is ready at {url}  (docs: {url}/docs)")
+        print(f"API key: {api_key}" + ("" if os.environ.get("API_KEY") else "  (generated; set API_KEY to choose)"))
+        print(f"Try:     curl -H 'X-API-Key: {api_key}' -F file=@cat.jpg '{url}/v1/predict?top_k=3'")
+        print("Ctrl-C stops both.", flush=True)
+        return gateway.wait()
+    except TorchServeError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
+            try:
+                gateway.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
         server.stop()
 
 
@@ -104,7 +177,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-store", type=Path, default=DEFAULT_MAR.parent)
     serve.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "torchserve")
     serve.add_argument("--timeout", type=float, default=180.0)
+    add_port_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    run = sub.add_parser("run", help="TorchServe + gateway (API_KEY, GATEWAY_PORT from the environment)")
+    run.add_argument("--model-store", type=Path, default=DEFAULT_MAR.parent)
+    run.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "torchserve")
+    run.add_argument("--timeout", type=float, default=180.0)
+    add_port_arguments(run)
+    run.set_defaults(func=cmd_run)
 
     ready = sub.add_parser("ready", help="exit 0 when the model has a READY worker (health check)")
     ready.add_argument("--management-url", default=f"http://127.0.0.1:{Ports().management}")
