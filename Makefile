@@ -8,7 +8,7 @@ MAR := model_store/resnet50.mar
 # imagenet (download, hash-checked), random (untrained, for offline demos) or a path to a state dict
 WEIGHTS ?= imagenet
 
-.PHONY: setup mar run test lint clean api-key
+.PHONY: setup mar run test lint clean api-key bench
 
 setup: $(STAMP)
 
@@ -41,3 +41,8 @@ clean:
 # Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES).
 api-key: setup
 	@$(PY) -m gateway.auth
+
+# Throughput and latency: in-process limit, TorchServe direct, through the gateway; cold start.
+# Writes bench/results/<timestamp>.json. `make bench BENCH_ARGS=--quick` for a short smoke run.
+bench: mar
+	$(PY) -m bench.run $(BENCH_ARGS)
