@@ -45,4 +45,5 @@ api-key: setup
 # Throughput and latency: in-process limit, TorchServe direct, through the gateway; cold start.
 # Writes bench/results/<timestamp>.json. `make bench BENCH_ARGS=--quick` for a short smoke run.
 bench: mar
+	$(PY) -m pip install --quiet -e '.[serve,gateway,dev,bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)
