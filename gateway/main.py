@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gateway import logs, routes
+from gateway import logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
 from gateway.metrics import Metrics
 from gateway.problems import Problem
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.metrics = Metrics()
     app.include_router(routes.router)
+    app.include_router(v2.router)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -94,6 +96,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return response
 
+    def answer(request: Request, problem: Problem) -> Response:
+        """problem+json, or the Open Inference Protocol's {"error": ...} under /v2."""
+        request_id = getattr(request.state, "request_id", None)
+        if request.url.path.startswith("/v2/"):
+            return JSONResponse(
+                {"error": f"{problem.title}: {problem.detail}"}, problem.status, headers=problem.headers
+            )
+        return problem.response(request_id)
+
     @app.exception_handler(Problem)
     async def on_problem(request: Request, problem: Problem) -> Response:
         if problem.status < 500 and problem.slug not in ("unauthorized", "rate-limited"):
@@ -101,7 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.metrics.images.labels("rejected").inc()
         elif problem.status >= 500:
             app.state.metrics.images.labels("failed").inc()
-        return problem.response(getattr(request.state, "request_id", None))
+        return answer(request, problem)
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -109,13 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
         problem = Problem("invalid-request", detail or "invalid parameters", errors=errors)
         app.state.metrics.rejected.labels(problem.slug).inc()
-        return problem.response(request.state.request_id)
+        return answer(request, problem)
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, exc: HTTPException) -> Response:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "invalid-request")
         headers = dict(exc.headers or {})
         problem = Problem(slug, "no such resource" if slug == "not-found" else str(exc.detail), headers=headers)
-        return problem.response(getattr(request.state, "request_id", None))
+        return answer(request, problem)
 
     return app

@@ -40,7 +40,7 @@ from handlers.imaging import ImageError, decode, preprocess
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {"engine": "onnx", "max_pixels": 40_000_000, "default_top_k": 5, "max_top_k": 20}
+DEFAULTS: dict[str, Any] = {"engine": "onnx", "max_pixels": 40_000_000, "default_top_k": 5, "max_top_k": 1000}
 
 
 @dataclass

@@ -47,7 +47,7 @@ class ServingConfig:
     response_timeout_s: int = 30
     max_pixels: int = 40_000_000
     default_top_k: int = 5
-    max_top_k: int = 20
+    max_top_k: int = 1000  # the gateway's /v1 allows 20; /v2 asks for the full distribution
 
     def as_yaml(self) -> dict:
         if self.engine not in ENGINES:

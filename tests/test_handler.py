@@ -67,13 +67,13 @@ def test_same_image_same_answer_alone_or_in_a_batch(handler: ImageClassifierHand
     assert alone[0]["predictions"][0]["score"] == pytest.approx(batched[1]["predictions"][0]["score"], abs=1e-5)
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("20", 20), ("7", 7)])
+@pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("20", 20), ("7", 7), ("1000", 1000)])
 def test_top_k_header(handler: ImageClassifierHandler, model_dir: Path, raw: str, expected: int) -> None:
     results, _ = run(handler, model_dir, [{"body": bytearray(jpeg())}], [{"X-Top-K": raw}])
     assert len(results[0]["predictions"]) == expected
 
 
-@pytest.mark.parametrize("raw", ["0", "21", "five", "-3"])
+@pytest.mark.parametrize("raw", ["0", "1001", "five", "-3"])
 def test_bad_top_k_is_a_per_item_error(handler: ImageClassifierHandler, model_dir: Path, raw: str) -> None:
     results, context = run(handler, model_dir, [{"body": bytearray(jpeg())}], [{"X-Top-K": raw}])
     assert results[0]["error"]["code"] == "bad_top_k"

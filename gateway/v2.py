@@ -1,0 +1,203 @@
+"""Open Inference Protocol (KServe v2) on the gateway, for Triton/KServe clients.
+
+    GET  /v2/health/live, /v2/health/ready            open, like /healthz and /readyz
+    GET  /v2/models/resnet50, /v2/models/resnet50/ready
+    POST /v2/models/resnet50/infer
+
+Input: one BYTES tensor of encoded images, shape [N] (N = batch, at most GATEWAY_MAX_BATCH_FILES), as
+base64 strings in JSON, or raw with the binary-data extension (`Inference-Header-Content-Length`; each
+element a 4-byte little-endian length and the bytes). Output `probabilities` (FP32 [N, 1000]) or, with the
+`classification` parameter k, BYTES [N, k] of Triton-style "score:index:label" strings. Binary outputs are
+sent when asked for (`binary_data`). Same auth, validation, limits and error mapping as /v1; errors come
+in the protocol's `{"error": "..."}` shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import struct
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from gateway.auth import authenticate
+from gateway.problems import Problem
+from gateway.routes import classify, readyz, settings_of
+from gateway.validation import check_image, read_capped
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+Authenticated = Annotated[str, Depends(authenticate)]
+HEADER_LENGTH = "inference-header-content-length"
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+LABELS = 1000
+
+
+def metadata(model_name: str) -> dict[str, Any]:
+    return {
+        "name": model_name,
+        "versions": ["1"],
+        "platform": "torchserve_onnxruntime",
+        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]}],
+    }
+
+
+def bad(detail: str) -> Problem:
+    return Problem("invalid-request", detail)
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON header and the binary tail of a request."""
+    if header_length is None:
+        header, tail = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise bad(f"{HEADER_LENGTH} must be a length within the body")
+        header, tail = body[: int(header_length)], body[int(header_length) :]
+    try:
+        parsed = json.loads(header)
+    except (ValueError, UnicodeDecodeError):
+        raise bad("the inference request header is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise bad("the inference request must be a JSON object")
+    return parsed, tail
+
+
+def bytes_elements(tensor: dict[str, Any], tail: bytes) -> list[bytes]:
+    """The encoded images of the BYTES input, from JSON (base64) or from the binary tail."""
+    if tensor.get("datatype") != "BYTES":
+        raise bad(f"input {INPUT_NAME!r} must have datatype BYTES")
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or size > len(tail):
+            raise bad("binary_data_size does not match the binary data sent")
+        raw, elements, offset = tail[:size], [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw):
+                raise bad("truncated BYTES element length")
+            (length,) = struct.unpack_from("<I", raw, offset)
+            if offset + 4 + length > len(raw):
+                raise bad("truncated BYTES element")
+            elements.append(raw[offset + 4 : offset + 4 + length])
+            offset += 4 + length
+        return elements
+    data = tensor.get("data")
+    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+        raise bad("BYTES data in JSON must be a list of base64 strings")
+    try:
+        return [base64.b64decode(item, validate=True) for item in data]
+    except (binascii.Error, ValueError):
+        raise bad("BYTES data in JSON must be base64-encoded images") from None
+
+
+def requested_outputs(request_json: dict[str, Any]) -> list[dict[str, Any]]:
+    outputs = request_json.get("outputs") or [{"name": OUTPUT_NAME}]
+    if not isinstance(outputs, list) or any(not isinstance(o, dict) or o.get("name") != OUTPUT_NAME for o in outputs):
+        raise bad(f"the only output is {OUTPUT_NAME!r}")
+    return outputs
+
+
+def classification_k(output: dict[str, Any]) -> int | None:
+    k = (output.get("parameters") or {}).get("classification")
+    if k is None:
+        return None
+    if not isinstance(k, int) or not 1 <= k <= LABELS:
+        raise bad(f"classification must be an integer from 1 to {LABELS}")
+    return k
+
+
+def encode_output(output: dict[str, Any], results: list[dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+    """One output tensor as JSON, plus its binary form when the client asked for binary data."""
+    k = classification_k(output)
+    binary = bool((output.get("parameters") or {}).get("binary_data"))
+    if k is None:
+        values: list[Any] = [0.0] * (len(results) * LABELS)
+        for row, result in enumerate(results):
+            for p in result["predictions"]:
+                values[row * LABELS + p["class_id"]] = p["score"]
+        tensor: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), LABELS]}
+        raw = struct.pack(f"<{len(values)}f", *values)
+    else:
+        strings = [f"{p['score']:.6f}:{p['class_id']}:{p['label']}" for r in results for p in r["predictions"][:k]]
+        tensor = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(results), k]}
+        raw = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in strings)
+        values = strings
+    if binary:
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+        return tensor, raw
+    tensor["data"] = values
+    return tensor, b""
+
+
+@router.get("/health/live", summary="The gateway process is alive")
+async def live() -> dict:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="TorchServe has a READY worker", responses={503: {}})
+async def ready(request: Request) -> dict:
+    await readyz(request)
+    return {"ready": True}
+
+
+@router.get("/models/{model_name}", summary="Model metadata")
+async def model_metadata(request: Request, model_name: str, _: Authenticated) -> dict:
+    expect_model(request, model_name)
+    return metadata(model_name)
+
+
+@router.get("/models/{model_name}/ready", summary="The model is ready")
+async def model_ready(request: Request, model_name: str, _: Authenticated) -> dict:
+    expect_model(request, model_name)
+    await readyz(request)
+    return {"name": model_name, "ready": True}
+
+
+def expect_model(request: Request, model_name: str) -> None:
+    if model_name != settings_of(request).model_name:
+        raise Problem("not-found", f"unknown model {model_name!r}")
+
+
+@router.post("/models/{model_name}/infer", summary="Classify a batch of encoded images")
+async def infer(request: Request, model_name: str, _: Authenticated) -> Response:
+    expect_model(request, model_name)
+    settings = settings_of(request)
+    body = await read_capped(request.stream(), settings.max_batch_bytes + 64 * 1024, "the inference request")
+    request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH))
+    inputs = request_json.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise bad(f"send exactly one input, {INPUT_NAME!r}")
+    images = bytes_elements(inputs[0], tail)
+    if not 1 <= len(images) <= settings.max_batch_files:
+        raise bad(f"send 1 to {settings.max_batch_files} images")
+    outputs = requested_outputs(request_json)
+    top_k = max((classification_k(o) or LABELS) for o in outputs)
+    checked = []
+    for index, data in enumerate(images):
+        if len(data) > settings.max_upload_bytes:
+            raise Problem("payload-too-large", f"image {index} exceeds {settings.max_upload_bytes} bytes")
+        try:
+            checked.append(check_image(data, settings))
+        except Problem as problem:
+            problem.detail = f"image {index}: {problem.detail}"
+            raise
+    answers = await asyncio.gather(*(classify(request, image, top_k) for image in checked))
+    results = [result for result, _ in answers]
+    request.app.state.metrics.images.labels("classified").inc(len(results))
+    encoded = [encode_output(output, results) for output in outputs]
+    response_json = {
+        "model_name": model_name,
+        "model_version": "1",
+        "id": request_json.get("id", request.state.request_id),
+        "outputs": [tensor for tensor, _ in encoded],
+    }
+    binary = b"".join(raw for _, raw in encoded)
+    header = json.dumps(response_json).encode()
+    if not binary:
+        return Response(header, media_type="application/json")
+    return Response(header + binary, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip

@@ -1,0 +1,82 @@
+"""Open Inference Protocol v2 on the gateway, driven by a real third-party client (tritonclient)."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from imagegen import in_format, jpeg
+from support import Gateway
+from test_gateway import post
+from tritonclient.utils import InferenceServerException
+
+
+@pytest.fixture(scope="module")
+def client(gateway: Gateway) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(url=gateway.url.removeprefix("http://"), network_timeout=60.0)
+
+
+def images_input(images: list[bytes], binary: bool = True) -> triton.InferInput:
+    tensor = triton.InferInput("images", [len(images)], "BYTES")
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_), binary_data=binary)
+    return tensor
+
+
+def test_health_and_metadata(client: triton.InferenceServerClient, api_key: str) -> None:
+    auth = {"X-API-Key": api_key}
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready("resnet50", headers=auth)
+    meta = client.get_model_metadata("resnet50", headers=auth)
+    assert meta["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["outputs"][0]["name"] == "probabilities" and meta["outputs"][0]["shape"] == [-1, 1000]
+
+
+def test_infer_probabilities_binary(client: triton.InferenceServerClient, gateway: Gateway, api_key: str) -> None:
+    images = [jpeg(seed=1), in_format("PNG"), jpeg(seed=2)]
+    result = client.infer("resnet50", [images_input(images)], outputs=[triton.InferRequestedOutput("probabilities")],
+                          headers={"X-API-Key": api_key})  # fmt: skip
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities.shape == (3, 1000) and probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+    v1 = post(gateway, api_key, content=images[1], headers={"Content-Type": "image/png"}).json()
+    assert int(np.argmax(probabilities[1])) == v1["predictions"][0]["class_id"]
+    assert probabilities[1].max() == pytest.approx(v1["predictions"][0]["score"], abs=1e-6)
+
+
+def test_infer_classification_strings(client: triton.InferenceServerClient, gateway: Gateway, api_key: str) -> None:
+    image = jpeg(seed=3)
+    output = triton.InferRequestedOutput("probabilities", class_count=3)
+    result = client.infer("resnet50", [images_input([image])], outputs=[output], headers={"X-API-Key": api_key})
+    strings = [s.decode() for s in result.as_numpy("probabilities").ravel()]
+    v1 = post(gateway, api_key, content=image, headers={"Content-Type": "image/jpeg"}).json()["predictions"][:3]
+    assert [s.split(":", 2)[1:] for s in strings] == [[str(p["class_id"]), p["label"]] for p in v1]
+    assert [float(s.split(":")[0]) for s in strings] == pytest.approx([p["score"] for p in v1], abs=1e-5)
+
+
+def test_json_base64_request(gateway: Gateway, api_key: str) -> None:
+    body = {
+        "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                    "data": [base64.b64encode(jpeg()).decode()]}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
+    }  # fmt: skip
+    response = httpx.post(f"{gateway.url}/v2/models/resnet50/infer", json=body, headers={"X-API-Key": api_key},
+                          timeout=60)  # fmt: skip
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["datatype"] == "BYTES" and output["shape"] == [1, 2] and len(output["data"]) == 2
+
+
+def test_errors_use_the_protocol_shape(client: triton.InferenceServerClient, gateway: Gateway, api_key: str) -> None:
+    with pytest.raises(InferenceServerException, match="API key"):
+        client.infer("resnet50", [images_input([jpeg()])], headers={"X-API-Key": "wrong"})
+    with pytest.raises(InferenceServerException, match="image 1"):
+        client.infer("resnet50", [images_input([jpeg(), b"not an image"])], headers={"X-API-Key": api_key})
+    unknown = httpx.get(f"{gateway.url}/v2/models/other", headers={"X-API-Key": api_key}, timeout=10)
+    assert unknown.status_code == 404 and set(unknown.json()) == {"error"}
+    garbage = httpx.post(f"{gateway.url}/v2/models/resnet50/infer", content=b"{not json", timeout=10,
+                         headers={"X-API-Key": api_key})  # fmt: skip
+    assert garbage.status_code == 422 and "JSON" in garbage.json()["error"]
