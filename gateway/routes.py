@@ -10,12 +10,13 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
 from gateway import schemas
+from gateway.answers import AnswerOptions, answer_options, shape
 from gateway.auth import authenticate
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -24,8 +25,7 @@ from gateway.validation import CheckedImage, check_image, read_capped
 
 router = APIRouter()
 Authenticated = Annotated[str, Depends(authenticate)]
-TopK = Annotated[int, Query(ge=1, le=20, description="number of classes to return")]
-MinScore = Annotated[float | None, Query(ge=0.0, le=1.0, description="drop predictions scoring below this")]
+Options = Annotated[AnswerOptions, Depends(answer_options)]
 
 
 def settings_of(request: Request) -> Settings:
@@ -64,11 +64,6 @@ async def file_bytes(upload: UploadFile | str, limit: int, name: str) -> bytes:
     return data
 
 
-def shape(result: dict[str, Any], top_k: int, min_score: float | None) -> list[dict[str, Any]]:
-    kept = [p for p in result["predictions"][:top_k] if min_score is None or p["score"] >= min_score]
-    return [{"rank": i + 1, **p} for i, p in enumerate(kept)]
-
-
 def model_block(result: dict[str, Any]) -> dict[str, Any]:
     model = result.get("model") or {}
     return {key: model.get(key) for key in ("name", "version", "weights", "untrained")}
@@ -93,7 +88,7 @@ async def classify(request: Request, image: CheckedImage, top_k: int) -> tuple[d
     summary="Classify one image",
     description="Send the image as multipart field `file`, or as the raw body with an `image/*` type.",
 )
-async def predict(request: Request, _: Authenticated, top_k: TopK = 5, min_score: MinScore = None) -> dict:
+async def predict(request: Request, _: Authenticated, options: Options) -> dict:
     started = time.perf_counter()
     settings = settings_of(request)
     content_type = request.headers.get("content-type", "").lower()
@@ -112,12 +107,14 @@ async def predict(request: Request, _: Authenticated, top_k: TopK = 5, min_score
             "send multipart/form-data with a field 'file', or the image as the body with an image/* type",
         )
     image = check_image(data, settings)
-    result, upstream_s = await classify(request, image, top_k)
+    result, upstream_s = await classify(request, image, options.upstream_top_k)
     request.app.state.metrics.images.labels("classified").inc()
+    predictions, decision = shape(result, options)
     return {
         "request_id": request.state.request_id,
         "model": model_block(result),
-        "predictions": shape(result, top_k, min_score),
+        "predictions": predictions,
+        "decision": decision,
         "timing_ms": {
             "total": round((time.perf_counter() - started) * 1000, 2),
             "upstream": round(upstream_s * 1000, 2),
@@ -125,13 +122,13 @@ async def predict(request: Request, _: Authenticated, top_k: TopK = 5, min_score
     }
 
 
-async def batch_item(request: Request, upload: UploadFile | str, top_k: int, min_score: float | None) -> dict:
+async def batch_item(request: Request, upload: UploadFile | str, options: AnswerOptions) -> dict:
     settings = settings_of(request)
     metrics = request.app.state.metrics
     filename = upload.filename if isinstance(upload, UploadFile) else None
     try:
         image = check_image(await file_bytes(upload, settings.max_upload_bytes, "files"), settings)
-        result, _ = await classify(request, image, top_k)
+        result, _ = await classify(request, image, options.upstream_top_k)
     except Problem as problem:
         outcome = "rejected" if problem.status < 500 else "failed"
         metrics.images.labels(outcome).inc()
@@ -139,7 +136,8 @@ async def batch_item(request: Request, upload: UploadFile | str, top_k: int, min
             metrics.rejected.labels(problem.slug).inc()
         return {"filename": filename, "error": problem.body(request.state.request_id)}
     metrics.images.labels("classified").inc()
-    return {"filename": filename, "model": model_block(result), "predictions": shape(result, top_k, min_score)}
+    predictions, decision = shape(result, options)
+    return {"filename": filename, "model": model_block(result), "predictions": predictions, "decision": decision}
 
 
 @router.post(
@@ -151,7 +149,7 @@ async def batch_item(request: Request, upload: UploadFile | str, top_k: int, min
     summary="Classify several images",
     description="Repeated multipart field `files`. Results come in input order; a bad file never fails the others.",
 )
-async def predict_batch(request: Request, _: Authenticated, top_k: TopK = 5, min_score: MinScore = None) -> dict:
+async def predict_batch(request: Request, _: Authenticated, options: Options) -> dict:
     settings = settings_of(request)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise Problem("unsupported-media-type", "send multipart/form-data with one or more fields 'files'")
@@ -161,7 +159,7 @@ async def predict_batch(request: Request, _: Authenticated, top_k: TopK = 5, min
     uploads = form.getlist("files")
     if not uploads:
         raise Problem("invalid-request", "the multipart body has no field named 'files'")
-    results = await asyncio.gather(*(batch_item(request, upload, top_k, min_score) for upload in uploads))
+    results = await asyncio.gather(*(batch_item(request, upload, options) for upload in uploads))
     models = [r["model"] for r in results if "model" in r]
     for result in results:
         result.pop("model", None)

@@ -25,6 +25,12 @@ class Ranked(BaseModel):
     score: float = Field(ge=0, le=1)
 
 
+class Decision(BaseModel):
+    label: str = Field(description='the top label, or "unknown" when the best score is below unknown_below')
+    class_id: int | None
+    score: float | None
+
+
 class Timing(BaseModel):
     total: float
     upstream: float
@@ -34,6 +40,7 @@ class Prediction(BaseModel):
     request_id: str
     model: ModelBlock
     predictions: list[Ranked] = Field(description="scores in descending order")
+    decision: Decision
     timing_ms: Timing
 
     model_config = {
@@ -48,6 +55,7 @@ class Prediction(BaseModel):
                         "untrained": False,
                     },
                     "predictions": [{"rank": 1, "class_id": 281, "label": "tabby", "score": 0.61}],
+                    "decision": {"label": "tabby", "class_id": 281, "score": 0.61},
                     "timing_ms": {"total": 61.2, "upstream": 58.9},
                 }  # fmt: skip
             ]
@@ -58,6 +66,7 @@ class Prediction(BaseModel):
 class BatchResult(BaseModel):
     filename: str | None
     predictions: list[Ranked] | None = None
+    decision: Decision | None = None
     error: dict[str, Any] | None = Field(None, description="a problem object, as for a single request")
 
 

@@ -141,7 +141,8 @@ class ImageClassifierHandler:
         return results
 
     def describe(self) -> dict[str, Any]:
-        return {**self.model_block, "labels": len(self.labels), "max_pixels": self.settings["max_pixels"],
+        return {**self.model_block, "labels": len(self.labels), "label_names": self.labels,
+                "max_pixels": self.settings["max_pixels"],
                 "default_top_k": self.settings["default_top_k"], "max_top_k": self.settings["max_top_k"]}  # fmt: skip
 
     def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
