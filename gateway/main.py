@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gateway import logs, routes, v2
+from gateway import demo, logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
 from gateway.metrics import Metrics
 from gateway.problems import Problem
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.include_router(routes.router)
     app.include_router(v2.router)
+    app.include_router(demo.router)
 
     @app.middleware("http")
     async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -78,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Request-ID"] = request.state.request_id
         response.headers.update(SECURITY_HEADERS)
         if not request.url.path.startswith(DOCS_PATHS):
-            response.headers["Content-Security-Policy"] = API_CSP
+            response.headers.setdefault("Content-Security-Policy", API_CSP)  # the demo page sets its own
         app.state.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
         app.state.metrics.latency.labels(route).observe(elapsed)
         logger.info(

@@ -1,0 +1,132 @@
+"""Result writers (JSON Lines or CSV, chosen by the output file's suffix) and the resume set.
+
+Each record is written as one whole line and flushed at once, so an interrupted run leaves a valid file
+holding every result that had arrived. `--resume` reads the paths back from that file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+CSV_FIELDS = ["path", "status", "top1_label", "top1_score", "error", "request_id"]
+
+
+class OutputError(Exception):
+    """A problem with the output file that stops the run before anything is sent."""
+
+
+def format_of(path: str | Path | None) -> str:
+    if path is None:
+        return "jsonl"
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise OutputError(f"cannot tell the format of {path}: use a .jsonl or .csv suffix")
+    return fmt
+
+
+def error_text(error: dict[str, Any]) -> str:
+    """An error record as one CSV cell: '422 invalid-image: the file is empty'."""
+    slug = str(error.get("type") or "").rstrip("/").rsplit("/", 1)[-1]
+    status = error.get("status")
+    return f"{status if status is not None else '-'} {slug}: {error.get('detail', '')}"
+
+
+def csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    top = (record.get("predictions") or [{}])[0]
+    return {
+        "path": record["path"],
+        "status": record["status"],
+        "top1_label": top.get("label", ""),
+        "top1_score": top.get("score", ""),
+        "error": error_text(record["error"]) if "error" in record else "",
+        "request_id": record.get("request_id") or "",
+    }
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line that has no newline (a run killed mid-write) so appending starts on a fresh line."""
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        # scan back for the last newline, 64 KiB at a time
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            chunk = f.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            end = start
+        f.truncate(0)
+
+
+def done_paths(path: str | Path) -> set[str]:
+    """Absolute paths already recorded in an output file (ok or failed); empty if there is no file yet.
+
+    A half-written last line is removed first; lines that do not parse are ignored.
+    """
+    path = Path(path)
+    if not path.exists():
+        return set()
+    _drop_partial_line(path)
+    done: set[str] = set()
+    with path.open(encoding="utf-8", newline="") as f:
+        if format_of(path) == "csv":
+            for row in csv.DictReader(f):
+                if row.get("path"):
+                    done.add(row["path"])
+        else:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("path"), str):
+                    done.add(record["path"])
+    return done
+
+
+class Writer:
+    """Writes records to a file (appending with `resume`) or to stdout; one flush per record."""
+
+    def __init__(self, path: str | Path | None, resume: bool = False) -> None:
+        self.format = format_of(path)
+        self.path = Path(path) if path is not None else None
+        if self.path is None:
+            self._file: TextIO = sys.stdout
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a" if resume else "w", encoding="utf-8", newline="")
+        self._csv = None
+        if self.format == "csv":
+            self._csv = csv.DictWriter(self._file, CSV_FIELDS, lineterminator="\n")
+            if self.path is None or self._file.tell() == 0:
+                self._csv.writeheader()
+                self._file.flush()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._csv is not None:
+            buf = io.StringIO()
+            csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerow(csv_row(record))
+            line = buf.getvalue()
+        else:
+            line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._file.write(line)  # one write per record: never half a line in the buffer at a flush
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not sys.stdout:
+            self._file.close()

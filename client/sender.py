@@ -1,0 +1,284 @@
+"""HTTP to the gateway: one file per `/v1/predict`, or several per `/v1/predict/batch`, with retries.
+
+Retried (exponential backoff with jitter, never sooner than `Retry-After`): HTTP 429, 503 and 504,
+connection errors and timeouts, and, inside a batch answer, the files whose own error is 503 or 504.
+A 401/403 stops the whole run (`Fatal`): every other file would fail the same way, and recording them as
+failed would make `--resume` skip them later. Any other error is the file's outcome, with the server's
+problem `type`, `detail` and `status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+RETRYABLE = frozenset({429, 503, 504})
+PUSH_BACK = frozenset({429, 503})  # also lower the number of requests in flight
+FATAL = frozenset({401, 403})
+CLIENT_TYPE = "client/"  # prefix of the error types the client itself assigns (no server answer)
+
+
+class Fatal(Exception):
+    """An answer that means no other request can succeed either (bad or missing API key)."""
+
+
+@dataclass
+class RetryPolicy:
+    retries: int = 5
+    base_s: float = 0.5
+    cap_s: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        """'Equal jitter': between half and all of base * 2^attempt, capped."""
+        ceiling = min(self.cap_s, self.base_s * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not crypto)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is None:
+            return self.backoff(attempt)
+        # honour Retry-After, plus a little jitter so waiting workers do not all come back at once
+        return retry_after + random.uniform(0, min(1.0, self.base_s * 2**attempt / 2))  # noqa: S311
+
+
+def retry_after_s(response: httpx.Response) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date), or None."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def client_error(kind: str, detail: str, status: int | None = None) -> dict[str, Any]:
+    return {"type": CLIENT_TYPE + kind, "detail": detail, "status": status}
+
+
+def problem_of(response: httpx.Response) -> dict[str, Any]:
+    """The error part of a record from an error answer: the problem's type/detail/status (and code)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "type" in body:
+        return error_of(body, response.status_code)
+    text = response.text[:200].strip() or response.reason_phrase
+    return client_error("http-error", f"HTTP {response.status_code}: {text}", response.status_code)
+
+
+def error_of(problem: dict[str, Any], status: int | None = None) -> dict[str, Any]:
+    error = {"type": problem.get("type"), "detail": problem.get("detail"), "status": problem.get("status", status)}
+    if "code" in problem:
+        error["code"] = problem["code"]
+    return error
+
+
+def ok(path: str, predictions: list[dict[str, Any]], request_id: str | None) -> dict[str, Any]:
+    return {"path": path, "status": "ok", "predictions": predictions, "request_id": request_id}
+
+
+def failed(path: str, error: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+    return {"path": path, "status": "failed", "error": error, "request_id": request_id}
+
+
+def read_files(paths: list[str], max_bytes: int) -> list[bytes | dict[str, Any]]:
+    """Each file's bytes, or the error that kept it from being read (files above `max_bytes` are not read)."""
+    out: list[bytes | dict[str, Any]] = []
+    for path in paths:
+        try:
+            size = os.path.getsize(path)
+            if size > max_bytes:
+                out.append(client_error("file-too-large", f"{size} bytes is above the limit of {max_bytes}"))
+                continue
+            with open(path, "rb") as f:
+                out.append(f.read(max_bytes + 1))
+        except OSError as exc:
+            out.append(client_error("read-error", f"cannot read the file: {exc.strerror or exc}"))
+    return out
+
+
+class Window:
+    """How many requests may be in flight: halved when the server pushes back (429/503), grown by one per
+    window of successes, between 1 and `ceiling` (AIMD). Keeps a rate-limited run from burning retries."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.size = float(ceiling)
+        self.inflight = 0
+        self._changed = asyncio.Condition()
+        self._hold_until = 0.0  # one cut per push-back episode, not one per refused request
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.inflight < int(self.size))
+            self.inflight += 1
+
+    async def __aexit__(self, *_: object) -> None:
+        async with self._changed:
+            self.inflight -= 1
+            self._changed.notify_all()
+
+    def success(self) -> None:
+        self.size = min(float(self.ceiling), self.size + 1 / self.size)
+
+    def pushed_back(self, retry_after: float | None) -> bool:
+        """Halve the window unless it was just halved; True when it was."""
+        now = time.monotonic()
+        if now < self._hold_until or self.size <= 1:
+            return False
+        self.size = max(1.0, self.size / 2)
+        self._hold_until = now + max(1.0, retry_after or 0.0)
+        return True
+
+
+@dataclass
+class Attempt:
+    """What one request gave: final records by index, indices to retry, and why."""
+
+    records: dict[int, dict[str, Any]]
+    retry: list[int]
+    error: dict[str, Any] | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    pushed_back: bool = False  # a 429 or 503: the server wants fewer requests
+
+
+class Sender:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        api_key: str,
+        top_k: int = 5,
+        min_score: float | None = None,
+        batch: bool = True,
+        policy: RetryPolicy | None = None,
+        max_file_bytes: int = 8 * 1024 * 1024,
+        log: Callable[[str], None] = lambda _: None,
+        concurrency: int = 4,
+    ) -> None:
+        self.client = client
+        self.headers = {"X-API-Key": api_key}
+        self.params: dict[str, Any] = {"top_k": top_k}
+        if min_score is not None:
+            self.params["min_score"] = min_score
+        self.batch = batch
+        self.policy = policy or RetryPolicy()
+        self.max_file_bytes = max_file_bytes
+        self.log = log
+        self.window = Window(concurrency)
+        self.retries = 0  # retry requests made, over the whole run
+        self._not_before = 0.0  # monotonic time before which no worker sends (set by Retry-After)
+
+    async def classify(self, paths: list[str]) -> list[dict[str, Any]]:
+        """One record per path, in order, after retries. Reads the files now, not before."""
+        contents = await asyncio.to_thread(read_files, paths, self.max_file_bytes)
+        records: dict[int, dict[str, Any]] = {}
+        pending = []
+        for i, content in enumerate(contents):
+            if isinstance(content, dict):
+                records[i] = failed(paths[i], content)
+            else:
+                pending.append(i)
+        attempt = 0
+        while pending:
+            await self._wait_turn()
+            async with self.window:
+                result = await self._send([paths[i] for i in pending], [contents[i] for i in pending])  # type: ignore[misc]
+                if result.pushed_back:
+                    if self.window.pushed_back(result.retry_after):
+                        self.log(f"server pushed back: at most {int(self.window.size)} request(s) in flight now")
+                elif not result.retry:
+                    self.window.success()
+            records.update({pending[j]: record for j, record in result.records.items()})
+            pending = [pending[j] for j in result.retry]
+            if not pending:
+                break
+            if attempt >= self.policy.retries:
+                for i in pending:
+                    records[i] = failed(paths[i], result.error or client_error("retries-exhausted", "no answer"),
+                                        result.request_id)  # fmt: skip
+                break
+            delay = self.policy.delay(attempt, result.retry_after)
+            if result.retry_after is not None:
+                self._not_before = max(self._not_before, time.monotonic() + result.retry_after)
+            attempt += 1
+            self.retries += 1
+            why = result.error or {}
+            reason = f"{why.get('status') or ''} {str(why.get('type', '')).rsplit('/', 1)[-1]}".strip()
+            hint = f" (Retry-After {result.retry_after:g})" if result.retry_after is not None else ""
+            self.log(f"retry {attempt}/{self.policy.retries} for {len(pending)} file(s) after {reason}: "
+                     f"waiting {delay:.2f} s{hint}")  # fmt: skip
+            await asyncio.sleep(delay)
+        return [records[i] for i in range(len(paths))]
+
+    async def _wait_turn(self) -> None:
+        wait = self._not_before - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait + random.uniform(0, 0.1))  # noqa: S311
+
+    async def _send(self, paths: list[str], contents: list[bytes]) -> Attempt:
+        everyone = list(range(len(paths)))
+        try:
+            if self.batch:
+                files = [("files", (os.path.basename(p), data, "application/octet-stream"))
+                         for p, data in zip(paths, contents, strict=True)]  # fmt: skip
+                response = await self.client.post("/v1/predict/batch", params=self.params, headers=self.headers,
+                                                  files=files)  # fmt: skip
+            else:
+                headers = {**self.headers, "Content-Type": "application/octet-stream"}
+                response = await self.client.post("/v1/predict", params=self.params, headers=headers,
+                                                  content=contents[0])  # fmt: skip
+        except httpx.TimeoutException as exc:
+            return Attempt({}, everyone, client_error("timeout", f"no answer in time ({type(exc).__name__})"))
+        except httpx.TransportError as exc:
+            return Attempt({}, everyone, client_error("connection-error", f"{type(exc).__name__}: {exc}"))
+
+        request_id = response.headers.get("x-request-id")
+        if response.status_code in FATAL:
+            error = problem_of(response)
+            raise Fatal(f"HTTP {response.status_code} {error['type']}: {error['detail']}")
+        if response.status_code in RETRYABLE:
+            return Attempt({}, everyone, problem_of(response), request_id, retry_after_s(response),
+                           pushed_back=response.status_code in PUSH_BACK)  # fmt: skip
+        if response.status_code != 200:
+            error = problem_of(response)
+            return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        request_id = body.get("request_id", request_id) if isinstance(body, dict) else request_id
+        if not self.batch:
+            if not isinstance(body, dict) or not isinstance(body.get("predictions"), list):
+                error = client_error("bad-response", "no predictions in the answer", 200)
+                return Attempt({0: failed(paths[0], error, request_id)}, [])
+            return Attempt({0: ok(paths[0], body["predictions"], request_id)}, [])
+        results = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(results, list) or len(results) != len(paths):
+            error = client_error("bad-response", f"expected {len(paths)} results in input order", 200)
+            return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
+        attempt = Attempt({}, [], request_id=request_id)
+        for i, (path, result) in enumerate(zip(paths, results, strict=True)):
+            if isinstance(result.get("predictions"), list):
+                attempt.records[i] = ok(path, result["predictions"], request_id)
+                continue
+            error = error_of(result.get("error") or {})
+            if error["status"] in RETRYABLE:
+                attempt.retry.append(i)
+                attempt.error = error
+                attempt.pushed_back |= error["status"] in PUSH_BACK  # e.g. TorchServe's queue is full
+            else:
+                attempt.records[i] = failed(path, error, request_id)
+        return attempt

@@ -1,0 +1,86 @@
+"""The demo page in a real headless Chromium (Debian's package, driven by Playwright; no browser download)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from imagegen import jpeg
+from support import Gateway
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+INSTALL_HINT = "Chromium is missing: install Debian's package (`sudo apt-get install chromium`) or set CHROMIUM_PATH"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL_HINT + " (.ci/run installs it)")
+        pytest.skip(INSTALL_HINT)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def page(browser, gateway: Gateway):
+    context = browser.new_context()
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.goto(gateway.url + "/")
+    yield page, problems
+    context.close()
+
+
+def test_page_is_self_contained_with_a_strict_csp(gateway: Gateway) -> None:
+    response = httpx.get(gateway.url + "/", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "style-src 'self'" in csp and "default-src 'none'" in csp
+    assert "http" not in response.text.replace('lang="en"', "")  # no CDN, no external fonts
+    for asset in ("static/demo.js", "static/demo.css"):
+        assert httpx.get(f"{gateway.url}/{asset}", timeout=10).status_code == 200
+
+
+def test_classify_an_image(page, api_key: str, tmp_path: Path) -> None:
+    page, problems = page
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(jpeg(seed=5))
+    page.fill("#key", api_key)
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#results li:nth-child(5)", timeout=60_000)
+    labels = page.locator("#results .label").all_inner_texts()
+    widths = page.locator("#results .fill").evaluate_all("els => els.map(e => parseFloat(e.style.width))")
+    assert len(labels) == 5 and all(labels)
+    assert widths == sorted(widths, reverse=True) and widths[0] > 0
+    assert page.locator("#preview").get_attribute("src").startswith("blob:")
+    assert page.is_visible("#untrained")  # the test archive has random weights, and the page says so
+    assert page.evaluate("sessionStorage.getItem('apiKey')") == api_key
+    assert page.evaluate("localStorage.length") == 0
+    assert problems == []
+
+
+def test_wrong_key_shows_the_problem_detail(page, tmp_path: Path) -> None:
+    page, problems = page
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(jpeg(seed=6))
+    page.fill("#key", "ica_not-a-key")
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+    assert "valid API key" in page.inner_text("#error")
+    assert page.locator("#results li").count() == 0
+    assert [p for p in problems if "401" not in p] == []  # the browser logs the failed fetch itself
