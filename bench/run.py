@@ -1,82 +1,58 @@
-"""`make bench`: throughput and latency of the model in-process, through TorchServe, and through the gateway.
+"""`make bench`: one command, one run, the same archive and images for every contender.
 
     python -m bench.run [--quick] [--seconds S] [--mar PATH]
 
-Parts (same archive, same images for every contender):
-  limit    in-process decode + preprocess + forward, eager and ONNX, batch 1/4/8, no HTTP
-  direct   TorchServe with our handler, concurrency sweep
-  gateway  through the gateway, concurrency sweep
-  cold     TorchServe process start to first successful prediction
-Writes bench/results/<timestamp>.json and prints a markdown table. Not part of `make test`.
+1. limit     in-process decode + preprocess + forward, eager and ONNX, batch 1/4/8 (no HTTP)
+2. peer      TorchServe with its stock `image_classifier` handler and stock settings, same weights
+3. direct    TorchServe with our handler
+4. gateway   our gateway in front of (3)
+5. overhead  the gateway in front of an instant stub backend vs a bare Starlette endpoint reading the upload
+6. large     p50 latency through the gateway, 12 MP JPEG vs 0.5 MP JPEG
+plus cold start (TorchServe process start to first successful prediction).
+Concurrency sweep 1, 4, 8, 16. Writes bench/results/<timestamp>.json, a markdown table and a PNG plot.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import io
 import json
 import os
 import platform
-import subprocess
+import signal
 import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
 
-from gateway.auth import key_hash
+from bench import peer, servers
+from bench.load import Row, measure, percentiles
 from handlers.engines import load_engine
 from handlers.imaging import decode, preprocess
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe
+from modelserver.torchserve import REPO_ROOT, TorchServe
 
 RESULTS = REPO_ROOT / "bench" / "results"
-BENCH_KEY = "ica_bench-key"
+GATEWAY_HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
 
 
-@dataclass
-class Row:
-    part: str
-    contender: str
-    concurrency: int
-    images: int
-    errors: int
-    seconds: float
-    img_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-
-
-def percentiles(latencies: list[float]) -> tuple[float, float, float]:
-    if not latencies:
-        return (float("nan"),) * 3
-    ms = np.array(latencies) * 1000
-    return tuple(float(np.percentile(ms, q)) for q in (50, 95, 99))  # type: ignore[return-value]
-
-
-def sample_images(count: int = 16) -> list[bytes]:
-    """Photo-sized JPEGs (640x480, quality 90) with structure, the same for every contender."""
-    import io
-
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    images = []
-    for i in range(count):
-        x = np.linspace(0, 255, 640)[None, :, None]
-        y = np.linspace(0, 255, 480)[:, None, None]
-        base = np.concatenate([np.broadcast_to(x, (480, 640, 1)), np.broadcast_to(y, (480, 640, 1)),
-                               np.full((480, 640, 1), 16.0 * i)], axis=2)  # fmt: skip
-        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-        images.append(buf.getvalue())
-    return images
+def photo(width: int, height: int, seed: int) -> bytes:
+    """A photo-like JPEG (smooth gradients plus sensor-like noise, quality 90)."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    tint = np.full((height, width, 1), 16.0 * (seed % 16), dtype=np.float32)
+    base = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)), tint], 2)
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 def bench_limit(model_dir: Path, images: list[bytes], seconds: float) -> list[Row]:
@@ -92,57 +68,19 @@ def bench_limit(model_dir: Path, images: list[bytes], seconds: float) -> list[Ro
                 latencies.append(time.perf_counter() - t0)
                 done += batch
             elapsed = time.perf_counter() - started
-            rows.append(Row("limit", f"{engine_name} batch {batch}", 1, done, 0, elapsed, done / elapsed,
-                            *percentiles(latencies)))  # fmt: skip
-    return rows
-
-
-async def load(url: str, headers: dict[str, str], images: list[bytes], concurrency: int, seconds: float) -> Row:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-
-        async def worker(offset: int) -> None:
-            nonlocal errors
-            i = offset
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    response = await client.post(url, content=images[i % len(images)], headers=headers)
-                    ok = response.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append(time.perf_counter() - t0) if ok else None
-                errors += 0 if ok else 1
-                i += concurrency
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(n) for n in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return Row("", "", concurrency, len(latencies), errors, elapsed, len(latencies) / elapsed, *percentiles(latencies))
-
-
-def sweep(part: str, contender: str, url: str, headers: dict, images: list[bytes], levels, seconds) -> list[Row]:
-    rows = []
-    asyncio.run(load(url, headers, images, 2, min(seconds, 3)))  # warm-up
-    for concurrency in levels:
-        row = asyncio.run(load(url, headers, images, concurrency, seconds))
-        row.part, row.contender = part, contender
-        rows.append(row)
-        print(f"  {part} {contender} c={concurrency}: {row.img_per_s:.2f} img/s p50 {row.p50_ms:.0f} ms", flush=True)
+            row = Row("limit", f"{engine_name} batch {batch}", 1, done, 0, elapsed, done / elapsed,
+                      *percentiles(latencies))  # fmt: skip
+            print(f"  limit    {row.contender:22}        {row.img_per_s:8.2f}/s", flush=True)
+            rows.append(row)
     return rows
 
 
 def cold_start(model_store: Path, workdir: Path, image: bytes) -> float:
-    server = TorchServe(workdir, model_store, bench_ports(100))
+    server = TorchServe(workdir, model_store, servers.ports(9))
     started = time.perf_counter()
     server.start()
     try:
-        while True:
-            if time.perf_counter() - started > 180:
-                raise RuntimeError("no prediction within 180 s")
+        while time.perf_counter() - started < 240:
             try:
                 key = server.keys()["inference"]
                 response = httpx.post(f"{server.inference_url}/predictions/resnet50", content=image,
@@ -151,33 +89,76 @@ def cold_start(model_store: Path, workdir: Path, image: bytes) -> float:
                     return time.perf_counter() - started
             except (OSError, ValueError, KeyError, httpx.HTTPError):
                 pass
-            time.sleep(0.1)
+            time.sleep(0.05)
+        raise RuntimeError("no prediction within 240 s")
     finally:
         server.stop()
 
 
-def bench_ports(offset: int) -> Ports:
-    base = 18100 + offset
-    return Ports(base, base + 1, base + 2, base + 3, base + 4, 29100 + offset)
+def at(rows: list[Row], part: str, concurrency: int, contender: str | None = None) -> Row:
+    return next(r for r in rows if r.part == part and r.concurrency == concurrency and contender in (None, r.contender))
+
+
+def ratios(rows: list[Row], large: dict[str, float]) -> dict[str, float]:
+    best_onnx = max(r.img_per_s for r in rows if r.part == "limit" and r.contender.startswith("onnx"))
+    gateway8, peer8 = at(rows, "gateway", 8), at(rows, "peer", 8)
+    stub = {c: at(rows, "overhead", c, "gateway + stub") for c in (1, 8)}
+    bare = {c: at(rows, "overhead", c, "bare starlette") for c in (1, 8)}
+    return {
+        "gateway_c8_vs_stock_c8": gateway8.img_per_s / peer8.img_per_s,
+        "gateway_c8_vs_onnx_limit": gateway8.img_per_s / best_onnx,
+        "overhead_p50_added_ms_c1": stub[1].p50_ms - bare[1].p50_ms,
+        "overhead_rps_vs_bare_c8": stub[8].img_per_s / bare[8].img_per_s,
+        "large_12mp_p50_vs_0_5mp_p50": large["12mp"] / large["0.5mp"],
+    }
+
+
+def plot(rows: list[Row], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for part, contender in (("peer", "stock handler"), ("direct", "ours"), ("gateway", "ours")):
+        series = [r for r in rows if r.part == part]
+        c = [r.concurrency for r in series]
+        left.plot(c, [r.img_per_s for r in series], marker="o", label=f"{part} ({contender})")
+        right.plot(c, [r.p50_ms for r in series], marker="o", label=f"{part} p50")
+        right.plot(c, [r.p99_ms for r in series], marker="x", linestyle="--", label=f"{part} p99")
+    best = max(r.img_per_s for r in rows if r.part == "limit")
+    left.axhline(best, color="grey", linestyle=":", label="in-process limit")
+    left.set(xlabel="concurrent clients", ylabel="images/s", title="Throughput")
+    right.set(xlabel="concurrent clients", ylabel="ms", title="Latency", yscale="log")
+    left.legend(fontsize=8)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| part | contender | concurrency | img/s | p50 ms | p95 ms | p99 ms | errors |", "|---" * 8 + "|"]
-    for r in rows:
-        lines.append(f"| {r.part} | {r.contender} | {r.concurrency} | {r.img_per_s:.2f} | {r.p50_ms:.1f} | "
-                     f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.errors} |")  # fmt: skip
+    lines = ["| part | contender | clients | img/s | p50 ms | p95 ms | p99 ms | errors |", "|---" * 8 + "|"]
+    lines += [f"| {r.part} | {r.contender} | {r.concurrency} | {r.img_per_s:.2f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} "
+              f"| {r.p99_ms:.1f} | {r.errors} |" for r in rows]  # fmt: skip
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so every server started so far is stopped by its context manager
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: short and only concurrency 1 and 8")
-    parser.add_argument("--seconds", type=float, default=None, help="per measurement (default 15, quick 3)")
+    signal.signal(signal.SIGTERM, _interrupt)
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per point, clients 1 and 8")
+    parser.add_argument("--seconds", type=float, default=None, help="per measurement point (default 10)")
     parser.add_argument("--mar", type=Path, default=REPO_ROOT / "model_store" / "resnet50.mar")
     args = parser.parse_args(argv)
-    seconds = args.seconds or (3.0 if args.quick else 15.0)
+    seconds = args.seconds or (2.0 if args.quick else 10.0)
     levels = (1, 8) if args.quick else (1, 4, 8, 16)
-    images = sample_images()
+    images = [photo(816, 612, seed) for seed in range(16)]  # 0.5 MP
+    large = {"0.5mp": photo(816, 612, 99), "12mp": photo(4000, 3000, 99)}
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmpdir = Path(tmp)
@@ -185,37 +166,42 @@ def main(argv: list[str] | None = None) -> int:
         with zipfile.ZipFile(args.mar) as mar:
             mar.extractall(model_dir)
         meta = json.loads((model_dir / "metadata.json").read_text())
-        print("limit (in-process)", flush=True)
+        print("1. limit (in-process)", flush=True)
         rows += bench_limit(model_dir, images, seconds)
-        cold = cold_start(args.mar.parent, tmpdir / "cold", images[0])
-        print(f"cold start to first prediction: {cold:.1f} s", flush=True)
-        server = TorchServe(tmpdir / "ts", args.mar.parent, bench_ports(0))
-        server.start()
-        gateway = None
-        try:
-            server.wait_ready(180)
-            direct_headers = {"Authorization": f"Bearer {server.keys()['inference']}"}
-            rows += sweep("direct", "ours", f"{server.inference_url}/predictions/resnet50", direct_headers,
-                          images, levels, seconds)  # fmt: skip
-            env = {**os.environ, "GATEWAY_PORT": "18190", "GATEWAY_INFERENCE_URL": server.inference_url,
-                   "GATEWAY_MANAGEMENT_URL": server.management_url, "GATEWAY_KEY_FILE": str(server.key_file),
-                   "GATEWAY_API_KEY_HASHES": key_hash(BENCH_KEY), "GATEWAY_RATE_LIMIT_RPS": "100000",
-                   "GATEWAY_RATE_LIMIT_BURST": "100000", "GATEWAY_LOG_LEVEL": "WARNING"}  # fmt: skip
-            gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=subprocess.DEVNULL)
-            for _ in range(100):
-                try:
-                    if httpx.get("http://127.0.0.1:18190/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            gateway_headers = {"X-API-Key": BENCH_KEY, "Content-Type": "image/jpeg"}
-            rows += sweep("gateway", "ours", "http://127.0.0.1:18190/v1/predict", gateway_headers, images, levels,
-                          seconds)  # fmt: skip
-        finally:
-            if gateway is not None:
-                gateway.terminate()
-                gateway.wait(15)
-            server.stop()
+        print("2. peer (stock image_classifier handler)", flush=True)
+        peer_store = peer.build_stock_archive(model_dir, tmpdir / "peer_store", tmpdir / "peer_build")
+        with servers.torchserve(peer_store, tmpdir / "ts-peer", 1) as stock:
+            headers = {"Authorization": f"Bearer {stock.keys()['inference']}"}
+            rows += measure("peer", "stock handler", f"{stock.inference_url}/predictions/resnet50", headers,
+                            images, levels, seconds)  # fmt: skip
+        print("3-4, 6. ours: direct, through the gateway, large photos", flush=True)
+        with servers.torchserve(args.mar.parent, tmpdir / "ts-ours", 2) as ours:
+            headers = {"Authorization": f"Bearer {ours.keys()['inference']}"}
+            rows += measure("direct", "ours", f"{ours.inference_url}/predictions/resnet50", headers, images,
+                            levels, seconds)  # fmt: skip
+            with servers.gateway(ours.inference_url, ours.management_url, ours.key_file, 18190):
+                url = "http://127.0.0.1:18190/v1/predict"
+                rows += measure("gateway", "ours", url, GATEWAY_HEADERS, images, levels, seconds)
+                large_rows = {name: measure("large", name, url, GATEWAY_HEADERS, [data], (1,), seconds)[0]
+                              for name, data in large.items()}  # fmt: skip
+                rows += large_rows.values()
+        print("5. gateway overhead (instant stub backend vs bare Starlette)", flush=True)
+        key_file = tmpdir / "stub_keys.json"
+        key_file.write_text(json.dumps({k: {"key": "stub"} for k in ("inference", "management", "API")}))
+        stub_url = "http://127.0.0.1:18180"
+        with (
+            servers.uvicorn_app("bench.stubs:torchserve_stub", 18180, "/healthz"),
+            servers.gateway(stub_url, stub_url, key_file, 18191),
+        ):
+            rows += measure("overhead", "gateway + stub", "http://127.0.0.1:18191/v1/predict", GATEWAY_HEADERS,
+                            images, levels, seconds)  # fmt: skip
+        with servers.uvicorn_app("bench.stubs:bare", 18181, "/healthz"):
+            rows += measure("overhead", "bare starlette", "http://127.0.0.1:18181/v1/predict", GATEWAY_HEADERS,
+                            images, levels, seconds)  # fmt: skip
+        print("cold start", flush=True)
+        cold = cold_start(args.mar.parent, tmpdir / "ts-cold", images[0])
+    large_p50 = {name: row.p50_ms for name, row in large_rows.items()}
+    summary = {**ratios(rows, large_p50), "cold_start_s": cold}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report = {
@@ -223,14 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "weights": meta["weights"],
         "seconds_per_point": seconds,
-        "cold_start_s": cold,
+        "summary": summary,
         "rows": [asdict(r) for r in rows],
-        "best_limit_img_per_s": max(r.img_per_s for r in rows if r.part == "limit"),
     }
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(report, indent=2))
+    plot(rows, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(table(rows) + "\n")
     print(table(rows))
-    print(f"cold start: {cold:.1f} s; results in {out}")
+    print("\n".join(f"{name}: {value:.3f}" for name, value in summary.items()))
+    print(f"results: {out} (+ .md table, .png plot)")
     return 0
 
 
