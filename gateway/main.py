@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
@@ -17,25 +13,10 @@ from starlette.exceptions import HTTPException
 from gateway import demo, logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
 from gateway.metrics import Metrics
+from gateway.observe import ObserveMiddleware
 from gateway.problems import Problem
 from gateway.settings import Settings, get_settings
 from gateway.upstream import TorchServeClient
-
-logger = logging.getLogger("gateway")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
-DOCS_PATHS = ("/docs", "/redoc")  # FastAPI's docs pages load their assets from a CDN
-
-
-def request_id_of(request: Request) -> str:
-    incoming = request.headers.get("x-request-id", "")
-    return incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -64,38 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(demo.router)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.request_id = request_id_of(request)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            logger.exception("unhandled error", extra={"request_id": request.state.request_id})
-            problem = Problem("internal-error", "an internal error occurred; it has been logged")
-            response = problem.response(request.state.request_id)
-        elapsed = time.perf_counter() - started
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        response.headers["X-Request-ID"] = request.state.request_id
-        response.headers.update(SECURITY_HEADERS)
-        if not request.url.path.startswith(DOCS_PATHS):
-            response.headers.setdefault("Content-Security-Policy", API_CSP)  # the demo page sets its own
-        app.state.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        app.state.metrics.latency.labels(route).observe(elapsed)
-        logger.info(
-            "request",
-            extra={
-                "request_id": request.state.request_id,
-                "key_id": getattr(request.state, "key_id", None),
-                "method": request.method,
-                "route": route,
-                "path": request.url.path[:200],
-                "status": response.status_code,
-                "latency_ms": round(elapsed * 1000, 2),
-                "client": request.client.host if request.client else None,
-            },
-        )
-        return response
+    app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
 
     def answer(request: Request, problem: Problem) -> Response:
         """problem+json, or the Open Inference Protocol's {"error": ...} under /v2."""
