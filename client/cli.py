@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"gateway base URL (env IMGCLS_URL, default {DEFAULT_URL})")  # fmt: skip
     c.add_argument("--api-key", default=os.environ.get("IMGCLS_API_KEY"),
                    help="API key (env IMGCLS_API_KEY; prefer the variable: arguments show in ps)")  # fmt: skip
+    c.add_argument("--apigw-key", default=os.environ.get("IMGCLS_APIGW_KEY"),
+                   help="Amazon API Gateway key, sent as x-api-key (env IMGCLS_APIGW_KEY)")  # fmt: skip
     c.add_argument("-k", "--top-k", type=positive(int, 1, 20), default=5, help="classes per image, 1-20 (5)")
     c.add_argument("--min-score", type=positive(float, 0.0, 1.0), help="drop predictions scoring below this")
     c.add_argument("-c", "--concurrency", type=positive(int, 1, 256), default=4, help="requests in flight (4)")
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         p.error(str(exc))
     opts = Options(
-        paths=args.paths, url=args.url, api_key=args.api_key, recursive=args.recursive, glob=args.glob,
+        paths=args.paths, url=args.url, api_key=args.api_key, apigw_key=args.apigw_key, recursive=args.recursive,
+        glob=args.glob,
         top_k=args.top_k, min_score=args.min_score, concurrency=args.concurrency, batch_size=args.batch_size,
         retries=args.retries, timeout=args.timeout, output=args.output, resume=args.resume,
         progress=sys.stderr.isatty() if args.progress is None else args.progress, verbose=args.verbose,

@@ -30,6 +30,7 @@ class Options:
     paths: list[str]
     url: str
     api_key: str
+    apigw_key: str | None = None
     recursive: bool = False
     glob: str | None = None
     top_k: int = 5
@@ -138,10 +139,13 @@ class Run:
         queue: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=opts.concurrency)
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
         timeout = httpx.Timeout(opts.timeout, connect=min(10.0, opts.timeout))
-        headers = {"User-Agent": f"imgcls/{__version__}"}
+        # The gateway key goes as Bearer: behind Amazon API Gateway, x-api-key is API Gateway's own key.
+        headers = {"User-Agent": f"imgcls/{__version__}", "Authorization": f"Bearer {opts.api_key}"}
+        if opts.apigw_key:
+            headers["x-api-key"] = opts.apigw_key
         try:
             async with httpx.AsyncClient(base_url=opts.url, limits=limits, timeout=timeout, headers=headers) as http:
-                sender = Sender(http, opts.api_key, opts.top_k, opts.min_score, batch=opts.batch_size > 1,
+                sender = Sender(http, opts.top_k, opts.min_score, batch=opts.batch_size > 1,
                                 policy=RetryPolicy(opts.retries, opts.backoff_s), max_file_bytes=opts.max_file_bytes,
                                 log=self.log, concurrency=opts.concurrency)  # fmt: skip
                 try:

@@ -159,7 +159,6 @@ class Sender:
     def __init__(
         self,
         client: httpx.AsyncClient,
-        api_key: str,
         top_k: int = 5,
         min_score: float | None = None,
         batch: bool = True,
@@ -169,7 +168,6 @@ class Sender:
         concurrency: int = 4,
     ) -> None:
         self.client = client
-        self.headers = {"X-API-Key": api_key}
         self.params: dict[str, Any] = {"top_k": top_k}
         if min_score is not None:
             self.params["min_score"] = min_score
@@ -234,10 +232,9 @@ class Sender:
             if self.batch:
                 files = [("files", (os.path.basename(p), data, "application/octet-stream"))
                          for p, data in zip(paths, contents, strict=True)]  # fmt: skip
-                response = await self.client.post("/v1/predict/batch", params=self.params, headers=self.headers,
-                                                  files=files)  # fmt: skip
+                response = await self.client.post("/v1/predict/batch", params=self.params, files=files)
             else:
-                headers = {**self.headers, "Content-Type": "application/octet-stream"}
+                headers = {"Content-Type": "application/octet-stream"}
                 response = await self.client.post("/v1/predict", params=self.params, headers=headers,
                                                   content=contents[0])  # fmt: skip
         except httpx.TimeoutException as exc:
