@@ -69,7 +69,11 @@ def ports_from(args: argparse.Namespace) -> Ports:
     return Ports(**{f.name: getattr(args, f"{f.name}_port") for f in dataclasses.fields(Ports)})
 
 
-def add_port_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `serve` and `run` share: the model store, TorchServe's scratch directory, timeout and ports."""
+    parser.add_argument("--model-store", type=Path, default=DEFAULT_MAR.parent)
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "torchserve")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     for f in dataclasses.fields(Ports):
         parser.add_argument(f"--{f.name.replace('_', '-')}-port", type=int, default=f.default, metavar="PORT")
 
@@ -174,17 +178,11 @@ def parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     serve = sub.add_parser("serve", help="run TorchServe in the foreground with the default ports")
-    serve.add_argument("--model-store", type=Path, default=DEFAULT_MAR.parent)
-    serve.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "torchserve")
-    serve.add_argument("--timeout", type=float, default=180.0)
-    add_port_arguments(serve)
+    add_server_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
     run = sub.add_parser("run", help="TorchServe + gateway (API_KEY, GATEWAY_PORT from the environment)")
-    run.add_argument("--model-store", type=Path, default=DEFAULT_MAR.parent)
-    run.add_argument("--workdir", type=Path, default=REPO_ROOT / ".run" / "torchserve")
-    run.add_argument("--timeout", type=float, default=180.0)
-    add_port_arguments(run)
+    add_server_arguments(run)
     run.set_defaults(func=cmd_run)
 
     ready = sub.add_parser("ready", help="exit 0 when the model has a READY worker (health check)")

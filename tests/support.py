@@ -93,6 +93,12 @@ class Gateway:
     def logs(self) -> str:
         return self.log_file.read_text(errors="replace")
 
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def gateway_env(server: TorchServe, key_hashes: list[str], **overrides: str) -> dict[str, str]:
     env = {

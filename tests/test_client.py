@@ -233,11 +233,8 @@ def test_connection_errors_are_retried_then_recorded(api_key: str, tree: Path) -
 def limited(torchserve: TorchServe, api_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """A gateway of its own allowing 2 requests/s per key (burst 2)."""
     env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="2", rate_limit_burst="2")
-    server = Gateway(tmp_path_factory.mktemp("gw-limited") / "gateway.log", env).start()
-    try:
+    with Gateway(tmp_path_factory.mktemp("gw-limited") / "gateway.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def rate_limited_count(gateway: Gateway) -> float:

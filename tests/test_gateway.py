@@ -191,8 +191,7 @@ class TestAuth:
         from gateway.auth import key_hash
 
         env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="0.2", rate_limit_burst="2")
-        limited = Gateway(tmp_path / "gw.log", env).start()
-        try:
+        with Gateway(tmp_path / "gw.log", env) as limited:
             codes = []
             for _ in range(3):
                 response = post(limited, api_key, content=b"", headers={"Content-Type": "image/jpeg"})
@@ -204,8 +203,6 @@ class TestAuth:
             assert "rate limit" in body["detail"]
             metrics = httpx.get(f"{limited.url}/metrics", timeout=10).text
             assert "gateway_rate_limited_requests_total 1.0" in metrics
-        finally:
-            limited.stop()
 
 
 @pytest.mark.parametrize(

@@ -39,11 +39,8 @@ def short_lived_keys(model_store: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def gateway_short(short_lived_keys: TorchServe, api_key: str, tmp_path_factory) -> Iterator[Gateway]:
     env = gateway_env(short_lived_keys, [key_hash(api_key)], readiness_cache_s="0.5", retry_after_s="3")
-    server = Gateway(tmp_path_factory.mktemp("gw-short") / "gw.log", env).start()
-    try:
+    with Gateway(tmp_path_factory.mktemp("gw-short") / "gw.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_expired_keys_are_renewed_without_client_failures(
@@ -95,16 +92,13 @@ def test_key_rotation_is_invisible_to_clients(gateway: Gateway, torchserve: Torc
 
 def test_upstream_timeout_is_504(torchserve: TorchServe, api_key: str, tmp_path: Path) -> None:
     env = gateway_env(torchserve, [key_hash(api_key)], request_timeout_s="0.03")
-    impatient = Gateway(tmp_path / "gw.log", env).start()
-    try:
+    with Gateway(tmp_path / "gw.log", env) as impatient:
         big = jpeg(2000, 1500)
         started = time.monotonic()
         response = post(impatient, api_key, content=big, headers=JPEG)
         assert time.monotonic() - started < 5
         assert_problem(response, 504, "upstream-timeout")
         assert httpx.get(f"{impatient.url}/healthz", timeout=5).status_code == 200
-    finally:
-        impatient.stop()
 
 
 class GarbageUpstream(http.server.BaseHTTPRequestHandler):
