@@ -15,6 +15,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        http="gateway.protocol:HeadTimeoutH11Protocol",
         timeout_keep_alive=settings.keep_alive_s,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         server_header=False,

@@ -72,7 +72,7 @@ class BatchResult(BaseModel):
 
 class BatchPrediction(BaseModel):
     request_id: str
-    model: ModelBlock | None
+    model: ModelBlock | None = Field(None, description="absent when no file could be classified")
     results: list[BatchResult] = Field(description="one per file, in input order")
 
 

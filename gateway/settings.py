@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive before the connection is closed")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest request head accepted")
+    header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a complete request head")
 
     # Upstream TorchServe
     inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe inference API")
@@ -28,7 +29,12 @@ class Settings(BaseSettings):
     model_name: str = "resnet50"
     connect_timeout_s: float = Field(2.0, gt=0)
     request_timeout_s: float = Field(25.0, gt=0, description="whole upstream call; below API Gateway's 29 s")
-    max_connections: int = Field(64, ge=1)
+    max_connections: int = Field(
+        32, ge=1, description="requests in flight to TorchServe per gateway process; keep below its job_queue_size"
+    )
+    queue_timeout_s: float = Field(
+        1.0, gt=0, description="wait for a free upstream connection before answering 503 (overload)"
+    )
     readiness_cache_s: float = Field(1.5, ge=0)
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503")
 

@@ -6,6 +6,10 @@ the file; if the key there is the one that just failed (it expired), it asks Tor
 for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
 retries once. Clients never see the rotation.
 
+Overload: at most `max_connections` requests are in flight to TorchServe per gateway process (below its
+job queue, so TorchServe never has to refuse); a request that finds no free slot within `queue_timeout_s`
+gets 503 with Retry-After at once instead of waiting in an unbounded queue.
+
 Failures: unreachable, no worker or a full queue → 503 with Retry-After; no answer within the timeout
 → 504; a per-item handler error → 422 with its code; anything else → 502. Never a hang.
 """
@@ -90,8 +94,12 @@ class Readiness:
 class TorchServeClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
-        limits = httpx.Limits(max_connections=settings.max_connections, max_keepalive_connections=32)
+        timeout = httpx.Timeout(
+            settings.request_timeout_s, connect=settings.connect_timeout_s, pool=settings.queue_timeout_s
+        )
+        limits = httpx.Limits(
+            max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
+        )
         self.client = httpx.AsyncClient(timeout=timeout, limits=limits)
         self.keys = KeySource(settings.key_file, settings.management_url, self.client)
         self._readiness = Readiness(False, "not checked yet")
@@ -128,6 +136,8 @@ class TorchServeClient:
         except (TimeoutError, httpx.TimeoutException) as exc:
             if isinstance(exc, httpx.ConnectTimeout):
                 raise self.unavailable("the model server does not accept connections") from None
+            if isinstance(exc, httpx.PoolTimeout):  # every upstream slot busy: shed load instead of queueing
+                raise self.unavailable("the model server is at capacity; retry shortly") from None
             detail = f"no answer from the model within {self.settings.request_timeout_s:g} s"
             raise Problem("upstream-timeout", detail) from None
         except httpx.ConnectError:

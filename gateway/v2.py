@@ -144,13 +144,16 @@ async def ready(request: Request) -> dict:
     return {"ready": True}
 
 
-@router.get("/models/{model_name}", summary="Model metadata")
+NOT_FOUND = {404: {"description": "Unknown model"}}
+
+
+@router.get("/models/{model_name}", summary="Model metadata", responses=NOT_FOUND)
 async def model_metadata(request: Request, model_name: str, _: Authenticated) -> dict:
     expect_model(request, model_name)
     return metadata(model_name)
 
 
-@router.get("/models/{model_name}/ready", summary="The model is ready")
+@router.get("/models/{model_name}/ready", summary="The model is ready", responses=NOT_FOUND)
 async def model_ready(request: Request, model_name: str, _: Authenticated) -> dict:
     expect_model(request, model_name)
     await readyz(request)
@@ -162,7 +165,7 @@ def expect_model(request: Request, model_name: str) -> None:
         raise Problem("not-found", f"unknown model {model_name!r}")
 
 
-@router.post("/models/{model_name}/infer", summary="Classify a batch of encoded images")
+@router.post("/models/{model_name}/infer", summary="Classify a batch of encoded images", responses=NOT_FOUND)
 async def infer(request: Request, model_name: str, _: Authenticated) -> Response:
     expect_model(request, model_name)
     settings = settings_of(request)

@@ -173,3 +173,20 @@ def test_absolute_form_and_odd_hosts_reach_nothing(gateway: Gateway, torchserve:
     status = int(reply.split(b" ", 2)[1])
     assert status in (400, 404), reply[:200]
     assert b"modelName" not in reply
+
+
+def test_overload_is_shed_with_503_not_queued(torchserve: TorchServe, api_key: str, tmp_path: Path) -> None:
+    """With every upstream slot busy, a request waits at most the queue timeout, then gets 503 + Retry-After."""
+    import concurrent.futures
+
+    env = gateway_env(torchserve, [key_hash(api_key)], max_connections="1", queue_timeout_s="0.05")
+    with Gateway(tmp_path / "gw.log", env) as narrow:
+        big = jpeg(1600, 1200)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda _: post(narrow, api_key, content=big, headers=JPEG), range(6)))
+        codes = sorted(r.status_code for r in responses)
+        assert 200 in codes and 503 in codes, codes
+        assert set(codes) <= {200, 503}
+        shed = next(r for r in responses if r.status_code == 503)
+        assert_problem(shed, 503, "model-unavailable")
+        assert "capacity" in shed.json()["detail"] and shed.headers["retry-after"]

@@ -1,0 +1,1 @@
+"""Load and soak tests (the long soak is `python -m bench.soak`, see docs/reliability.md)."""

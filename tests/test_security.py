@@ -1,0 +1,376 @@
+"""Security properties that can be tested: what is reachable, how TorchServe is locked down, secrets, slow clients.
+
+Complements test_gateway_faults.py (management paths, absolute-form targets), test_bad_inputs.py (upload caps,
+chunked bodies) and test_gateway.py (wrong vs missing key, keys absent from logs). SECURITY.md maps each
+TorchServe CVE to the control and the test here that guards it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+import pytest
+from conftest import OTHER_KEY
+from imagegen import jpeg
+from support import Gateway, free_port, gateway_env
+from test_gateway import assert_problem, post
+
+from gateway.auth import key_hash
+from modelserver.torchserve import REPO_ROOT, TorchServe, read_properties
+
+JPEG = {"Content-Type": "image/jpeg"}
+TS_METRIC = re.compile(r"^ts_\w+", re.MULTILINE)
+
+
+def raw(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send a request as bytes (no client normalisation of the path) and read the whole reply."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def status_of(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+# --- nothing of TorchServe through the gateway ----------------------------------------------------------------
+
+
+def test_gateway_metrics_are_its_own_not_torchservers(gateway: Gateway, torchserve: TorchServe) -> None:
+    theirs = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
+    assert theirs.status_code == 200 and TS_METRIC.search(theirs.text), "TorchServe's metrics look different"
+    for path in ("/metrics", "/metrics/", "/metrics?name[]=ts_inference_requests_total", "//metrics"):
+        ours = httpx.get(f"{gateway.url}{path}", timeout=10)
+        assert not TS_METRIC.search(ours.text), path
+        if ours.status_code == 200:
+            assert "gateway_requests_total" in ours.text, path
+
+
+ENCODED_PROBES = [
+    "/v1%2f..%2f..%2fmodels",
+    "/v1/predict%2f..%2f..%2fmodels",
+    "/%2e%2e%2fmodels",
+    "/..%2fmodels",
+    "/%252e%252e/models",
+    "/v1/models%2f..%2f..%2fmodels%2fresnet50",
+    "/v1/models/..%2f..%2fmodels",
+    "/v1/models;/../../models",
+    "/predictions%2fresnet50",
+    "/v1/%2e%2e/%2e%2e/metrics",
+    "/v1/predict/..%2f..%2fping",
+    "/%5c..%5cmodels",
+]
+
+
+@pytest.mark.parametrize("path", ENCODED_PROBES)
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_encoded_traversal_reaches_nothing(gateway: Gateway, api_key: str, path: str, method: str) -> None:
+    reply = raw(gateway.port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {api_key}\r\n"
+                              "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+    assert status_of(reply) in (400, 404, 405), reply[:300]
+    for leak in (b"modelName", b"InvalidKeyException", b"Healthy", b"ts_"):
+        assert leak not in reply, (path, leak)
+
+
+@pytest.mark.parametrize("header", ["Host", "X-Forwarded-Host", "X-Original-URL", "X-Rewrite-URL", "X-Forwarded-For"])
+def test_routing_headers_change_nothing(gateway: Gateway, torchserve: TorchServe, api_key: str, header: str) -> None:
+    management = urlsplit(torchserve.management_url).netloc
+    value = {"Host": management, "X-Forwarded-Host": management, "X-Forwarded-For": "127.0.0.1"}.get(header, "/models")
+    for path in ("/models", "/metrics", "/v1/models"):
+        response = httpx.get(f"{gateway.url}{path}", headers={"X-API-Key": api_key, header: value}, timeout=10)
+        if path == "/models":
+            assert response.status_code == 404
+        assert "modelName" not in response.text and not TS_METRIC.search(response.text), (header, path)
+
+
+@pytest.mark.parametrize("host", ["torchserve:8081", "localhost:8082", "[::1]", "evil.example", "a" * 300])
+def test_odd_host_headers(gateway: Gateway, host: str) -> None:
+    reply = raw(gateway.port, f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    assert status_of(reply) in (200, 400), reply[:200]
+    assert b"gateway_requests_total" in reply or status_of(reply) == 400
+    assert not TS_METRIC.search(reply.decode(errors="replace"))
+
+
+# --- TorchServe locked down, as it runs ----------------------------------------------------------------------
+
+
+def test_rendered_torchserve_config_is_hardened(torchserve: TorchServe) -> None:
+    props = read_properties((torchserve.workdir / "config.properties").read_text())
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert props["install_py_dep_per_model"] == "false"
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert urlsplit(props[key]).hostname == "127.0.0.1", key
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    allowed = re.compile(props["allowed_urls"])
+    assert allowed.fullmatch("file:///srv/model_store/resnet50.mar")
+    for url in ("http://169.254.169.254/latest/meta-data/x.mar", "https://example.com/model_store/a.mar",
+                "file:///tmp/model_store/../../etc/passwd", "file:///x/model_store/a.mar?http://evil/x.mar",
+                "file:///x/model_store/a.mar\nhttp://evil", "HTTP://evil/model_store/a.mar"):  # fmt: skip
+        assert not allowed.fullmatch(url), url
+
+
+@pytest.mark.parametrize("package", ["config.properties", "config.container.properties"])
+def test_committed_configs_keep_the_hardening(package: str) -> None:
+    props = read_properties((REPO_ROOT / package).read_text())
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
+    assert float(props["token_expiration_min"]) <= 60
+    assert urlsplit(props["metrics_address"]).hostname == "127.0.0.1"
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert "http" not in props["allowed_urls"].lower()
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        Recorder.hits.append(self.path)
+        self.send_response(404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Recorder)
+    Recorder.hits = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def test_model_registration_is_refused_and_fetches_nothing(torchserve: TorchServe, listener: int) -> None:
+    """CVE-2023-43654 / CVE-2024-35198: no registration, so no SSRF, whatever the URL, key or no key."""
+    keys = torchserve.keys()
+    urls = [f"http://127.0.0.1:{listener}/evil.mar", f"http://127.0.0.1:{listener}/model_store/x.mar",
+            "file:///etc/passwd", "resnet50.mar"]  # fmt: skip
+    for url in urls:
+        for auth in (f"Bearer {keys['management']}", f"Bearer {keys['API']}", ""):
+            response = httpx.post(f"{torchserve.management_url}/models", params={"url": url, "model_name": "evil"},
+                                  headers={"Authorization": auth}, timeout=10)  # fmt: skip
+            assert 400 <= response.status_code < 500, (url, auth[:8], response.status_code, response.text)
+    time.sleep(0.5)
+    assert Recorder.hits == [], f"TorchServe fetched {Recorder.hits}"
+    models = httpx.get(f"{torchserve.management_url}/models", timeout=10,
+                       headers={"Authorization": f"Bearer {keys['management']}"}).json()  # fmt: skip
+    assert [m["modelName"] for m in models["models"]] == ["resnet50"]
+
+
+def test_token_auth_is_on_for_inference_and_management(torchserve: TorchServe) -> None:
+    keys = torchserve.keys()
+    probes = [("POST", f"{torchserve.inference_url}/predictions/resnet50", keys["inference"]),
+              ("GET", f"{torchserve.management_url}/models", keys["management"])]  # fmt: skip
+    for method, url, key in probes:
+        for auth in ("", "Bearer", "Bearer wrong", f"Bearer {key[:-1]}", f"Basic {key}"):
+            response = httpx.request(method, url, headers={"Authorization": auth}, content=jpeg(), timeout=30)
+            assert response.status_code in (400, 401, 403), (url, auth[:10], response.status_code)
+        assert httpx.request(method, url, headers={"Authorization": f"Bearer {key}"}, content=jpeg(),
+                             timeout=60).status_code == 200  # fmt: skip
+    # The inference key does not open management, nor the management key inference.
+    wrong = httpx.get(f"{torchserve.management_url}/models", headers={"Authorization": f"Bearer {keys['inference']}"})
+    assert wrong.status_code in (400, 401, 403)
+
+
+def test_metrics_api_has_no_token_so_it_stays_on_loopback(torchserve: TorchServe) -> None:
+    """TorchServe 0.12's token authorization covers inference and management only: the metrics API answers
+    anyone who can reach it. Hence metrics_address is loopback in both configs and never proxied."""
+    response = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
+    assert response.status_code == 200 and TS_METRIC.search(response.text)
+    assert urlsplit(torchserve.metrics_url).hostname == "127.0.0.1"
+
+
+def test_every_torchserve_socket_listens_on_loopback(torchserve: TorchServe) -> None:
+    """CVE-2024-35199 (gRPC on 0.0.0.0) and friends: every LISTEN socket of the whole process tree."""
+    assert torchserve.process is not None
+    root = psutil.Process(torchserve.process.pid)
+    listening = []
+    for proc in [root, *root.children(recursive=True)]:
+        for conn in proc.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN:
+                listening.append((proc.name(), conn.laddr.ip, conn.laddr.port))
+    ports = torchserve.ports
+    expected = {ports.inference, ports.management, ports.metrics, ports.grpc_inference, ports.grpc_management}
+    assert {port for _, _, port in listening} >= expected, listening
+    # Java binds IPv4 addresses on a dual-stack socket: ::ffff:127.0.0.1 is 127.0.0.1.
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for _, ip, _ in listening), listening
+
+
+# --- keys: never echoed, never logged, all failures alike --------------------------------------------------------
+
+
+def test_keys_never_in_logs_or_bodies(gateway: Gateway, torchserve: TorchServe, api_key: str) -> None:
+    wrong = "ica_wrong-key-that-must-not-be-logged-5f1c"
+    bodies = []
+    for headers in ({"X-API-Key": api_key}, {"Authorization": f"Bearer {OTHER_KEY}"}, {"X-API-Key": wrong},
+                    {"Authorization": f"Bearer {wrong}"}, {"Authorization": f"Basic {wrong}"}):  # fmt: skip
+        for path, kwargs in (("/v1/predict", {"content": jpeg(), "headers": JPEG}),
+                             ("/v1/predict", {"content": b"garbage", "headers": JPEG}),
+                             ("/v1/predict?top_k=999", {"content": jpeg(), "headers": JPEG}),
+                             (f"/v1/predict?api_key={wrong}", {"content": jpeg(), "headers": JPEG}),
+                             ("/nope", {})):  # fmt: skip
+            response = httpx.post(f"{gateway.url}{path}", headers={**headers, **kwargs.get("headers", {})},
+                                  content=kwargs.get("content"), timeout=60)  # fmt: skip
+            bodies.append(response.text + str(dict(response.headers)))
+    time.sleep(0.3)
+    logs = gateway.logs()
+    secrets = [api_key, OTHER_KEY, wrong, *torchserve.keys().values()]
+    for secret in secrets:
+        assert secret not in logs, "a key reached the gateway's log"
+        assert all(secret not in body for body in bodies), "a key was echoed to a client"
+
+
+def near_misses(key: str) -> list[dict[str, str]]:
+    return [
+        {"X-API-Key": "ica_" + "x" * 43},  # unknown, well-formed
+        {"X-API-Key": key[:-1] + ("a" if key[-1] != "a" else "b")},  # one character off
+        {"X-API-Key": key[:-1]},
+        {"X-API-Key": key.upper()},
+        {"X-API-Key": key_hash(key)},  # the stored hash is not a key
+        {"Authorization": f"Basic {key}"},
+        {"Authorization": f"Token {key}"},
+        {"Authorization": "Bearer"},
+        {"X-Api-Token": key},
+        {},
+    ]
+
+
+def comparable(response: httpx.Response) -> tuple:
+    body = {k: v for k, v in response.json().items() if k != "request_id"}
+    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "date", "content-length")}
+    return response.status_code, body, headers
+
+
+def test_unknown_and_wrong_keys_look_the_same(gateway: Gateway, api_key: str) -> None:
+    answers = [comparable(post(gateway, "", content=jpeg(), headers={**JPEG, **h, "X-API-Key": h.get("X-API-Key", "")}))
+               for h in near_misses(api_key)]  # fmt: skip
+    assert answers[0][0] == 401
+    assert all(answer == answers[0] for answer in answers), [a[0] for a in answers]
+
+
+# --- slow and oversized clients --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(torchserve: TorchServe, api_key: str, tmp_path_factory) -> Iterator[Gateway]:
+    env = gateway_env(torchserve, [key_hash(api_key)], header_timeout_s="2", max_header_bytes="8192",
+                      rate_limit_rps="1000", rate_limit_burst="1000")  # fmt: skip
+    server = Gateway(tmp_path_factory.mktemp("gw-strict") / "gw.log", env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def closed_after(sock: socket.socket, drip: bytes | None, limit_s: float) -> float | None:
+    """Seconds until the server closed `sock` (dripping `drip` every 0.25 s meanwhile), None if it never did."""
+    started = time.monotonic()
+    sock.settimeout(0.25)
+    while time.monotonic() - started < limit_s:
+        try:
+            if drip:
+                sock.sendall(drip)
+            if sock.recv(4096) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+def test_slowloris_head_is_cut_off_and_others_are_served(strict_gateway: Gateway, api_key: str) -> None:
+    slow = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", strict_gateway.port), timeout=5)
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+        slow.append(sock)
+    idle = socket.create_connection(("127.0.0.1", strict_gateway.port), timeout=5)  # says nothing at all
+    try:
+        # Meanwhile, normal clients are served promptly.
+        started = time.monotonic()
+        assert post(strict_gateway, api_key, content=jpeg(), headers=JPEG).status_code == 200
+        assert httpx.get(f"{strict_gateway.url}/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 10
+        dripping = closed_after(slow[0], b"X-Slow: 1\r\n", limit_s=8)
+        assert dripping is not None and dripping < 4, dripping
+        assert closed_after(idle, None, limit_s=8) is not None
+        for sock in slow[1:]:
+            assert closed_after(sock, None, limit_s=4) is not None
+    finally:
+        for sock in [*slow, idle]:
+            sock.close()
+    assert httpx.get(f"{strict_gateway.url}/healthz", timeout=5).status_code == 200
+
+
+def test_keep_alive_connection_serves_several_requests(strict_gateway: Gateway, api_key: str) -> None:
+    """The head deadline restarts per request: a kept-alive connection is not cut mid-use."""
+    with httpx.Client(base_url=strict_gateway.url, timeout=30) as client:
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+            time.sleep(1.2)  # under keep-alive (5 s); the three together exceed the 2 s head deadline
+        response = client.post("/v1/predict", content=jpeg(), headers={"X-API-Key": api_key, **JPEG})
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize("size", [9000, 40_000, 200_000])
+def test_request_head_size_is_bounded(strict_gateway: Gateway, size: int) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * size + b"\r\nConnection: close\r\n\r\n"
+    try:
+        reply = raw(strict_gateway.port, request)
+    except ConnectionResetError:
+        reply = b""  # closed while we were still sending: refused all the same
+    assert reply == b"" or status_of(reply) in (400, 431), reply[:100]
+    ok = raw(strict_gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 +
+             b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+    assert status_of(ok) == 200
+
+
+def test_slow_body_upload_is_still_capped(strict_gateway: Gateway, api_key: str) -> None:
+    """A body that keeps coming (chunked, no length) stops at the upload cap, whatever its pace."""
+
+    def chunks():
+        for _ in range(10):
+            yield b"\xff\xd8\xff" + bytes(1024 * 1024)
+            time.sleep(0.05)
+
+    response = post(strict_gateway, api_key, content=chunks(), headers=JPEG)
+    assert_problem(response, 413, "payload-too-large")
+
+
+# --- headers on every response ---------------------------------------------------------------------------------
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer",
+                    "cache-control": "no-store"}  # fmt: skip
+
+
+def test_security_headers_on_every_kind_of_answer(gateway: Gateway, api_key: str) -> None:
+    answers = [
+        httpx.get(f"{gateway.url}/healthz", timeout=10),
+        httpx.get(f"{gateway.url}/metrics", timeout=10),
+        httpx.get(f"{gateway.url}/nope", timeout=10),
+        httpx.put(f"{gateway.url}/v1/predict", timeout=10),
+        post(gateway, "wrong", content=jpeg(), headers=JPEG),
+        post(gateway, api_key, content=b"junk", headers=JPEG),
+        post(gateway, api_key, content=jpeg(), headers=JPEG),
+        httpx.get(f"{gateway.url}/openapi.json", timeout=10),
+    ]
+    for response in answers:
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (response.request.url, name)
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+        assert "server" not in response.headers, "the server header names the stack"
