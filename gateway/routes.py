@@ -143,7 +143,7 @@ async def batch_item(request: Request, upload: UploadFile | str, options: Answer
 @router.post(
     "/v1/predict/batch",
     response_model=schemas.BatchPrediction,
-    response_model_exclude_none=True,
+    response_model_exclude_unset=True,
     responses=schemas.ERRORS,
     openapi_extra=schemas.BATCH_BODY,
     summary="Classify several images",

@@ -74,3 +74,11 @@ def test_batch_applies_the_same_options(gateway: Gateway, api_key: str) -> None:
     for result in response.json()["results"]:
         assert {p["class_id"] for p in result["predictions"]} <= {0, 1, 2}
         assert result["decision"]["label"] in ("unknown", LABELS[result["predictions"][0]["class_id"]])
+
+
+def test_unknown_decision_in_a_batch_keeps_its_null_class(gateway: Gateway, api_key: str) -> None:
+    files = [("files", ("a.jpg", jpeg(seed=1), "image/jpeg")), ("files", ("bad.txt", b"nope", "text/plain"))]
+    response = post(gateway, api_key, "/v1/predict/batch", files=files, params={"unknown_below": 1.0})
+    ok, bad = response.json()["results"]
+    assert ok["decision"]["label"] == "unknown" and ok["decision"]["class_id"] is None
+    assert set(bad) == {"filename", "error"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -246,8 +247,13 @@ def test_logs_are_json_lines_without_keys(gateway: Gateway, api_key: str) -> Non
     import json
 
     post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg", "X-Request-ID": "log-probe"})
-    lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
-    probe = [line for line in lines if line.get("request_id") == "log-probe"]
+    probe: list[dict] = []
+    for _ in range(50):  # the line is written once the response has been sent: allow it a moment
+        lines = [json.loads(line) for line in gateway.logs().splitlines() if line.startswith("{")]
+        probe = [line for line in lines if line.get("request_id") == "log-probe" and line["msg"] == "request"]
+        if probe:
+            break
+        time.sleep(0.1)
     assert probe and probe[-1]["status"] == 200 and probe[-1]["route"] == "/v1/predict"
     assert probe[-1]["key_id"] and probe[-1]["latency_ms"] > 0
     assert api_key not in gateway.logs() and OTHER_KEY not in gateway.logs()
