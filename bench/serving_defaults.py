@@ -24,6 +24,9 @@ CANDIDATES = {
     "1 worker x 2 threads, batch 8, delay 20 ms": ServingConfig(workers=1, batch_size=8, max_batch_delay_ms=20),
     "1 worker x 2 threads, batch 1": ServingConfig(workers=1, batch_size=1, max_batch_delay_ms=0),
     "2 workers x 1 thread, batch 4, delay 5 ms": ServingConfig(workers=2, batch_size=4, max_batch_delay_ms=5),
+    "1 worker x 2 threads, batch 8, delay 5 ms, no spinning": ServingConfig(
+        workers=1, batch_size=8, max_batch_delay_ms=5, spinning=False
+    ),
 }
 
 

@@ -26,11 +26,14 @@ class Engine(Protocol):
 class OnnxEngine:
     name = "onnx"
 
-    def __init__(self, model_dir: Path, threads: int) -> None:
+    def __init__(self, model_dir: Path, threads: int, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Idle intra-op threads busy-wait for the next op by default; inside TorchServe that spinning
+        # takes CPU from the Java frontend and the gateway on the same cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -62,10 +65,10 @@ class EagerEngine:
             return self._model(self._torch.from_numpy(batch)).numpy()
 
 
-def load_engine(kind: str, model_dir: Path, threads: int) -> Engine:
+def load_engine(kind: str, model_dir: Path, threads: int, spinning: bool = True) -> Engine:
     """Build the engine named `kind` from the artefacts in `model_dir`."""
     if kind == "onnx":
-        return OnnxEngine(model_dir, threads)
+        return OnnxEngine(model_dir, threads, spinning)
     if kind == "eager":
         return EagerEngine(model_dir, threads)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

@@ -21,7 +21,8 @@ Management API: `GET /models/resnet50?customized=true` returns the model block p
 and settings as `customizedMetadata` (TorchServe's custom describe; the gateway's /v1/models uses it).
 
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine` (onnx|eager),
-`max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided by the workers).
+`max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided by the workers),
+`spinning` (ONNX Runtime's busy-waiting intra-op threads).
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ from handlers.imaging import ImageError, decode, preprocess
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {"engine": "onnx", "max_pixels": 40_000_000, "default_top_k": 5, "max_top_k": 1000}
+DEFAULTS: dict[str, Any] = {
+    "engine": "onnx",
+    "max_pixels": 40_000_000,
+    "default_top_k": 5,
+    "max_top_k": 1000,
+    "spinning": True,
+}
 
 
 @dataclass
@@ -76,7 +83,7 @@ class ImageClassifierHandler:
         metadata = json.loads((model_dir / "metadata.json").read_text())
         labels = json.loads((model_dir / "index_to_name.json").read_text())
         self.labels = [labels[str(i)] for i in range(len(labels))]
-        self.engine = load_engine(self.settings["engine"], model_dir, threads)
+        self.engine = load_engine(self.settings["engine"], model_dir, threads, bool(self.settings["spinning"]))
         self.model_block = {
             "name": metadata["model_name"],
             "version": metadata["model_version"],

@@ -48,6 +48,7 @@ class ServingConfig:
     max_pixels: int = 40_000_000
     default_top_k: int = 5
     max_top_k: int = 1000  # the gateway's /v1 allows 20; /v2 asks for the full distribution
+    spinning: bool = True
 
     def as_yaml(self) -> dict:
         if self.engine not in ENGINES:
@@ -63,6 +64,7 @@ class ServingConfig:
                 "max_pixels": self.max_pixels,
                 "default_top_k": self.default_top_k,
                 "max_top_k": self.max_top_k,
+                "spinning": self.spinning,
             },
         }
 
