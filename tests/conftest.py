@@ -35,8 +35,9 @@ def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return target
 
 
-def start_torchserve(workdir: Path, model_store: Path) -> TorchServe:
-    server = TorchServe(workdir, model_store, torchserve_ports())
+def start_torchserve(workdir: Path, model_store: Path, extra_config: dict[str, str] | None = None) -> TorchServe:
+    """A READY TorchServe on free loopback ports (stopped again if it never gets ready)."""
+    server = TorchServe(workdir, model_store, torchserve_ports(), extra_config)
     server.start()
     try:
         server.wait_ready(timeout=180)

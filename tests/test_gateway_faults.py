@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import start_torchserve
 from imagegen import jpeg
 from support import Gateway, free_port, gateway_env
 from test_gateway import assert_problem, post
@@ -24,13 +25,8 @@ JPEG = {"Content-Type": "image/jpeg"}
 @pytest.fixture(scope="module")
 def short_lived_keys(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """A TorchServe of its own whose inference and management keys expire after 3 seconds."""
-    from support import torchserve_ports
-
-    server = TorchServe(tmp_path_factory.mktemp("ts-short"), model_store, torchserve_ports(),
-                        extra_config={"token_expiration_min": "0.05"})  # fmt: skip
-    server.start()
+    server = start_torchserve(tmp_path_factory.mktemp("ts-short"), model_store, {"token_expiration_min": "0.05"})
     try:
-        server.wait_ready(timeout=180)
         yield server
     finally:
         server.stop()

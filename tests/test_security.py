@@ -269,11 +269,8 @@ def test_unknown_and_wrong_keys_look_the_same(gateway: Gateway, api_key: str) ->
 def strict_gateway(torchserve: TorchServe, api_key: str, tmp_path_factory) -> Iterator[Gateway]:
     env = gateway_env(torchserve, [key_hash(api_key)], header_timeout_s="2", max_header_bytes="8192",
                       rate_limit_rps="1000", rate_limit_burst="1000")  # fmt: skip
-    server = Gateway(tmp_path_factory.mktemp("gw-strict") / "gw.log", env).start()
-    try:
+    with Gateway(tmp_path_factory.mktemp("gw-strict") / "gw.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def closed_after(sock: socket.socket, drip: bytes | None, limit_s: float) -> float | None:

@@ -44,11 +44,8 @@ def own_torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) 
 def own_gateway(own_torchserve: TorchServe, api_key: str, tmp_path_factory) -> Iterator[Gateway]:
     env = gateway_env(own_torchserve, [key_hash(api_key)], rate_limit_rps="10000", rate_limit_burst="10000",
                       request_timeout_s=str(GATEWAY_TIMEOUT_S), readiness_cache_s="0.2")  # fmt: skip
-    server = Gateway(tmp_path_factory.mktemp("gw-worker-kill") / "gw.log", env).start()
-    try:
+    with Gateway(tmp_path_factory.mktemp("gw-worker-kill") / "gw.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def predict(gateway: Gateway, api_key: str, body: bytes) -> tuple[float, float, str]:

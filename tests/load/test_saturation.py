@@ -35,11 +35,8 @@ def saturated_gateway(
 ) -> Iterator[Gateway]:
     env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="10000", rate_limit_burst="10000",
                       request_timeout_s=str(GATEWAY_TIMEOUT_S))  # fmt: skip
-    server = Gateway(tmp_path_factory.mktemp("gw-saturation") / "gw.log", env).start()
-    try:
+    with Gateway(tmp_path_factory.mktemp("gw-saturation") / "gw.log", env) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def predict_requests_counted(gateway: Gateway) -> int:
