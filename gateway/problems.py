@@ -14,6 +14,8 @@ TYPE_BASE = "https://image-classification-api.dev/problems/"
 
 # slug → (HTTP status, title)
 CATALOGUE: dict[str, tuple[int, str]] = {
+    "malformed-request": (400, "Malformed HTTP request"),
+    "request-head-too-large": (431, "Request head too large"),
     "unauthorized": (401, "Missing or invalid API key"),
     "rate-limited": (429, "Too many requests"),
     "payload-too-large": (413, "Upload too large"),

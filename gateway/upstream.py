@@ -1,4 +1,4 @@
-"""The one way to TorchServe: a pooled httpx client, its token keys, and the mapping of its failures.
+"""The one way to TorchServe: a pooled aiohttp client, its token keys, and the mapping of its failures.
 
 Keys: TorchServe's token authorization stays on. The keys live in the `key_file.json` TorchServe writes
 (shared read-only with the gateway). When TorchServe answers 400 InvalidKeyException, the gateway re-reads
@@ -6,9 +6,12 @@ the file; if the key there is the one that just failed (it expired), it asks Tor
 for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
 retries once. Clients never see the rotation.
 
-Overload: at most `max_connections` requests are in flight to TorchServe per gateway process (below its
+Overload: at most `max_connections` predictions are in flight to TorchServe per gateway process (below its
 job queue, so TorchServe never has to refuse); a request that finds no free slot within `queue_timeout_s`
 gets 503 with Retry-After at once instead of waiting in an unbounded queue.
+
+Why aiohttp: measured under load in front of an instant backend, httpx/httpcore took 57 % of the
+gateway's CPU per request; aiohttp's client, with its C parser, takes about a sixth of what is left.
 
 Failures: unreachable, no worker or a full queue → 503 with Retry-After; no answer within the timeout
 → 504; a per-item handler error → 422 with its code; anything else → 502. Never a hang.
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -37,10 +40,10 @@ ITEM_CODES_AS_REQUEST_ERRORS = {"bad_top_k"}
 class KeySource:
     """TorchServe's current 'inference' and 'management' keys, renewed when they stop working."""
 
-    def __init__(self, key_file: Path, management_url: str, client: httpx.AsyncClient) -> None:
+    def __init__(self, key_file: Path, management_url: str, session: aiohttp.ClientSession) -> None:
         self.key_file = key_file
         self.management_url = management_url
-        self.client = client
+        self.session = session
         self._keys: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -66,12 +69,10 @@ class KeySource:
             if "API" not in fresh:
                 return None
             try:
-                await self.client.post(
-                    f"{self.management_url}/token",
-                    params={"type": kind},
-                    headers={"Authorization": f"Bearer {fresh['API']}"},
-                )
-            except httpx.HTTPError as exc:
+                url, headers = f"{self.management_url}/token", {"Authorization": f"Bearer {fresh['API']}"}
+                async with self.session.post(url, params={"type": kind}, headers=headers) as response:
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 logger.warning("renewing the TorchServe %s key failed: %s", kind, exc)
                 return None
             self._keys = self._read()
@@ -79,8 +80,19 @@ class KeySource:
             return self._keys.get(kind)
 
 
-def is_invalid_key(response: httpx.Response) -> bool:
-    return response.status_code == 400 and b"InvalidKeyException" in response.content
+@dataclass(frozen=True)
+class Answer:
+    """TorchServe's answer, read whole."""
+
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def is_invalid_key(answer: Answer) -> bool:
+    return answer.status == 400 and b"InvalidKeyException" in answer.body
 
 
 @dataclass
@@ -94,66 +106,72 @@ class Readiness:
 class TorchServeClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        timeout = httpx.Timeout(
-            settings.request_timeout_s, connect=settings.connect_timeout_s, pool=settings.queue_timeout_s
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
         )
-        limits = httpx.Limits(
-            max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
-        )
-        self.client = httpx.AsyncClient(timeout=timeout, limits=limits)
-        self.keys = KeySource(settings.key_file, settings.management_url, self.client)
+        self.slots = asyncio.Semaphore(settings.max_connections)
+        self.keys = KeySource(settings.key_file, settings.management_url, self.session)
         self._readiness = Readiness(False, "not checked yet")
         self._model_info: dict[str, Any] | None = None
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.session.close()
 
-    async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> Answer:
         key = self.keys.get(kind)
-        response = await self._send(key, method, url, **kwargs)
+        answer = await self._send(key, method, url, **kwargs)
         # At most two recoveries: a newer key from the file (TorchServe restarted or someone rotated it),
         # then a renewal through the management API (that key expired too).
         for _ in range(2):
-            if not is_invalid_key(response):
+            if not is_invalid_key(answer):
                 break
             key = await self.keys.refresh(kind, key)
             if key is None:
                 break
-            response = await self._send(key, method, url, **kwargs)
-        return response
+            answer = await self._send(key, method, url, **kwargs)
+        return answer
 
-    async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> Answer:
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {key or ''}"}
-        return await self.client.request(method, url, headers=headers, **kwargs)
+        async with self.session.request(method, url, headers=headers, **kwargs) as response:
+            return Answer(response.status, await response.read())
 
     async def predict(self, image: bytes, top_k: int, request_id: str) -> dict[str, Any]:
         """The handler's 200 body for one image, or a Problem."""
         url = f"{self.settings.inference_url}/predictions/{self.settings.model_name}"
         headers = {"X-Top-K": str(top_k), "X-Request-ID": request_id, "Content-Type": "application/octet-stream"}
         try:
+            async with asyncio.timeout(self.settings.queue_timeout_s):
+                await self.slots.acquire()
+        except TimeoutError:  # every upstream slot busy: shed load instead of queueing
+            raise self.unavailable("the model server is at capacity; retry shortly") from None
+        try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                response = await self._authorized("inference", "POST", url, content=image, headers=headers)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            if isinstance(exc, httpx.ConnectTimeout):
-                raise self.unavailable("the model server does not accept connections") from None
-            if isinstance(exc, httpx.PoolTimeout):  # every upstream slot busy: shed load instead of queueing
-                raise self.unavailable("the model server is at capacity; retry shortly") from None
+                answer = await self._authorized("inference", "POST", url, data=image, headers=headers)
+        except aiohttp.ConnectionTimeoutError:
+            raise self.unavailable("the model server does not accept connections") from None
+        except TimeoutError:
             detail = f"no answer from the model within {self.settings.request_timeout_s:g} s"
             raise Problem("upstream-timeout", detail) from None
-        except httpx.ConnectError:
+        except aiohttp.ClientConnectorError:
             raise self.unavailable("the model server is unreachable") from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             detail = f"the connection to the model server failed ({type(exc).__name__})"
             raise Problem("upstream-error", detail) from None
-        return self._interpret(response)
+        finally:
+            self.slots.release()
+        return self._interpret(answer)
 
     def unavailable(self, detail: str) -> Problem:
         return Problem("model-unavailable", detail, headers={"Retry-After": str(self.settings.retry_after_s)})
 
-    def _interpret(self, response: httpx.Response) -> dict[str, Any]:
-        status = response.status_code
+    def _interpret(self, answer: Answer) -> dict[str, Any]:
+        status = answer.status
         try:
-            body = response.json()
+            body = answer.json()
         except ValueError:
             body = None
         if status == 200 and isinstance(body, dict) and isinstance(body.get("predictions"), list):
@@ -167,9 +185,9 @@ class TorchServeClient:
             raise self.unavailable("the model has no free worker; retry shortly")
         if status == 413:
             raise Problem("payload-too-large", "the model server refused the upload size")
-        if is_invalid_key(response):
+        if is_invalid_key(answer):
             raise self.unavailable("the gateway cannot authenticate to the model server")
-        logger.error("unexpected upstream answer %s: %.200r", status, response.content)
+        logger.error("unexpected upstream answer %s: %.200r", status, answer.body)
         raise Problem("upstream-error", f"the model server answered {status} unexpectedly")
 
     async def readiness(self) -> Readiness:
@@ -178,12 +196,13 @@ class TorchServeClient:
             return self._readiness
         url = f"{self.settings.management_url}/models/{self.settings.model_name}"
         try:
-            response = await self._authorized("management", "GET", url, timeout=self.settings.connect_timeout_s)
-            workers = response.json()[0].get("workers", []) if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, AttributeError):
-            workers, response = None, None
+            timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout_s)
+            answer: Answer | None = await self._authorized("management", "GET", url, timeout=timeout)
+            workers = answer.json()[0].get("workers", []) if answer.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, AttributeError):
+            workers, answer = None, None
         if workers is None:
-            reason = "TorchServe is unreachable" if response is None else f"TorchServe answered {response.status_code}"
+            reason = "TorchServe is unreachable" if answer is None else f"TorchServe answered {answer.status}"
             self._readiness = Readiness(False, reason, 0, time.monotonic())
             self._model_info = None  # TorchServe may come back with another archive
         else:
@@ -197,9 +216,9 @@ class TorchServeClient:
         if self._model_info is None:
             url = f"{self.settings.management_url}/models/{self.settings.model_name}"
             try:
-                response = await self._authorized("management", "GET", url, params={"customized": "true"})
-                described = response.json()[0]["customizedMetadata"]
+                answer = await self._authorized("management", "GET", url, params={"customized": "true"})
+                described = answer.json()[0]["customizedMetadata"]
                 self._model_info = json.loads(described) if isinstance(described, str) else dict(described)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError):
                 raise self.unavailable("the model description is not available yet") from None
         return self._model_info

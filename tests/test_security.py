@@ -8,6 +8,7 @@ TorchServe CVE to the control and the test here that guards it.
 from __future__ import annotations
 
 import http.server
+import json
 import re
 import socket
 import threading
@@ -42,6 +43,17 @@ def raw(port: int, request: bytes, timeout: float = 10) -> bytes:
 
 def status_of(reply: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
+
+
+def problem_of(reply: bytes) -> tuple[dict[str, str], dict]:
+    """The headers and problem+json body of a raw reply."""
+    head, body = reply.split(b"\r\n\r\n", 1)
+    headers = dict(line.decode().lower().split(": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["request_id"] == headers["x-request-id"] and len(problem["request_id"]) == 32
+    assert headers["x-content-type-options"] == "nosniff"
+    return headers, problem
 
 
 # --- nothing of TorchServe through the gateway ----------------------------------------------------------------
@@ -331,10 +343,28 @@ def test_request_head_size_is_bounded(strict_gateway: Gateway, size: int) -> Non
         reply = raw(strict_gateway.port, request)
     except ConnectionResetError:
         reply = b""  # closed while we were still sending: refused all the same
-    assert reply == b"" or status_of(reply) in (400, 431), reply[:100]
+    if reply:
+        assert status_of(reply) == 431, reply[:100]
+        assert problem_of(reply)[1]["type"].endswith("/request-head-too-large")
     ok = raw(strict_gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 +
              b"\r\nConnection: close\r\n\r\n")  # fmt: skip
     assert status_of(ok) == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x01b\r\n\r\n",  # a control character in a value
+        b"GET /healthz HTTP/1.1\r\nHo st: x\r\n\r\n",  # a space in a header name
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40) + b"\r\n\r\n",  # TLS spoken to plain HTTP
+    ],
+)
+def test_malformed_http_gets_a_problem_and_a_closed_connection(strict_gateway: Gateway, request_bytes: bytes) -> None:
+    reply = raw(strict_gateway.port, request_bytes)  # returns once the gateway has closed the connection
+    assert status_of(reply) == 400, reply[:100]
+    headers, problem = problem_of(reply)
+    assert headers["connection"] == "close"
+    assert problem["type"].endswith("/malformed-request") and problem["status"] == 400
 
 
 def test_slow_body_upload_is_still_capped(strict_gateway: Gateway, api_key: str) -> None:
