@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import numpy as np
+
+from bench.processes import CpuMeter, cpu_ms_per_request, profiled
 
 
 @dataclass
@@ -22,6 +25,7 @@ class Row:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per answered request, by process role
 
 
 def percentiles(latencies: list[float]) -> tuple[float, float, float]:
@@ -58,15 +62,32 @@ async def _load(url: str, headers: dict[str, str], bodies: list[bytes], concurre
     return Row("", "", concurrency, len(latencies), errors, elapsed, len(latencies) / elapsed, *percentiles(latencies))
 
 
-def measure(part: str, contender: str, url: str, headers: dict[str, str], bodies: list[bytes],
-            levels: tuple[int, ...], seconds: float) -> list[Row]:  # fmt: skip
-    """Warm up, then one row per concurrency level."""
+def measure(
+    part: str,
+    contender: str,
+    url: str,
+    headers: dict[str, str],
+    bodies: list[bytes],
+    levels: tuple[int, ...],
+    seconds: float,
+    meter: CpuMeter,
+    profile_dir: Path | None = None,
+) -> list[Row]:
+    """Warm up, then one row per concurrency level, with the CPU each watched process spent per request.
+    With `profile_dir`, an extra, unrecorded pass at 8 clients (or the only level) is profiled with py-spy,
+    so that the sampling does not slow the measured passes."""
     asyncio.run(_load(url, headers, bodies, 2, min(seconds, 3.0)))
     rows = []
     for concurrency in levels:
+        before = meter.read()
         row = asyncio.run(_load(url, headers, bodies, concurrency, seconds))
         row.part, row.contender = part, contender
+        row.cpu_ms = cpu_ms_per_request(before, meter.read(), row.images)
+        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in row.cpu_ms.items())
         print(f"  {part:8} {contender:22} c={concurrency:<3} {row.img_per_s:8.2f}/s  p50 {row.p50_ms:7.1f} ms  "
-              f"errors {row.errors}", flush=True)  # fmt: skip
+              f"errors {row.errors}  CPU ms/request: {cpu}", flush=True)  # fmt: skip
         rows.append(row)
+        if profile_dir and concurrency == (8 if 8 in levels else max(levels)):
+            with profiled(meter, seconds, profile_dir / f"{part}-{contender.replace(' ', '-')}-c{concurrency}"):
+                asyncio.run(_load(url, headers, bodies, concurrency, seconds))
     return rows

@@ -34,6 +34,7 @@ from PIL import Image
 
 from bench import peer, servers
 from bench.load import Row, measure, percentiles
+from bench.processes import CpuMeter
 from handlers.engines import load_engine
 from handlers.imaging import decode, preprocess
 from modelserver.torchserve import REPO_ROOT, TorchServe
@@ -137,9 +138,12 @@ def plot(rows: list[Row], out: Path) -> None:
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| part | contender | clients | img/s | p50 ms | p95 ms | p99 ms | errors |", "|---" * 8 + "|"]
-    lines += [f"| {r.part} | {r.contender} | {r.concurrency} | {r.img_per_s:.2f} | {r.p50_ms:.1f} | {r.p95_ms:.1f} "
-              f"| {r.p99_ms:.1f} | {r.errors} |" for r in rows]  # fmt: skip
+    lines = ["| part | contender | clients | img/s | p50 ms | p95 ms | p99 ms | errors | CPU ms per request |",
+             "|---" * 9 + "|"]  # fmt: skip
+    for r in rows:
+        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in r.cpu_ms.items())
+        lines.append(f"| {r.part} | {r.contender} | {r.concurrency} | {r.img_per_s:.2f} | {r.p50_ms:.1f} "
+                     f"| {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {cpu} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -154,12 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per point, clients 1 and 8")
     parser.add_argument("--seconds", type=float, default=None, help="per measurement point (default 10)")
     parser.add_argument("--mar", type=Path, default=REPO_ROOT / "model_store" / "resnet50.mar")
+    parser.add_argument("--profile", action="store_true", help="also py-spy profiles: bench/results/<stamp>/")
     args = parser.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 10.0)
     levels = (1, 8) if args.quick else (1, 4, 8, 16)
     images = [photo(816, 612, seed) for seed in range(16)]  # 0.5 MP
     large = {"0.5mp": photo(816, 612, 99), "12mp": photo(4000, 3000, 99)}
     rows: list[Row] = []
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    profile_dir = RESULTS / stamp if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmpdir = Path(tmp)
         model_dir = tmpdir / "model"
@@ -173,37 +182,35 @@ def main(argv: list[str] | None = None) -> int:
         with servers.torchserve(peer_store, tmpdir / "ts-peer", 1) as stock:
             headers = {"Authorization": f"Bearer {stock.keys()['inference']}"}
             rows += measure("peer", "stock handler", f"{stock.inference_url}/predictions/resnet50", headers,
-                            images, levels, seconds)  # fmt: skip
+                            images, levels, seconds, CpuMeter(stock.process.pid), profile_dir)  # fmt: skip
         print("3-4, 6. ours: direct, through the gateway, large photos", flush=True)
         with servers.torchserve(args.mar.parent, tmpdir / "ts-ours", 2) as ours:
             headers = {"Authorization": f"Bearer {ours.keys()['inference']}"}
             rows += measure("direct", "ours", f"{ours.inference_url}/predictions/resnet50", headers, images,
-                            levels, seconds)  # fmt: skip
-            with servers.gateway(ours.inference_url, ours.management_url, ours.key_file, 18190):
+                            levels, seconds, CpuMeter(ours.process.pid), profile_dir)  # fmt: skip
+            with servers.gateway(ours.inference_url, ours.management_url, ours.key_file, 18190) as gateway:
                 url = "http://127.0.0.1:18190/v1/predict"
-                rows += measure("gateway", "ours", url, GATEWAY_HEADERS, images, levels, seconds)
-                large_rows = {name: measure("large", name, url, GATEWAY_HEADERS, [data], (1,), seconds)[0]
-                              for name, data in large.items()}  # fmt: skip
+                meter = CpuMeter(ours.process.pid, gateway=gateway.pid)
+                rows += measure("gateway", "ours", url, GATEWAY_HEADERS, images, levels, seconds, meter, profile_dir)
+                large_rows = {name: measure("large", name, url, GATEWAY_HEADERS, [data], (1,), seconds, meter,
+                                            profile_dir)[0] for name, data in large.items()}  # fmt: skip
                 rows += large_rows.values()
         print("5. gateway overhead (instant stub backend vs bare Starlette)", flush=True)
         key_file = tmpdir / "stub_keys.json"
         key_file.write_text(json.dumps({k: {"key": "stub"} for k in ("inference", "management", "API")}))
         stub_url = "http://127.0.0.1:18180"
-        with (
-            servers.uvicorn_app("bench.stubs:torchserve_stub", 18180, "/healthz"),
-            servers.gateway(stub_url, stub_url, key_file, 18191),
-        ):
+        with servers.torchserve_stub(18180) as stub, servers.gateway(stub_url, stub_url, key_file, 18191) as gateway:
+            meter = CpuMeter(gateway=gateway.pid, stub=stub.pid)
             rows += measure("overhead", "gateway + stub", "http://127.0.0.1:18191/v1/predict", GATEWAY_HEADERS,
-                            images, levels, seconds)  # fmt: skip
-        with servers.uvicorn_app("bench.stubs:bare", 18181, "/healthz"):
+                            images, levels, seconds, meter, profile_dir)  # fmt: skip
+        with servers.uvicorn_app("bench.stubs:bare", 18181, "/healthz") as bare:
             rows += measure("overhead", "bare starlette", "http://127.0.0.1:18181/v1/predict", GATEWAY_HEADERS,
-                            images, levels, seconds)  # fmt: skip
+                            images, levels, seconds, CpuMeter(bare=bare.pid), profile_dir)  # fmt: skip
         print("cold start", flush=True)
         cold = cold_start(args.mar.parent, tmpdir / "ts-cold", images[0])
     large_p50 = {name: row.p50_ms for name, row in large_rows.items()}
     summary = {**ratios(rows, large_p50), "cold_start_s": cold}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     report = {
         "when": stamp,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     out.with_suffix(".md").write_text(table(rows) + "\n")
     print(table(rows))
     print("\n".join(f"{name}: {value:.3f}" for name, value in summary.items()))
-    print(f"results: {out} (+ .md table, .png plot)")
+    print(f"results: {out} (+ .md table, .png plot)" + (f", profiles in {profile_dir}" if profile_dir else ""))
     return 0
 
 

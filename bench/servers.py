@@ -49,11 +49,11 @@ def wait_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> Non
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[subprocess.Popen]:
     proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(ready_url, proc)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -81,3 +81,7 @@ def uvicorn_app(app: str, port: int, ready_path: str):
     args = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
             "--log-level", "warning"]  # fmt: skip
     return process(args, {}, f"http://127.0.0.1:{port}{ready_path}")
+
+
+def torchserve_stub(port: int):
+    return process([sys.executable, "-m", "bench.stubs", str(port)], {}, f"http://127.0.0.1:{port}/healthz")

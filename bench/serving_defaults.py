@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import servers
 from bench.load import measure
+from bench.processes import CpuMeter
 from bench.run import photo
 from modelserver.archive import ServingConfig, build
 from modelserver.weights import from_seed
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             with servers.torchserve(store, Path(tmp) / f"ts{n}", 3 + n) as server:
                 headers = {"Authorization": f"Bearer {server.keys()['inference']}"}
                 one, eight = measure("defaults", name, f"{server.inference_url}/predictions/resnet50", headers,
-                                     images, (1, 8), args.seconds)  # fmt: skip
+                                     images, (1, 8), args.seconds, CpuMeter(server.process.pid))  # fmt: skip
             lines.append(f"| {name} | {one.img_per_s:.2f} | {one.p50_ms:.0f} | {eight.img_per_s:.2f} | "
                          f"{eight.p50_ms:.0f} |")  # fmt: skip
     print("\n".join(lines))

@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from bench.processes import process_roles
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results"
 ACCEPTED = {200, 429, 503}
@@ -133,38 +135,6 @@ async def saturate(
 # --- memory ---------------------------------------------------------------------------------------------------
 
 
-def process_roles(gateway_pid: int, torchserve_pid: int) -> dict[str, list[psutil.Process]]:
-    """The processes to watch: the gateway (with any uvicorn workers), TorchServe's Java frontend and its
-    python `model_service_worker`s, found in TorchServe's process tree (worker pids change on restarts)."""
-    roles: dict[str, list[psutil.Process]] = {"gateway": [], "frontend": [], "worker": []}
-    if gateway_pid > 0:
-        try:
-            gateway = psutil.Process(gateway_pid)
-            roles["gateway"] = [gateway, *gateway.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            pass
-    try:
-        root = psutil.Process(torchserve_pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for proc in tree:
-        try:
-            cmdline = " ".join(proc.cmdline())
-            name = proc.name()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if "model_service_worker" in cmdline:
-            roles["worker"].append(proc)
-        elif name == "java" or cmdline.startswith("java ") or "/java " in cmdline:
-            roles["frontend"].append(proc)
-    return roles
-
-
-def worker_processes(torchserve_pid: int) -> list[psutil.Process]:
-    return process_roles(-1, torchserve_pid)["worker"]
-
-
 class RssSampler:
     """Samples the summed RSS (MiB) per role every `interval` seconds in a background thread."""
 
@@ -179,7 +149,7 @@ class RssSampler:
 
     def sample(self) -> dict[str, float]:
         row: dict[str, float] = {"t": round(time.monotonic() - self._t0, 2)}
-        for role, procs in process_roles(self.gateway_pid, self.torchserve_pid).items():
+        for role, procs in process_roles(self.torchserve_pid, gateway=self.gateway_pid).items():
             total = 0
             for proc in procs:
                 with contextlib.suppress(psutil.NoSuchProcess):

@@ -21,7 +21,7 @@ from conftest import start_torchserve
 from imagegen import jpeg
 from support import Gateway, gateway_env
 
-from bench.soak import worker_processes
+from bench.processes import worker_processes
 from gateway.auth import key_hash
 from modelserver.torchserve import TorchServe
 
