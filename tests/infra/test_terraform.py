@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -80,12 +81,6 @@ def find_plugin_dir() -> Path | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tf(
     workdir: Path, env: dict[str, str], *args: str, timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
@@ -98,6 +93,10 @@ def tf(
             f"\n--- stderr\n{proc.stderr[-6000:]}"
         )
     return proc
+
+
+def tf_plan(workdir: Path, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return tf(workdir, env, "plan", "-input=false", "-no-color", *args, timeout=PLAN_TIMEOUT, check=check)
 
 
 def show_json(workdir: Path, env: dict[str, str], *target: str) -> dict[str, Any]:
@@ -235,24 +234,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, tf_env: dict[str, str], mo
 @pytest.fixture(scope="module")
 def plan(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
     """`terraform show -json` of a saved plan with the default variables (plan file: tfplan)."""
-    tf(workdir, tf_env, "plan", "-input=false", "-no-color", "-parallelism=10", "-out=tfplan", timeout=PLAN_TIMEOUT)
+    tf_plan(workdir, tf_env, "-parallelism=10", "-out=tfplan")
     return show_json(workdir, tf_env, "tfplan")
 
 
 @pytest.fixture(scope="module")
 def plan_exposed(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
     """The same plan with expose_health_endpoints = true."""
-    tf(
-        workdir,
-        tf_env,
-        "plan",
-        "-input=false",
-        "-no-color",
-        "-parallelism=10",
-        "-var=expose_health_endpoints=true",
-        "-out=tfplan-exposed",
-        timeout=PLAN_TIMEOUT,
-    )
+    tf_plan(workdir, tf_env, "-parallelism=10", "-var=expose_health_endpoints=true", "-out=tfplan-exposed")
     return show_json(workdir, tf_env, "tfplan-exposed")
 
 
@@ -480,17 +469,7 @@ def test_runtime_config_is_securestring(plan: dict[str, Any]) -> None:
 
 
 def test_invalid_key_hash_is_rejected(workdir: Path, tf_env: dict[str, str]) -> None:
-    proc = tf(
-        workdir,
-        tf_env,
-        "plan",
-        "-input=false",
-        "-no-color",
-        "-refresh=false",
-        '-var=gateway_api_key_hashes=["not-a-sha256"]',
-        timeout=PLAN_TIMEOUT,
-        check=False,
-    )
+    proc = tf_plan(workdir, tf_env, "-refresh=false", '-var=gateway_api_key_hashes=["not-a-sha256"]', check=False)
     assert proc.returncode != 0
     assert "64-character SHA-256 hex digests" in " ".join(proc.stderr.split()), proc.stderr
 
@@ -498,17 +477,7 @@ def test_invalid_key_hash_is_rejected(workdir: Path, tf_env: dict[str, str]) -> 
 def test_tfvars_example_passes_validation(workdir: Path, tf_env: dict[str, str]) -> None:
     example = workdir / "example.tfvars"
     shutil.copyfile(INFRA / "terraform.tfvars.example", example)
-    proc = tf(
-        workdir,
-        tf_env,
-        "plan",
-        "-input=false",
-        "-no-color",
-        "-refresh=false",
-        f"-var-file={example}",
-        timeout=PLAN_TIMEOUT,
-        check=False,
-    )
+    proc = tf_plan(workdir, tf_env, "-refresh=false", f"-var-file={example}", check=False)
     assert proc.returncode == 0, proc.stderr
     assert "Plan:" in proc.stdout
 
