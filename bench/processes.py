@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -46,6 +46,17 @@ def process_roles(torchserve_pid: int = -1, **named: int) -> dict[str, list[psut
     return roles
 
 
+def totals(roles: dict[str, list[psutil.Process]], measure: Callable[[psutil.Process], float]) -> dict[str, float]:
+    """`measure` summed over each role's processes (one that has exited meanwhile counts nothing)."""
+    summed = {}
+    for role, procs in roles.items():
+        summed[role] = 0.0
+        for proc in procs:
+            with suppress(psutil.NoSuchProcess):
+                summed[role] += measure(proc)
+    return summed
+
+
 class CpuMeter:
     """CPU seconds (user + system) used so far by each role and by the load generator."""
 
@@ -57,13 +68,7 @@ class CpuMeter:
         return process_roles(self.torchserve_pid, **self.named)
 
     def read(self) -> dict[str, float]:
-        used = {}
-        for role, procs in self.roles().items():
-            used[role] = 0.0
-            for proc in procs:
-                with suppress(psutil.NoSuchProcess):
-                    times = proc.cpu_times()
-                    used[role] += times.user + times.system
+        used = totals(self.roles(), lambda proc: sum(proc.cpu_times()[:2]))  # user + system
         me = os.times()
         used[LOAD_GENERATOR] = me.user + me.system
         return used
@@ -74,22 +79,21 @@ def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], reques
 
 
 @contextmanager
-def profiled(meter: CpuMeter, seconds: float, prefix: Path) -> Iterator[list[Path]]:
-    """py-spy flame graphs (SVG) of every python process of `meter`, and of the load generator, for `seconds`.
-    Yields the paths that will be written; a process py-spy cannot attach to is reported and skipped."""
+def profiled(meter: CpuMeter, seconds: float, prefix: Path) -> Iterator[None]:
+    """py-spy flame graphs (SVG, `<prefix>-<role>-<pid>.svg`) of every python process of `meter`, and of the
+    load generator, for `seconds`; a process py-spy cannot attach to is reported and skipped."""
     targets = [(role, proc.pid) for role, procs in meter.roles().items() for proc in procs
                if "python" in proc.name()]  # fmt: skip
     targets.append((LOAD_GENERATOR, os.getpid()))
     py_spy = Path(sys.executable).parent / "py-spy"
-    spies, paths = [], []
+    spies = []
     for role, pid in targets:
         path = prefix.with_name(f"{prefix.name}-{role.replace(' ', '-')}-{pid}.svg")
         args = [str(py_spy), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "200",
                 "--nonblocking", "--output", str(path)]  # fmt: skip
         spies.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        paths.append(path)
     try:
-        yield paths
+        yield
     finally:
         for spy, (role, pid) in zip(spies, targets, strict=True):
             try:

@@ -37,6 +37,7 @@ from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
 from handlers.engines import load_engine
 from handlers.imaging import decode, preprocess
+from modelserver.gateway_process import Upstream
 from modelserver.torchserve import REPO_ROOT, TorchServe
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -188,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             headers = {"Authorization": f"Bearer {ours.keys()['inference']}"}
             rows += measure("direct", "ours", f"{ours.inference_url}/predictions/resnet50", headers, images,
                             levels, seconds, CpuMeter(ours.process.pid), profile_dir)  # fmt: skip
-            with servers.gateway(ours.inference_url, ours.management_url, ours.key_file, 18190) as gateway:
+            with servers.gateway(ours, 18190) as gateway:
                 url = "http://127.0.0.1:18190/v1/predict"
-                meter = CpuMeter(ours.process.pid, gateway=gateway.pid)
+                meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
                 rows += measure("gateway", "ours", url, GATEWAY_HEADERS, images, levels, seconds, meter, profile_dir)
                 large_rows = {name: measure("large", name, url, GATEWAY_HEADERS, [data], (1,), seconds, meter,
                                             profile_dir)[0] for name, data in large.items()}  # fmt: skip
@@ -198,14 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         print("5. gateway overhead (instant stub backend vs bare Starlette)", flush=True)
         key_file = tmpdir / "stub_keys.json"
         key_file.write_text(json.dumps({k: {"key": "stub"} for k in ("inference", "management", "API")}))
-        stub_url = "http://127.0.0.1:18180"
-        with servers.torchserve_stub(18180) as stub, servers.gateway(stub_url, stub_url, key_file, 18191) as gateway:
-            meter = CpuMeter(gateway=gateway.pid, stub=stub.pid)
+        stub = Upstream("http://127.0.0.1:18180", "http://127.0.0.1:18180", key_file)
+        with servers.torchserve_stub(18180) as stub_server, servers.gateway(stub, 18191) as gateway:
+            meter = CpuMeter(gateway=gateway.process.pid, stub=stub_server.process.pid)
             rows += measure("overhead", "gateway + stub", "http://127.0.0.1:18191/v1/predict", GATEWAY_HEADERS,
                             images, levels, seconds, meter, profile_dir)  # fmt: skip
-        with servers.uvicorn_app("bench.stubs:bare", 18181, "/healthz") as bare:
+        with servers.uvicorn_app("bench.stubs:bare", 18181) as bare:
             rows += measure("overhead", "bare starlette", "http://127.0.0.1:18181/v1/predict", GATEWAY_HEADERS,
-                            images, levels, seconds, CpuMeter(bare=bare.pid), profile_dir)  # fmt: skip
+                            images, levels, seconds, CpuMeter(bare=bare.process.pid), profile_dir)  # fmt: skip
         print("cold start", flush=True)
         cold = cold_start(args.mar.parent, tmpdir / "ts-cold", images[0])
     large_p50 = {name: row.p50_ms for name, row in large_rows.items()}

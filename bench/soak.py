@@ -30,9 +30,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 
-from bench.processes import process_roles
+from bench.processes import process_roles, totals
+from gateway.auth import key_hash
+from modelserver.gateway_process import GatewayProcess, gateway_env
+from modelserver.torchserve import Ports, TorchServe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -148,14 +150,8 @@ class RssSampler:
         self._t0 = 0.0
 
     def sample(self) -> dict[str, float]:
-        row: dict[str, float] = {"t": round(time.monotonic() - self._t0, 2)}
-        for role, procs in process_roles(self.torchserve_pid, gateway=self.gateway_pid).items():
-            total = 0
-            for proc in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    total += proc.memory_info().rss
-            row[role] = round(total / 2**20, 1)
-        return row
+        rss = totals(process_roles(self.torchserve_pid, gateway=self.gateway_pid), lambda p: p.memory_info().rss)
+        return {"t": round(time.monotonic() - self._t0, 2), **{role: round(b / 2**20, 1) for role, b in rss.items()}}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -241,68 +237,23 @@ class Stack:
     """TorchServe + gateway started here, on free loopback ports, with a fresh API key; always stopped."""
 
     def __init__(self, model_store: Path, workdir: Path, rate_limit_rps: float, request_timeout_s: float) -> None:
-        self.model_store = model_store
-        self.workdir = workdir
-        self.rate_limit_rps = rate_limit_rps
-        self.request_timeout_s = request_timeout_s
         self.api_key = "ica_soak_" + secrets.token_urlsafe(16)
-        self.torchserve: Any = None
-        self.gateway: Any = None
-        self.url = ""
+        self.torchserve = TorchServe(workdir / "torchserve", model_store, Ports.free())
+        limits = {"rate_limit_rps": str(rate_limit_rps), "rate_limit_burst": str(int(rate_limit_rps * 2))}
+        env = gateway_env(self.torchserve, [key_hash(self.api_key)], request_timeout_s=str(request_timeout_s), **limits)
+        self.gateway = GatewayProcess(workdir / "gateway.log", env)
+        self.url = self.gateway.url
+        self._running = contextlib.ExitStack()
 
     def __enter__(self) -> Stack:
-        import socket
-        import subprocess
-
-        from gateway.auth import key_hash
-        from modelserver.torchserve import Ports, TorchServe
-
-        def port() -> int:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
-
-        ports = Ports(port(), port(), port(), port(), port(), 20000 + secrets.randbelow(30000))
-        self.torchserve = TorchServe(self.workdir / "torchserve", self.model_store, ports)
-        self.torchserve.start()
-        self.torchserve.wait_ready(timeout=300)
-        gw_port = port()
-        self.url = f"http://127.0.0.1:{gw_port}"
-        env = {
-            **os.environ,
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(gw_port),
-            "GATEWAY_INFERENCE_URL": self.torchserve.inference_url,
-            "GATEWAY_MANAGEMENT_URL": self.torchserve.management_url,
-            "GATEWAY_KEY_FILE": str(self.torchserve.key_file),
-            "GATEWAY_API_KEY_HASHES": key_hash(self.api_key),
-            "GATEWAY_RATE_LIMIT_RPS": str(self.rate_limit_rps),
-            "GATEWAY_RATE_LIMIT_BURST": str(int(self.rate_limit_rps * 2)),
-            "GATEWAY_REQUEST_TIMEOUT_S": str(self.request_timeout_s),
-        }
-        log = (self.workdir / "gateway.log").open("ab")
-        self.gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdout=log, stderr=log,
-                                        start_new_session=True)  # fmt: skip
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.__exit__()
-        raise SystemExit("the gateway did not come up")
+        with contextlib.ExitStack() as starting:
+            starting.enter_context(self.torchserve.running(timeout=300))
+            starting.enter_context(self.gateway)
+            self._running = starting.pop_all()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self.gateway is not None:
-            os.killpg(self.gateway.pid, signal.SIGTERM)
-            try:
-                self.gateway.wait(timeout=15)
-            except Exception:
-                os.killpg(self.gateway.pid, signal.SIGKILL)
-        if self.torchserve is not None:
-            self.torchserve.stop()
+        self._running.close()
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------
@@ -359,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.model_store}/resnet50.mar is missing: run `make mar` first")
         workdir = REPO_ROOT / ".run" / f"soak-{stamp}"
         with Stack(args.model_store, workdir, args.rate_limit_rps, args.timeout_s) as stack:
-            report = run(args, stack.url, stack.api_key, stack.gateway.pid, stack.torchserve.process.pid)
+            report = run(args, stack.url, stack.api_key, stack.gateway.process.pid, stack.torchserve.process.pid)
         report["workdir"] = str(workdir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -7,13 +7,10 @@ import dataclasses
 import os
 import secrets
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
 from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, ready_workers
 
 DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
@@ -95,20 +92,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
 
 
-def wait_gateway_ready(url: str, gateway: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gateway.poll() is not None:
-            raise TorchServeError("the gateway exited during start-up")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TorchServeError(f"the gateway at {url} was not ready after {timeout:.0f}s")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """TorchServe and the gateway together; Ctrl-C (or SIGTERM) stops both."""
     from gateway.auth import key_hash
@@ -116,39 +99,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     api_key = os.environ.get("API_KEY") or "ica_" + secrets.token_urlsafe(24)
     port = int(os.environ.get("GATEWAY_PORT", "8000"))
-    url = f"http://127.0.0.1:{port}"
     server = TorchServe(args.workdir, args.model_store, ports_from(args))
-    env = {
-        **os.environ,
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_INFERENCE_URL": server.inference_url,
-        "GATEWAY_MANAGEMENT_URL": server.management_url,
-        "GATEWAY_KEY_FILE": str(server.key_file),
-        "GATEWAY_API_KEY_HASHES": key_hash(api_key),
-    }
-    gateway: subprocess.Popen | None = None
+    gateway = GatewayProcess(None, gateway_env(server, [key_hash(api_key)]), port, "/readyz", args.timeout)
+    url = gateway.url
     try:
         server.start()
-        gateway = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, stdin=subprocess.DEVNULL)
+        gateway.start()  # starts up while TorchServe loads the model
         server.wait_ready(args.timeout)
-        wait_gateway_ready(url, gateway, args.timeout)
+        gateway.wait_ready()
         print(f"\nimage-classification-api is ready at {url}  (docs: {url}/docs)")
         print(f"API key: {api_key}" + ("" if os.environ.get("API_KEY") else "  (generated; set API_KEY to choose)"))
         print(f"Try:     curl -H 'X-API-Key: {api_key}' -F file=@cat.jpg '{url}/v1/predict?top_k=3'")
         print("Ctrl-C stops both.", flush=True)
-        return gateway.wait()
-    except TorchServeError as exc:
+        assert gateway.process is not None
+        return gateway.process.wait()
+    except (TorchServeError, ServerProcessError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 0
     finally:
-        if gateway is not None and gateway.poll() is None:
-            gateway.terminate()
-            try:
-                gateway.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
+        gateway.stop()
         server.stop()
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +55,20 @@ def read_properties(text: str) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_worker_port(workers: int = 4) -> int:
+    """A base for TorchServe's worker sockets (/tmp/.ts.sock.<port>) that no other run uses."""
+    while True:
+        base = 20000 + secrets.randbelow(40000)
+        if not any(Path(f"/tmp/.ts.sock.{base + i}").exists() for i in range(workers)):  # noqa: S108 TorchServe's path
+            return base
+
+
 @dataclass(frozen=True)
 class Ports:
     inference: int = 8080
@@ -59,6 +77,11 @@ class Ports:
     grpc_inference: int = 7070
     grpc_management: int = 7071
     worker: int = 9000
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Free loopback ports, for an instance beside others (tests, benchmarks)."""
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), free_worker_port())
 
     def overrides(self, host: str = "127.0.0.1") -> dict[str, str]:
         return {
@@ -182,6 +205,16 @@ class TorchServe:
                     return time.monotonic() - started
             time.sleep(0.25)
         raise TorchServeError(f"no READY worker after {timeout:.0f}s:\n{self.log_tail()}")
+
+    @contextmanager
+    def running(self, timeout: float = 120.0) -> Iterator[TorchServe]:
+        """Started and READY for the block; stopped with all its processes after it (or if never ready)."""
+        self.start()
+        try:
+            self.wait_ready(timeout)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the whole process group: TERM, wait for every process in it, then KILL what is left."""

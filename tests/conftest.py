@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import zipfile
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from support import PYTHON, Gateway, gateway_env, group_alive, torchserve_ports
+from support import PYTHON, Gateway, gateway_env, group_alive
 
 from gateway.auth import key_hash
-from modelserver.torchserve import TorchServe
+from modelserver.torchserve import Ports, TorchServe
 
 
 @pytest.fixture(scope="session")
@@ -35,29 +36,20 @@ def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return target
 
 
-def start_torchserve(workdir: Path, model_store: Path, extra_config: dict[str, str] | None = None) -> TorchServe:
-    """A READY TorchServe on free loopback ports (stopped again if it never gets ready)."""
-    server = TorchServe(workdir, model_store, torchserve_ports(), extra_config)
-    server.start()
-    try:
-        server.wait_ready(timeout=180)
-    except Exception:
-        server.stop()
-        raise
-    return server
+def start_torchserve(workdir: Path, model_store: Path,
+                     extra_config: dict[str, str] | None = None) -> AbstractContextManager[TorchServe]:  # fmt: skip
+    """A READY TorchServe on free loopback ports for the block, stopped with all its processes after it."""
+    return TorchServe(workdir, model_store, Ports.free(), extra_config).running(timeout=180)
 
 
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes."""
-    server = start_torchserve(tmp_path_factory.mktemp("torchserve"), model_store)
-    assert server.process is not None
-    group = server.process.pid
-    try:
+    with start_torchserve(tmp_path_factory.mktemp("torchserve"), model_store) as server:
+        assert server.process is not None
+        group = server.process.pid
         yield server
-    finally:
-        server.stop()
-        assert not group_alive(group), "TorchServe left processes behind"
+    assert not group_alive(group), "TorchServe left processes behind"
 
 
 API_KEY = "ica_test-key-for-the-suite"

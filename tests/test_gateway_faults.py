@@ -17,6 +17,7 @@ from support import Gateway, free_port, gateway_env
 from test_gateway import assert_problem, post
 
 from gateway.auth import key_hash
+from modelserver.gateway_process import Upstream
 from modelserver.torchserve import TorchServe
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -25,11 +26,8 @@ JPEG = {"Content-Type": "image/jpeg"}
 @pytest.fixture(scope="module")
 def short_lived_keys(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """A TorchServe of its own whose inference and management keys expire after 3 seconds."""
-    server = start_torchserve(tmp_path_factory.mktemp("ts-short"), model_store, {"token_expiration_min": "0.05"})
-    try:
+    with start_torchserve(tmp_path_factory.mktemp("ts-short"), model_store, {"token_expiration_min": "0.05"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,19 +116,13 @@ def test_garbage_from_upstream_is_502(api_key: str, tmp_path: Path) -> None:
     thread.start()
     key_file = tmp_path / "key_file.json"
     key_file.write_text('{"inference": {"key": "k"}, "management": {"key": "m"}, "API": {"key": "a"}}')
-    env = {
-        "GATEWAY_INFERENCE_URL": f"http://127.0.0.1:{stub.server_address[1]}",
-        "GATEWAY_MANAGEMENT_URL": f"http://127.0.0.1:{free_port()}",
-        "GATEWAY_KEY_FILE": str(key_file),
-        "GATEWAY_API_KEY_HASHES": key_hash(api_key),
-    }
-    gateway = Gateway(tmp_path / "gw.log", env).start()
+    upstream = Upstream(f"http://127.0.0.1:{stub.server_address[1]}", f"http://127.0.0.1:{free_port()}", key_file)
     try:
-        body = assert_problem(post(gateway, api_key, content=jpeg(), headers=JPEG), 502, "upstream-error")
-        assert "definitely" not in body["detail"]
-        assert_problem(httpx.get(f"{gateway.url}/readyz", timeout=10), 503, "model-unavailable")
+        with Gateway(tmp_path / "gw.log", gateway_env(upstream, [key_hash(api_key)])) as gateway:
+            body = assert_problem(post(gateway, api_key, content=jpeg(), headers=JPEG), 502, "upstream-error")
+            assert "definitely" not in body["detail"]
+            assert_problem(httpx.get(f"{gateway.url}/readyz", timeout=10), 503, "model-unavailable")
     finally:
-        gateway.stop()
         stub.shutdown()
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 from imagegen import jpeg
-from support import PYTHON, free_port, torchserve_ports
+from support import PYTHON, free_port
+
+from modelserver.torchserve import Ports
 
 
 def listening(port: int) -> bool:
@@ -21,7 +23,7 @@ def listening(port: int) -> bool:
 
 
 def test_run_starts_both_and_ctrl_c_stops_both(model_store: Path, tmp_path: Path) -> None:
-    ports = torchserve_ports()
+    ports = Ports.free()
     port_args = [arg for f in dataclasses.fields(ports)
                  for arg in (f"--{f.name.replace('_', '-')}-port", str(getattr(ports, f.name)))]  # fmt: skip
     gateway_port = free_port()

@@ -33,11 +33,8 @@ CLIENTS = 6
 
 @pytest.fixture(scope="module")
 def own_torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    server = start_torchserve(tmp_path_factory.mktemp("ts-worker-kill"), model_store)
-    try:
+    with start_torchserve(tmp_path_factory.mktemp("ts-worker-kill"), model_store) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
