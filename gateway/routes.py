@@ -21,7 +21,7 @@ from gateway.auth import authenticate
 from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
-from gateway.validation import CheckedImage, check_image, read_capped
+from gateway.validation import ENVELOPE_BYTES, CheckedImage, check_image, read_capped
 
 router = APIRouter()
 Authenticated = Annotated[str, Depends(authenticate)]
@@ -93,8 +93,9 @@ async def predict(request: Request, _: Authenticated, options: Options) -> dict:
     settings = settings_of(request)
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
-        refuse_oversized(request, settings.max_upload_bytes + 64 * 1024)
-        form = await read_form(request, settings.max_upload_bytes + 64 * 1024, max_files=1)
+        limit = settings.max_upload_bytes + ENVELOPE_BYTES
+        refuse_oversized(request, limit)
+        form = await read_form(request, limit, max_files=1)
         if "file" not in form:
             raise Problem("invalid-request", "the multipart body has no field named 'file'")
         data = await file_bytes(form["file"], settings.max_upload_bytes, "file")
@@ -153,7 +154,7 @@ async def predict_batch(request: Request, _: Authenticated, options: Options) ->
     settings = settings_of(request)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise Problem("unsupported-media-type", "send multipart/form-data with one or more fields 'files'")
-    limit = settings.max_batch_bytes + 64 * 1024
+    limit = settings.max_batch_bytes + ENVELOPE_BYTES
     refuse_oversized(request, limit)
     form = await read_form(request, limit, max_files=settings.max_batch_files)
     uploads = form.getlist("files")

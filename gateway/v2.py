@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from gateway.auth import authenticate
 from gateway.problems import Problem
 from gateway.routes import classify, readyz, settings_of
-from gateway.validation import check_image, read_capped
+from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 Authenticated = Annotated[str, Depends(authenticate)]
@@ -169,7 +169,7 @@ def expect_model(request: Request, model_name: str) -> None:
 async def infer(request: Request, model_name: str, _: Authenticated) -> Response:
     expect_model(request, model_name)
     settings = settings_of(request)
-    body = await read_capped(request.stream(), settings.max_batch_bytes + 64 * 1024, "the inference request")
+    body = await read_capped(request.stream(), settings.max_batch_bytes + ENVELOPE_BYTES, "the inference request")
     request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH))
     inputs = request_json.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):

@@ -28,6 +28,7 @@ SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
     (b"MM\x00*", 0, "TIFF"),
 )
 ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+ENVELOPE_BYTES = 64 * 1024  # allowed on top of the image limits for what wraps them: multipart parts, v2's JSON
 
 
 @dataclass(frozen=True)
