@@ -23,6 +23,7 @@ import torchvision
 import yaml
 
 from handlers.engines import ENGINES, ONNX_FILE, STATE_DICT_FILE
+from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from modelserver import onnx_export
 from modelserver.weights import IMAGENET, Weights, sha256_file
 
@@ -40,15 +41,15 @@ class ArchiveError(Exception):
 class ServingConfig:
     """What goes into the archive's model-config.yaml."""
 
-    engine: str = "onnx"
+    engine: str = HANDLER_DEFAULTS["engine"]
     workers: int = 1
     batch_size: int = 8
     max_batch_delay_ms: int = 5
     response_timeout_s: int = 30
-    max_pixels: int = 40_000_000
-    default_top_k: int = 5
-    max_top_k: int = 1000  # the gateway's /v1 allows 20; /v2 asks for the full distribution
-    spinning: bool = True
+    max_pixels: int = HANDLER_DEFAULTS["max_pixels"]
+    default_top_k: int = HANDLER_DEFAULTS["default_top_k"]
+    max_top_k: int = HANDLER_DEFAULTS["max_top_k"]  # the gateway's /v1 allows 20; /v2 asks for all 1000
+    spinning: bool = HANDLER_DEFAULTS["spinning"]
 
     def as_yaml(self) -> dict:
         if self.engine not in ENGINES:
