@@ -5,14 +5,13 @@ from __future__ import annotations
 import subprocess
 import zipfile
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from support import PYTHON, Gateway, gateway_env, group_alive
+from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
 
 from gateway.auth import key_hash
-from modelserver.torchserve import Ports, TorchServe
+from modelserver.torchserve import TorchServe
 
 
 @pytest.fixture(scope="session")
@@ -36,12 +35,6 @@ def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return target
 
 
-def start_torchserve(workdir: Path, model_store: Path,
-                     extra_config: dict[str, str] | None = None) -> AbstractContextManager[TorchServe]:  # fmt: skip
-    """A READY TorchServe on free loopback ports for the block, stopped with all its processes after it."""
-    return TorchServe(workdir, model_store, Ports.free(), extra_config).running(timeout=180)
-
-
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes."""
@@ -50,10 +43,6 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         group = server.process.pid
         yield server
     assert not group_alive(group), "TorchServe left processes behind"
-
-
-API_KEY = "ica_test-key-for-the-suite"
-OTHER_KEY = "ica_another-valid-key"
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,7 @@ import zipfile
 import httpx
 import pytest
 from imagegen import jpeg, png, png_claiming, truncated_jpeg
-from support import Gateway
-from test_gateway import assert_problem, post
+from support import Gateway, assert_problem, post
 
 from gateway.problems import PROBLEM_JSON
 

@@ -19,10 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 import pytest
-from conftest import OTHER_KEY
 from imagegen import jpeg
-from support import Gateway, free_port, gateway_env
-from test_gateway import assert_problem, post
+from support import OTHER_KEY, Gateway, assert_problem, free_port, gateway_env, post
 
 from gateway.auth import key_hash
 from modelserver.torchserve import REPO_ROOT, TorchServe, read_properties
