@@ -22,7 +22,9 @@ and settings as `customizedMetadata` (TorchServe's custom describe; the gateway'
 
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine` (onnx|eager),
 `max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided by the workers),
-`spinning` (ONNX Runtime's busy-waiting intra-op threads).
+`spinning` (ONNX Runtime's busy-waiting intra-op threads), `jpeg_draft` (1: every image decoded in full,
+exactly as the reference pipeline; 2, 4 or 8: JPEGs may be decoded at reduced scale, down to 1/n, faster
+and no longer exact; see handlers/imaging.py).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "default_top_k": 5,
     "max_top_k": 1000,
     "spinning": True,
+    "jpeg_draft": 1,
 }
 
 
@@ -117,7 +120,8 @@ class ImageClassifierHandler:
                 if isinstance(payload, str):
                     raise ImageError("undecodable", "the image was sent as text, not as bytes")
                 k = self._top_k(context, idx)
-                tensor = preprocess(decode(bytes(payload), int(self.settings["max_pixels"])))
+                image = decode(bytes(payload), int(self.settings["max_pixels"]), int(self.settings["jpeg_draft"]))
+                tensor = preprocess(image)
             except ImageError as err:
                 batch.errors[idx] = err
                 continue
