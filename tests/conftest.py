@@ -53,9 +53,10 @@ def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
-def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes."""
-    with start_torchserve(tmp_path_factory.mktemp("torchserve"), model_store) as server:
+def torchserve(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes.
+    It serves the test model that sees its input, so answers through it can be checked against the reference."""
+    with start_torchserve(tmp_path_factory.mktemp("torchserve"), seeing_model_store) as server:
         assert server.process is not None
         group = server.process.pid
         yield server
