@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from imagegen import jpeg, png, truncated_jpeg
+from imagegen import encode, jpeg, truncated_jpeg
 from support import PYTHON, Gateway, free_port, gateway_env
+from testmodel import PHOTOS, photo, picture
 
 from gateway.auth import key_hash
 from gateway.problems import TYPE_BASE
@@ -26,19 +27,19 @@ from modelserver.torchserve import TorchServe
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"imgcls: (\d+) ok, (\d+) failed, (\d+) skipped, (\d+) retries in [\d.]+ s \([\d.]+ img/s\)")
 
-GOOD = {  # 12 images in nested folders
-    "top1.jpg": lambda: jpeg(96, 72, seed=1),
-    "top2.png": lambda: png(80, 64, seed=2),
-    "a/a1.jpg": lambda: jpeg(120, 90, seed=3),
-    "a/a2.jpg": lambda: jpeg(64, 64, seed=4),
-    "a/a3.png": lambda: png(72, 96, seed=5),
-    "a/b/b1.jpg": lambda: jpeg(100, 80, seed=6),
-    "a/b/b2.png": lambda: png(90, 60, seed=7),
-    "a/b/b3.jpg": lambda: jpeg(60, 90, seed=8),
-    "c/c1.jpg": lambda: jpeg(128, 96, seed=9),
-    "c/c2.jpg": lambda: jpeg(88, 66, seed=10),
-    "c/c3.png": lambda: png(66, 88, seed=11),
-    "c/c4.jpg": lambda: jpeg(110, 70, seed=12),
+GOOD = {  # 12 images in nested folders: path → the test model's photo, which it knows by its label
+    "top1.jpg": "astronaut",
+    "top2.png": "chelsea",
+    "a/a1.jpg": "coffee",
+    "a/a2.jpg": "rocket",
+    "a/a3.png": "camera",
+    "a/b/b1.jpg": "hubble_deep_field",
+    "a/b/b2.png": "immunohistochemistry",
+    "a/b/b3.jpg": "stereo_motorcycle",
+    "c/c1.jpg": "coins",
+    "c/c2.jpg": "clock",
+    "c/c3.png": "shapes-1",
+    "c/c4.jpg": "shapes-2",
 }
 BAD = {  # name → (content, HTTP status, problem slug)
     "empty.jpg": (lambda: b"", 422, "invalid-image"),
@@ -50,9 +51,9 @@ BAD = {  # name → (content, HTTP status, problem slug)
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("images")
-    for name, make in GOOD.items():
+    for name, known in GOOD.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(make())
+        (root / name).write_bytes(encode(picture(known), "PNG") if name.endswith(".png") else photo(known))
     for name, (make, _, _) in BAD.items():
         (root / name).write_bytes(make())
     (root / ".hidden.jpg").write_bytes(jpeg(32, 32))  # hidden files are not picked from folders
@@ -98,6 +99,7 @@ def assert_records(records: list[dict], root: Path, top_k: int) -> None:
         assert record["status"] == "ok" and "error" not in record, record
         assert len(record["predictions"]) == top_k
         assert all(isinstance(p["label"], str) and 0 <= p["score"] <= 1 for p in record["predictions"])
+        assert record["predictions"][0]["label"] == PHOTOS[GOOD[name]], "each file gets its own answer"
         assert record["request_id"]
     for name, (_, status, slug) in BAD.items():
         record = by_path[str(root / name)]
@@ -181,7 +183,8 @@ def test_csv_output(gateway: Gateway, api_key: str, tree: Path, tmp_path: Path) 
     assert set(rows) == paths(tree, GOOD) | paths(tree, BAD)
     for name in GOOD:
         row = rows[str(tree / name)]
-        assert row["status"] == "ok" and row["top1_label"] and 0 <= float(row["top1_score"]) <= 1 and not row["error"]
+        assert row["status"] == "ok" and 0 <= float(row["top1_score"]) <= 1 and not row["error"]
+        assert row["top1_label"] == PHOTOS[GOOD[name]]
     for name, (_, status, slug) in BAD.items():
         row = rows[str(tree / name)]
         assert row["status"] == "failed" and not row["top1_label"]
