@@ -86,7 +86,7 @@ def still_running(processes: list[psutil.Process], timeout: float = 60) -> list[
 
 @pytest.fixture
 def cleanup() -> Iterator[list[psutil.Process]]:
-    """Processes to kill after the test if it failed before they ended."""
+    """Processes to kill after the test, should it fail before they ended (the launcher, then the rest)."""
     processes: list[psutil.Process] = []
     yield processes
     for proc in processes:
@@ -100,6 +100,7 @@ def test_run_serves_and_everything_ends_with_it(model_store: Path, tmp_path: Pat
     """Ctrl-C and SIGTERM stop both servers; after SIGKILL of the launcher its watchdog stops them."""
     ports, gateway_port = Ports.free(), free_port()
     process = launch("run", model_store, tmp_path / "ts", ports, gateway_port)
+    cleanup.append(psutil.Process(process.pid))
     try:
         text = read_until(process, "Ctrl-C stops both")
         cleanup.extend(descendants(process))
@@ -125,6 +126,7 @@ def test_serve_runs_torchserve_until_sigterm(model_store: Path, tmp_path: Path, 
     ports = Ports.free()
     workdir = tmp_path / "ts"
     process = launch("serve", model_store, workdir, ports, free_port())
+    cleanup.append(psutil.Process(process.pid))
     try:
         text = read_until(process, "TorchServe ready")
         cleanup.extend(descendants(process))
