@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from modelserver.watchdog import signal_group
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "config.properties"
 MODEL_NAME = "resnet50"
@@ -288,20 +290,11 @@ class TorchServe:
         if self.process is None:
             return
         group = self.process.pid
-        _signal_group(group, signal.SIGTERM)
+        signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _signal_group(group, 0):
+        while time.monotonic() < deadline and signal_group(group, 0):
             self.process.poll()  # reap the launcher so it does not keep the group alive as a zombie
             time.sleep(0.2)
-        _signal_group(group, signal.SIGKILL)
+        signal_group(group, signal.SIGKILL)
         self.process.wait()
         self.process = None
-
-
-def _signal_group(group: int, sig: int) -> bool:
-    """Send `sig` to a process group; False if the group no longer exists."""
-    try:
-        os.killpg(group, sig)
-    except ProcessLookupError:
-        return False
-    return True

@@ -24,7 +24,7 @@ from typing import IO, Self
 GRACE_S = 20.0
 
 
-def _signal(group: int, sig: int) -> bool:
+def signal_group(group: int, sig: int) -> bool:
     """Send `sig` to a process group; False once the group has no process left."""
     try:
         os.killpg(group, sig)
@@ -36,12 +36,12 @@ def _signal(group: int, sig: int) -> bool:
 def stop_groups(groups: list[int], grace_s: float = GRACE_S) -> None:
     """TERM every group, wait for them to empty, KILL what is left after `grace_s`."""
     for group in groups:
-        _signal(group, signal.SIGTERM)
+        signal_group(group, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_signal(group, 0) for group in groups):
+    while time.monotonic() < deadline and any(signal_group(group, 0) for group in groups):
         time.sleep(0.2)
     for group in groups:
-        _signal(group, signal.SIGKILL)
+        signal_group(group, signal.SIGKILL)
 
 
 def watch(commands: IO[str]) -> list[int]:
