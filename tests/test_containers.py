@@ -295,17 +295,22 @@ def test_serve_pins_match_pyproject_and_torch_is_the_cpu_build() -> None:
     declared = pins(
         " ".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"])
     )
-    text = "\n".join(i.args for i in instructions(SERVE) if i.keyword == "RUN")
+    items = instructions(SERVE)
+    defaults = arg_defaults(items)
+    text = "\n".join(i.args for i in items if i.keyword == "RUN") + "\n" + defaults["TORCH_PACKAGES"]
     used = pins(text)
     assert {"torch", "torchvision", "torchserve", "pyyaml", "onnxruntime"} <= set(used)
     for name, version in used.items():
         assert declared.get(name) == version, (
             f"Dockerfile.serve pins {name}=={version}, pyproject says {declared.get(name)}"
         )
-    for item in instructions(SERVE):
-        if item.keyword == "RUN" and "torch==" in item.args:
-            assert "--index-url https://download.pytorch.org/whl/cpu" in item.args, f"line {item.line}: CPU wheels"
-    runtime = final_stage(instructions(SERVE))
+    # By default (what a real user builds) every torch comes from PyTorch's CPU index.
+    cpu_index = "--index-url https://download.pytorch.org/whl/cpu"
+    assert defaults["TORCH_PIP_ARGS"] == defaults["BUILD_TORCH_PIP_ARGS"] == cpu_index
+    for item in items:
+        if item.keyword == "RUN" and ("torch==" in item.args or "${TORCH_PACKAGES}" in item.args):
+            assert re.search(r"\$\{(BUILD_)?TORCH_PIP_ARGS\} ", item.args), f"line {item.line}: CPU wheels"
+    runtime = final_stage(items)
     assert any("openjdk-17-jre-headless" in i.args for i in runtime if i.keyword == "RUN")
 
 
