@@ -4,7 +4,7 @@
 # stderr) does it fall back to a stand-in base made from Debian packages (docker/base-image.sh) and to the
 # CPU torch wheel of a local find-links directory (TORCH_WHEELS, default /opt/wheels), served to the build
 # over loopback. Settings (environment): WEIGHTS (imagenet|random), ENGINE (onnx|eager), SERVE_IMAGE,
-# GATEWAY_IMAGE, PYTHON_IMAGE (skip the probe), TORCH_WHEELS. WEIGHTS=imagenet without a way to
+# GATEWAY_IMAGE, PYTHON_IMAGE (skip the probe), TORCH_WHEELS, TORCH_WHEELS_PORT (8765). WEIGHTS=imagenet without a way to
 # download.pytorch.org falls back to random weights with a warning, as `make mar` does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,9 +47,14 @@ if ! curl -sf --max-time 15 -o /dev/null https://download.pytorch.org/whl/cpu/to
     exit 1
   fi
   version="$(basename "$wheel" | cut -d- -f2)"
-  port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  # A fixed port keeps the build argument, and with it Docker's layer cache, the same from run to run.
+  port="${TORCH_WHEELS_PORT:-8765}"
   python3 -m http.server --bind 127.0.0.1 --directory "$wheels" "$port" >/dev/null 2>&1 &
   server_pid=$!
+  for _ in $(seq 50); do
+    curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
+    sleep 0.1
+  done
   echo "images: download.pytorch.org is unreachable: runtime torch is the local CPU wheel torch==$version" \
     "(no torchvision), the archive is built with PyPI's torch (CUDA build, builder stage only)" >&2
   serve_args+=(
