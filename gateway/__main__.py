@@ -1,8 +1,8 @@
 """`python -m gateway`: serve the gateway with uvicorn, configured from the GATEWAY_* settings.
 
 One process, on purpose: its /metrics and its per-key rate-limit buckets are then the whole gateway's (or
-container's). A process spends about 0.9 ms of CPU per request (README, "Benchmark"), far above what
-TorchServe behind it classifies; scale out with more containers, not workers.
+container's). It spends a twentieth of the CPU TorchServe spends per request (README, "Run with
+Docker"), so one process keeps up with TorchServe; scale out with more containers, not workers.
 """
 
 from __future__ import annotations
