@@ -164,6 +164,21 @@ def in_process_probabilities(archive_handler: tuple, image: bytes) -> dict[int, 
     return {p["class_id"]: p["score"] for p in result["predictions"]}
 
 
+def test_runtime_image_is_cpu_only(images: tuple[str, str]) -> None:
+    """No CUDA libraries in the serve image (a CPU instance cannot use them); no torch in the gateway's."""
+    script = ("import importlib.metadata as m, importlib.util as u\n"
+              "names = sorted(d.metadata['Name'].lower() for d in m.distributions())\n"
+              "print(' '.join(names))\n"
+              "if u.find_spec('torch'):\n    import torch; print('cuda', torch.version.cuda)\n")  # fmt: skip
+    serve = docker("run", "--rm", "--entrypoint", "python", images[0], "-c", script).stdout
+    packages = serve.splitlines()[0].split()
+    assert "torch" in packages and "torchserve" in packages and "onnxruntime" in packages
+    assert not [p for p in packages if p.startswith(("nvidia", "cuda", "triton"))], packages
+    assert serve.splitlines()[1] == "cuda None"
+    gateway = docker("run", "--rm", "--entrypoint", "python", images[1], "-c", script).stdout
+    assert "fastapi" in gateway and "torch" not in gateway.split()
+
+
 def test_both_health_checks_pass_and_the_gateway_is_ready(stack: Stack) -> None:
     for service in ("torchserve", "gateway"):
         assert stack.inspect(service)["State"]["Health"]["Status"] == "healthy", service
