@@ -156,6 +156,12 @@ def test_every_hadolint_ignore_is_justified(dockerfile: Path) -> None:
             assert reasons, f"{dockerfile.name}:{item.line}: {pragmas} needs a comment above it saying why"
 
 
+@pytest.mark.parametrize("dockerfile", [SERVE, GATEWAY], ids=lambda p: p.name)
+def test_no_frontend_image_to_pull(dockerfile: Path) -> None:
+    """A `# syntax=` directive makes BuildKit pull a frontend image: builds without Docker Hub would fail."""
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile.read_text(), re.IGNORECASE | re.MULTILINE)
+
+
 def test_hadolint_does_report_findings(tmp_path: Path) -> None:
     """The linter really runs: an unpinned, cache-keeping apt install is reported."""
     bad = tmp_path / "Dockerfile"
