@@ -22,7 +22,7 @@ if [ -z "$base" ]; then
     base="$official"
   else
     echo "images: Docker Hub is unreachable, so the base is a stand-in built from Debian bookworm packages" >&2
-    base=image-classification-api-base:bookworm
+    base="image-classification-api-base:bookworm"
     docker/base-image.sh "$base"
   fi
 fi
@@ -71,5 +71,18 @@ build() {  # build TAG DOCKERFILE [ARGS...]
   echo "images: built $tag ($(docker image inspect --format '{{.Size}}' "$tag" | numfmt --to=si)B)" \
     "in $((SECONDS - started)) s" >&2
 }
-build "$serve_image" Dockerfile.serve --build-arg "WEIGHTS=$weights" --build-arg "ENGINE=$engine" "${serve_args[@]}"
+serve_args+=(--build-arg "WEIGHTS=$weights" --build-arg "ENGINE=$engine")
+build "$serve_image" Dockerfile.serve "${serve_args[@]}"
+# The classic builder keeps a stage's layers only while an image uses them: tagging the two build stages
+# as well (from the cache, a second each) lets `docker image prune` (.ci/run) drop old layers but keep
+# these, so the next build stays warm.
+tag_stage() {  # tag_stage IMAGE DOCKERFILE STAGE [ARGS...]
+  local image=$1 dockerfile=$2 stage=$3
+  shift 3
+  docker build -q --network host --build-arg "PYTHON_IMAGE=$base" -f "$dockerfile" "$@" --target "$stage" \
+    -t "$image-$stage" . >/dev/null
+}
+tag_stage "$serve_image" Dockerfile.serve builder "${serve_args[@]}"
+tag_stage "$serve_image" Dockerfile.serve runtime-deps "${serve_args[@]}"
 build "$gateway_image" Dockerfile.gateway
+tag_stage "$gateway_image" Dockerfile.gateway build

@@ -150,7 +150,7 @@ def archive_handler(images: tuple[str, str], tmp_path_factory: pytest.TempPathFa
     try:
         docker("cp", f"{created}:{MAR_IN_IMAGE}", str(target / "resnet50.mar"))
     finally:
-        docker("rm", created)
+        docker("rm", "--volumes", created)
     with zipfile.ZipFile(target / "resnet50.mar") as mar:
         mar.extractall(target / "model")
     service = ImageClassifierHandler()
