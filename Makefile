@@ -8,7 +8,7 @@ MAR := model_store/resnet50.mar
 # imagenet (download, hash-checked), random (untrained, for offline demos) or a path to a state dict
 WEIGHTS ?= imagenet
 
-.PHONY: setup mar run test lint clean api-key bench
+.PHONY: setup mar run test lint clean api-key bench images
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ lint: setup
 
 clean:
 	rm -rf .run $(MAR)
+
+# Both container images, tagged as docker-compose.yml expects (…-serve:local, …-gateway:local). Falls back
+# to a stand-in base and the local CPU torch wheel only where Docker Hub / PyTorch's index are unreachable
+# (it says so). `make images WEIGHTS=random` for untrained smoke images. README, "Run with Docker".
+images:
+	WEIGHTS=$(WEIGHTS) docker/images.sh
 
 # Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES).
 api-key: setup

@@ -1,4 +1,9 @@
-"""`python -m gateway`: serve the gateway with uvicorn, configured from the GATEWAY_* settings."""
+"""`python -m gateway`: serve the gateway with uvicorn, configured from the GATEWAY_* settings.
+
+One process, on purpose: its /metrics and its per-key rate-limit buckets are then the whole gateway's (or
+container's). It spends a twentieth of the CPU TorchServe spends per request (README, "Run with
+Docker"), so one process keeps up with TorchServe; scale out with more containers, not workers.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ def main() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
         loop="uvloop",
         http="gateway.protocol:GuardedHttpToolsProtocol",
         timeout_keep_alive=settings.keep_alive_s,

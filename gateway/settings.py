@@ -16,7 +16,6 @@ class Settings(BaseSettings):
     # This server
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 only inside a container")
     port: int = Field(8000, ge=1, le=65535)
-    workers: int = Field(1, ge=1, description="uvicorn worker processes")
     log_level: str = "INFO"
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive before the connection is closed")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest request head accepted")

@@ -13,7 +13,8 @@ gets 503 with Retry-After at once instead of waiting in an unbounded queue.
 Why aiohttp: measured under load in front of an instant backend, httpx/httpcore took 57 % of the
 gateway's CPU per request; aiohttp's client, with its C parser, takes about a sixth of what is left.
 
-Failures: unreachable, no worker or a full queue → 503 with Retry-After; no answer within the timeout
+Failures: unreachable, no worker, a full queue, or the connection cut mid-request (TorchServe crashed or
+is restarting; predictions are safe to repeat) → 503 with Retry-After; no answer within the timeout
 → 504; a per-item handler error → 422 with its code; anything else → 502. Never a hang.
 """
 
@@ -158,6 +159,8 @@ class TorchServeClient:
             raise Problem("upstream-timeout", detail) from None
         except aiohttp.ClientConnectorError:
             raise self.unavailable("the model server is unreachable") from None
+        except aiohttp.ClientConnectionError:  # closed or reset without an answer: the server went away
+            raise self.unavailable("the model server dropped the connection; retry shortly") from None
         except aiohttp.ClientError as exc:
             detail = f"the connection to the model server failed ({type(exc).__name__})"
             raise Problem("upstream-error", detail) from None

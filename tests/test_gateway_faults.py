@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -108,20 +109,50 @@ class GarbageUpstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_garbage_from_upstream_is_502(api_key: str, tmp_path: Path) -> None:
-    stub = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), GarbageUpstream)
+class DroppingUpstream(http.server.BaseHTTPRequestHandler):
+    """Reads each prediction and closes the connection without an answer, as a TorchServe that crashes."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def gateway_before(
+    handler: type[http.server.BaseHTTPRequestHandler], api_key: str, tmp_path: Path
+) -> Iterator[Gateway]:
+    """The real gateway in front of a stub inference API served by `handler` (no management API)."""
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=stub.serve_forever, daemon=True)
     thread.start()
     key_file = tmp_path / "key_file.json"
     key_file.write_text('{"inference": {"key": "k"}, "management": {"key": "m"}, "API": {"key": "a"}}')
     upstream = Upstream(f"http://127.0.0.1:{stub.server_address[1]}", f"http://127.0.0.1:{free_port()}", key_file)
     try:
-        with Gateway(tmp_path / "gw.log", gateway_env(upstream, [key_hash(api_key)])) as gateway:
-            body = assert_problem(post(gateway, api_key, content=jpeg(), headers=JPEG), 502, "upstream-error")
-            assert "definitely" not in body["detail"]
-            assert_problem(httpx.get(f"{gateway.url}/readyz", timeout=10), 503, "model-unavailable")
+        with Gateway(tmp_path / "gw.log", gateway_env(upstream, [key_hash(api_key)], retry_after_s="4")) as gateway:
+            yield gateway
     finally:
         stub.shutdown()
+
+
+def test_garbage_from_upstream_is_502(api_key: str, tmp_path: Path) -> None:
+    with gateway_before(GarbageUpstream, api_key, tmp_path) as gateway:
+        body = assert_problem(post(gateway, api_key, content=jpeg(), headers=JPEG), 502, "upstream-error")
+        assert "definitely" not in body["detail"]
+        assert_problem(httpx.get(f"{gateway.url}/readyz", timeout=10), 503, "model-unavailable")
+
+
+def test_connection_cut_by_upstream_is_503_with_retry_after(api_key: str, tmp_path: Path) -> None:
+    """A crash mid-request (tests/test_container_stack.py does it to the real TorchServe): retryable."""
+    with gateway_before(DroppingUpstream, api_key, tmp_path) as gateway:
+        response = post(gateway, api_key, content=jpeg(), headers=JPEG)
+        body = assert_problem(response, 503, "model-unavailable")
+        assert response.headers["retry-after"] == "4"
+        assert "dropped the connection" in body["detail"]
 
 
 MANAGEMENT_PROBES = [
