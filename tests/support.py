@@ -6,15 +6,19 @@ Test files import shared helpers from here only, never from each other or from c
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import torch
+import yaml
 from PIL import Image, ImageOps
 from torchvision.models import ResNet50_Weights
+from ts.context import Context, RequestProcessor
 
 from gateway.problems import PROBLEM_JSON, TYPE_BASE
 from handlers.imaging import decode, preprocess
@@ -30,6 +34,11 @@ __all__ = [
     "assert_identical",
     "MAX_PIXELS",
     "assert_problem",
+    "client_env",
+    "imgcls_cmd",
+    "jsonl",
+    "make_context",
+    "summary",
     "free_port",
     "gateway_env",
     "group_alive",
@@ -92,3 +101,41 @@ def assert_identical(data: bytes) -> None:
     assert actual.dtype == expected.dtype == torch.float32
     assert actual.shape == expected.shape == (3, 224, 224)
     assert torch.equal(actual, expected), f"max abs diff {(actual - expected).abs().max().item()}"
+
+
+# --- the handler in process, as TorchServe drives it ---------------------------------------------------------
+
+
+def make_context(model_dir: Path, headers: list[dict[str, str]], **settings: object) -> Context:
+    """A Context for `headers` (one dict per request); `settings` override the archive's handler block."""
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    config["handler"].update(settings)
+    context = Context("resnet50", str(model_dir), {}, len(headers), None, "0.12.0", model_yaml_config=config)
+    context.request_processor = [RequestProcessor(dict(h)) for h in headers]
+    return context
+
+
+# --- the batch client (imgcls) as a subprocess -------------------------------------------------------------
+
+SUMMARY = re.compile(r"imgcls: (\d+) ok, (\d+) failed, (\d+) skipped, (\d+) retries in [\d.]+ s \([\d.]+ img/s\)")
+
+
+def imgcls_cmd(*args: str) -> list[str]:
+    return [PYTHON, "-m", "client.cli", "classify", *args]
+
+
+def client_env(url: str, api_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
+    return {**env, "IMGCLS_URL": url, "IMGCLS_API_KEY": api_key}
+
+
+def summary(stderr: str) -> dict[str, int]:
+    match = SUMMARY.search(stderr)
+    assert match, stderr
+    return dict(zip(("ok", "failed", "skipped", "retries"), map(int, match.groups()), strict=True))
+
+
+def jsonl(path: Path) -> list[dict]:
+    text = path.read_text()
+    assert text == "" or text.endswith("\n"), "the last record is cut"
+    return [json.loads(line) for line in text.splitlines()]

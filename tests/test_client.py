@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import os
 import re
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from imagegen import encode, jpeg, truncated_jpeg
-from support import PYTHON, Gateway, free_port, gateway_env
+from support import Gateway, client_env, free_port, gateway_env, imgcls_cmd, jsonl, summary
 from testmodel import PHOTOS, photo, picture
 
 from gateway.auth import key_hash
@@ -25,7 +24,6 @@ from gateway.problems import TYPE_BASE
 from modelserver.torchserve import TorchServe
 
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY = re.compile(r"imgcls: (\d+) ok, (\d+) failed, (\d+) skipped, (\d+) retries in [\d.]+ s \([\d.]+ img/s\)")
 
 GOOD = {  # 12 images in nested folders: path → the test model's photo, which it knows by its label
     "top1.jpg": "astronaut",
@@ -64,30 +62,9 @@ def paths(root: Path, names) -> set[str]:
     return {str(root / name) for name in names}
 
 
-def imgcls_cmd(*args: str) -> list[str]:
-    return [PYTHON, "-m", "client.cli", "classify", *args]
-
-
-def client_env(url: str, api_key: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")}
-    return {**env, "IMGCLS_URL": url, "IMGCLS_API_KEY": api_key}
-
-
 def imgcls(url: str, api_key: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(imgcls_cmd(*args), cwd=REPO, env=client_env(url, api_key), capture_output=True,
                           text=True, timeout=timeout)  # fmt: skip
-
-
-def summary(stderr: str) -> dict[str, int]:
-    match = SUMMARY.search(stderr)
-    assert match, stderr
-    return dict(zip(("ok", "failed", "skipped", "retries"), map(int, match.groups()), strict=True))
-
-
-def jsonl(path: Path) -> list[dict]:
-    text = path.read_text()
-    assert text == "" or text.endswith("\n"), "the last record is cut"
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def assert_records(records: list[dict], root: Path, top_k: int) -> None:

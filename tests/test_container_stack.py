@@ -25,10 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from imagegen import jpeg
-from support import free_port
-from test_client import client_env, imgcls_cmd, jsonl, summary
-from test_gateway import assert_problem
-from test_handler import make_context
+from support import assert_problem, client_env, free_port, imgcls_cmd, jsonl, make_context, summary
 
 from gateway.auth import key_hash
 from handlers.image_handler import ImageClassifierHandler

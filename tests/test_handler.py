@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 from imagegen import in_format, jpeg, png_claiming, stored_with_orientation, truncated_jpeg
+from support import make_context
 from testmodel import (
     PROB_TOLERANCE,
     TEST_MODEL_FILE,
@@ -18,19 +18,8 @@ from testmodel import (
     picture,
     probability_vector,
 )
-from ts.context import Context, RequestProcessor
 
 from handlers.image_handler import ImageClassifierHandler
-
-
-def make_context(model_dir: Path, headers: list[dict[str, str]], **settings: object) -> Context:
-    """A Context for `headers` (one dict per request); `settings` override the archive's handler block."""
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    config["handler"].update(settings)
-    context = Context("resnet50", str(model_dir), {}, len(headers), None, "0.12.0", model_yaml_config=config)
-    context.request_processor = [RequestProcessor(dict(h)) for h in headers]
-    return context
-
 
 ALL = {"X-Top-K": "1000"}
 
