@@ -10,7 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
+from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
+from modelserver.quantize import Thresholds
 from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, ready_workers
 
 DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
@@ -23,8 +25,10 @@ def _fail(message: str) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     # torch is imported here, not at module level: `ready` runs in health checks and must stay light.
-    from modelserver.archive import ArchiveError, ServingConfig, build
+    from modelserver.archive import ArchiveError, Int8Options, ServingConfig, build
+    from modelserver.calibration import CalibrationError
     from modelserver.onnx_export import VerificationError
+    from modelserver.quantize import GateError
     from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
@@ -48,11 +52,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
     )
+    thresholds = Thresholds(args.min_top1_agreement, args.min_top5_overlap, args.max_prob_diff)
     try:
-        out = build(weights, config, args.output)
-    except VerificationError as exc:
+        out = build(weights, config, args.output, Int8Options(args.calibration, thresholds))
+    except (VerificationError, GateError) as exc:
         return _fail(f"refusing to package: {exc}")
-    except ArchiveError as exc:
+    except (ArchiveError, CalibrationError) as exc:
         return _fail(str(exc))
     print(f"built {out} ({out.stat().st_size / 2**20:.1f} MiB, weights {weights.name}, engine {args.engine})")
     return 0
@@ -135,7 +140,19 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build model_store/resnet50.mar")
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
-    build.add_argument("--engine", default="onnx", choices=["onnx", "eager"])
+    build.add_argument("--engine", default=ENGINES[0], choices=ENGINES,
+                       help="onnx (fp32, default), onnx-int8 (quantised, gated against fp32) or eager")  # fmt: skip
+    int8 = build.add_argument_group("onnx-int8", "calibration and the accuracy gate (README, 'INT8 engine')")
+    int8.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="images to calibrate on, every 4th held apart for the gate (default: bundled photos)",
+    )
+    gate = Thresholds()
+    int8.add_argument("--min-top1-agreement", type=float, default=gate.min_top1_agreement, metavar="F")
+    int8.add_argument("--min-top5-overlap", type=float, default=gate.min_top5_overlap, metavar="F")
+    int8.add_argument("--max-prob-diff", type=float, default=gate.max_prob_diff, metavar="F")
     build.add_argument("--workers", type=int, default=1)
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
