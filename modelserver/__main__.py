@@ -1,4 +1,4 @@
-"""Command line: `python -m modelserver build|serve|run|ready`."""
+"""Command line: `python -m modelserver build|evaluate|serve|run|ready`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,26 @@ def cmd_build(args: argparse.Namespace) -> int:
     except (ArchiveError, CalibrationError) as exc:
         return _fail(str(exc))
     print(f"built {out} ({out.stat().st_size / 2**20:.1f} MiB, weights {weights.name}, engine {args.engine})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from modelserver.evaluate import EvaluationError, evaluate
+
+    api_key = args.api_key or os.environ.get("API_KEY")
+    try:
+        result = evaluate(args.folder, args.mar, args.engine, args.gateway_url, api_key, progress=not args.no_progress)
+    except EvaluationError as exc:
+        return _fail(str(exc))
+    text = json.dumps(result, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    else:
+        print(text)
+    print(f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} on {result['images']} images of "
+          f"{result['classes']} classes ({len(result['errors'])} unclassified)", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -163,6 +183,16 @@ def parser() -> argparse.ArgumentParser:
         "--offline-fallback", action="store_true", help="use random weights when the download fails (make run)"
     )
     build.set_defaults(func=cmd_build)
+
+    evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)")
+    evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
+    evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
+    evaluate.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
+    evaluate.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
+    evaluate.add_argument("--api-key", help="the gateway's API key (default: API_KEY from the environment)")
+    evaluate.add_argument("--output", type=Path, help="write the JSON report here instead of stdout")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     serve = sub.add_parser("serve", help="run TorchServe in the foreground with the default ports")
     add_server_arguments(serve)
