@@ -28,13 +28,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from handlers.engines import load_engine
-from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import ImageError, decode, preprocess
 from modelserver.calibration import IMAGE_SUFFIXES
+from modelserver.mar import archive_info
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
 WNID = re.compile(r"^n\d{8}$")
@@ -90,13 +89,6 @@ def labelled_images(folder: Path) -> list[Labelled]:
 
 # What a prediction source yields per image: its top-5 class ids, or an error text.
 Outcome = list[int] | str
-
-
-def archive_info(mar: Path) -> tuple[dict, dict]:
-    """The archive's metadata.json and its handler settings (model-config.yaml over the handler's defaults)."""
-    with zipfile.ZipFile(mar) as archive:
-        config = yaml.safe_load(archive.read("model-config.yaml")) or {}
-        return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
 
 
 def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool) -> Iterator[Outcome]:
