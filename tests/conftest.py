@@ -1,4 +1,4 @@
-"""Session fixtures: one model archive (random weights) and one real TorchServe, always stopped."""
+"""Session fixtures: the model archives (random weights; the test model that sees) and one real TorchServe."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from support import PYTHON, Gateway, gateway_env, group_alive
+from testmodel import build_store
 
 from gateway.auth import key_hash
 from modelserver.torchserve import Ports, TorchServe
@@ -30,10 +31,26 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The archive unpacked, as TorchServe unpacks it for a worker."""
-    target = tmp_path_factory.mktemp("model_dir")
-    with zipfile.ZipFile(model_store / "resnet50.mar") as mar:
+    return unpack(model_store, tmp_path_factory.mktemp("model_dir"))
+
+
+def unpack(store: Path, target: Path) -> Path:
+    with zipfile.ZipFile(store / "resnet50.mar") as mar:
         mar.extractall(target)
     return target
+
+
+@pytest.fixture(scope="session")
+def seeing_model_store(request: pytest.FixtureRequest) -> Path:
+    """A model store holding resnet50.mar of the test model that sees its input (tests/testmodel.py), built by
+    the real CLI from a state dict; cached under the pytest cache dir, keyed by everything it is built from."""
+    return build_store(request.config.cache.mkdir("seeing-model"))
+
+
+@pytest.fixture(scope="session")
+def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test model's archive unpacked, as TorchServe unpacks it for a worker."""
+    return unpack(seeing_model_store, tmp_path_factory.mktemp("seeing_model_dir"))
 
 
 def start_torchserve(workdir: Path, model_store: Path,

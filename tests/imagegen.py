@@ -6,7 +6,7 @@ import io
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 RNG_SEED = 7
 
@@ -103,3 +103,37 @@ def png_claiming(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
     data[ihdr + 13 : ihdr + 17] = crc.to_bytes(4, "big")
     return bytes(data)
+
+
+def shapes(width: int = 480, height: int = 360, seed: int = RNG_SEED) -> Image.Image:
+    """A deterministic RGB picture of coloured ellipses and boxes on a tinted ground: each seed a different scene."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(6, 14))):
+        x0, x1 = sorted(int(v) for v in rng.integers(0, width, 2))
+        y0, y1 = sorted(int(v) for v in rng.integers(0, height, 2))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1 + 8, y1 + 8), fill=fill)
+    return img
+
+
+# How Pillow's ImageOps.exif_transpose turns stored pixels upright, per EXIF Orientation (2-8); each
+# storing transform below is the inverse, so the stored JPEG displays the original upright.
+_STORE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def stored_with_orientation(upright: Image.Image, orientation: int, quality: int = 92) -> bytes:
+    """A JPEG whose pixels are stored turned and whose EXIF Orientation tag turns them back to `upright`."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = upright.transpose(_STORE[orientation]) if orientation in _STORE else upright
+    return encode(stored, "JPEG", quality=quality, exif=exif.tobytes())
