@@ -37,7 +37,7 @@ def test_metadata_flags_random_weights_as_untrained(model_dir: Path) -> None:
     assert meta["untrained"] is True
     assert meta["weights"] == "random-seed-0"
     assert meta["weights_sha256"] == hashlib.sha256((model_dir / "resnet50.pth").read_bytes()).hexdigest()
-    assert meta["engine"] == "onnx"
+    assert meta["engine"] == "onnx" and meta["int8_gate"] is None
     assert 0 <= meta["onnx_max_abs_logit_diff"] < 1e-3
     assert (meta["model_name"], meta["model_version"]) == ("resnet50", "1.0")
 
