@@ -23,7 +23,9 @@ and settings as `customizedMetadata` (TorchServe's custom describe; the gateway'
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine`
 (onnx|onnx-int8|eager), `max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided
 by the workers), `spinning` (ONNX Runtime's busy-waiting intra-op threads), `decode_threads` (the images
-of a batch are decoded and preprocessed concurrently by this many threads; Pillow releases the GIL).
+of a batch are decoded and preprocessed concurrently by this many threads; Pillow releases the GIL),
+`jpeg_draft` (1: every image decoded in full, exactly as the reference pipeline; 2, 4 or 8: JPEGs may be
+decoded at reduced scale, down to 1/n, faster and no longer exact; see handlers/imaging.py).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "max_top_k": 1000,
     "spinning": True,
     "decode_threads": 2,
+    "jpeg_draft": 1,
 }
 
 
@@ -123,7 +126,8 @@ class ImageClassifierHandler:
             if isinstance(payload, str):
                 raise ImageError("undecodable", "the image was sent as text, not as bytes")
             k = self._top_k(context, idx)
-            return preprocess(decode(bytes(payload), int(self.settings["max_pixels"]))), k
+            image = decode(bytes(payload), int(self.settings["max_pixels"]), int(self.settings["jpeg_draft"]))
+            return preprocess(image), k
         except ImageError as err:
             return err
 
