@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 MAR := model_store/resnet50.mar
 # imagenet (download, hash-checked), random (untrained, for offline demos) or a path to a state dict
 WEIGHTS ?= imagenet
+# onnx (fp32, default), onnx-int8 (quantised; the build refuses it below the accuracy gate) or eager
+ENGINE ?= onnx
 
 .PHONY: setup mar run test lint clean api-key bench images
 
@@ -22,7 +24,7 @@ $(STAMP): pyproject.toml
 # Builds the archive only when it is missing; `make mar FORCE=1` rebuilds. With WEIGHTS=imagenet and no
 # network, it falls back to random weights with a loud warning (the model is then untrained).
 mar: setup
-	$(PY) -m modelserver build --weights $(WEIGHTS) $(if $(FORCE),,--if-missing) \
+	$(PY) -m modelserver build --weights $(WEIGHTS) --engine $(ENGINE) $(if $(FORCE),,--if-missing) \
 		$(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
 
 run: mar

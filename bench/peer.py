@@ -1,7 +1,10 @@
-"""The peer: the same weights served by TorchServe's stock `image_classifier` handler, stock settings.
+"""The peer: the same weights served by TorchServe's stock `image_classifier` handler.
 
-That is what a user would otherwise deploy: a TorchScript model, the stock handler (Resize 256, batch 1,
-TorchServe's default worker count). The stock handler imports captum, installed by `make bench` only.
+That is what a user would otherwise deploy: a TorchScript model, the stock handler (Resize 256, batch 1).
+Twice: with TorchServe's default worker count (one per core: each worker's torch takes every core, so they
+oversubscribe), and tuned to 1 worker, the stock handler's best on this machine (batching does not help
+eager torch here: batch 8 ran slower per image than batch 1). The stock handler imports captum,
+installed by `make bench` only.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from torchvision.models import resnet50
 
 
-def build_stock_archive(model_dir: Path, out_store: Path, workdir: Path) -> Path:
-    """Trace our archive's state dict to TorchScript and package it for the stock handler."""
+def build_stock_archive(model_dir: Path, out_store: Path, workdir: Path, workers: int | None = None) -> Path:
+    """Trace our archive's state dict to TorchScript and package it for the stock handler; `workers` fixes
+    the worker count (default: TorchServe's)."""
     model = resnet50(weights=None)
     model.load_state_dict(torch.load(model_dir / "resnet50.pth", map_location="cpu", weights_only=True))
     model.eval()
@@ -27,11 +32,15 @@ def build_stock_archive(model_dir: Path, out_store: Path, workdir: Path) -> Path
     labels = json.loads((model_dir / "index_to_name.json").read_text())
     (workdir / "index_to_name.json").write_text(json.dumps(labels))
     out_store.mkdir(parents=True, exist_ok=True)
+    config = []
+    if workers:
+        (workdir / "model-config.yaml").write_text(yaml.safe_dump({"minWorkers": workers, "maxWorkers": workers}))
+        config = ["--config-file", str(workdir / "model-config.yaml")]
     archiver = str(Path(sys.executable).with_name("torch-model-archiver"))
     subprocess.run(
         [archiver, "--model-name", "resnet50", "--version", "1.0", "--handler", "image_classifier",
          "--serialized-file", str(traced), "--extra-files", str(workdir / "index_to_name.json"),
-         "--export-path", str(out_store), "--force"],
+         "--export-path", str(out_store), "--force", *config],
         check=True, capture_output=True, timeout=600, env={"TMPDIR": str(workdir), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     return out_store

@@ -171,7 +171,7 @@ async def predict_batch(request: Request, _: Authenticated, options: Options) ->
 async def models(request: Request, _: Authenticated) -> dict:
     info = await upstream_of(request).model_info()
     readiness = await upstream_of(request).readiness()
-    fields = ("name", "version", "weights", "untrained", "labels", "engine")
+    fields = ("name", "version", "weights", "untrained", "labels", "engine", "int8_gate")
     return {"models": [{**{k: info.get(k) for k in fields}, "workers_ready": readiness.workers_ready}]}
 
 

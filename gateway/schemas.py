@@ -83,6 +83,11 @@ class ModelInfo(BaseModel):
     untrained: bool | None = Field(description=UNTRAINED_NOTE)
     labels: int | None
     engine: str | None
+    int8_gate: dict[str, Any] | None = Field(
+        None,
+        description="for the onnx-int8 engine: INT8 against fp32 on images held apart from calibration, as "
+        "measured by the build (top1_agreement, top5_overlap, max_prob_diff, thresholds); null for fp32",
+    )
     workers_ready: int
 
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m modelserver build|serve|run|ready`."""
+"""Command line: `python -m modelserver build|evaluate|serve|run|ready`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import signal
 import sys
 from pathlib import Path
 
+from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
+from modelserver.quantize import Thresholds
 from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, port_in_use, ready_workers
 from modelserver.watchdog import Watchdog
 
@@ -24,13 +26,19 @@ def _fail(message: str) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     # torch is imported here, not at module level: `ready` runs in health checks and must stay light.
-    from modelserver.archive import ArchiveError, ServingConfig, build
+    from modelserver.archive import ArchiveError, Int8Options, ServingConfig, build
+    from modelserver.calibration import CalibrationError
+    from modelserver.mar import archive_info
     from modelserver.onnx_export import VerificationError
+    from modelserver.quantize import GateError
     from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
-        print(f"{args.output} exists; not rebuilding")
-        return 0
+        built_engine = archive_info(args.output)[1]["engine"]
+        if built_engine == args.engine:
+            print(f"{args.output} exists; not rebuilding")
+            return 0
+        print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
     try:
         weights = resolve(args.weights, args.sha256, args.cache_dir)
     except DownloadError as exc:
@@ -43,20 +51,41 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if weights.untrained:
         print(f"WARNING: building with UNTRAINED {weights.name} weights: predictions will be meaningless")
-    config = ServingConfig(
-        engine=args.engine,
+    config = ServingConfig.for_engine(
+        args.engine,
         workers=args.workers,
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
         jpeg_draft=args.jpeg_draft,
     )
+    thresholds = Thresholds(args.min_top1_agreement, args.min_top5_overlap, args.max_prob_diff)
     try:
-        out = build(weights, config, args.output)
-    except VerificationError as exc:
+        out = build(weights, config, args.output, Int8Options(args.calibration, thresholds))
+    except (VerificationError, GateError) as exc:
         return _fail(f"refusing to package: {exc}")
-    except ArchiveError as exc:
+    except (ArchiveError, CalibrationError) as exc:
         return _fail(str(exc))
     print(f"built {out} ({out.stat().st_size / 2**20:.1f} MiB, weights {weights.name}, engine {args.engine})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from modelserver.evaluate import EvaluationError, evaluate
+
+    api_key = args.api_key or os.environ.get("API_KEY")
+    try:
+        result = evaluate(args.folder, args.mar, args.engine, args.gateway_url, api_key, progress=not args.no_progress)
+    except EvaluationError as exc:
+        return _fail(str(exc))
+    text = json.dumps(result, indent=2)
+    if args.output:
+        args.output.write_text(text + "\n")
+    else:
+        print(text)
+    print(f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} on {result['images']} images of "
+          f"{result['classes']} classes ({len(result['errors'])} unclassified)", file=sys.stderr)  # fmt: skip
     return 0
 
 
@@ -148,9 +177,21 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build model_store/resnet50.mar")
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
-    build.add_argument("--engine", default="onnx", choices=["onnx", "eager"])
-    build.add_argument("--workers", type=int, default=1)
-    build.add_argument("--batch-size", type=int, default=8)
+    build.add_argument("--engine", default=ENGINES[0], choices=ENGINES,
+                       help="onnx (fp32, default), onnx-int8 (quantised, gated against fp32) or eager")  # fmt: skip
+    int8 = build.add_argument_group("onnx-int8", "calibration and the accuracy gate (README, 'INT8 engine')")
+    int8.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="images to calibrate on, every 4th held apart for the gate (default: bundled photos)",
+    )
+    gate = Thresholds()
+    int8.add_argument("--min-top1-agreement", type=float, default=gate.min_top1_agreement, metavar="F")
+    int8.add_argument("--min-top5-overlap", type=float, default=gate.min_top5_overlap, metavar="F")
+    int8.add_argument("--max-prob-diff", type=float, default=gate.max_prob_diff, metavar="F")
+    build.add_argument("--workers", type=int, help="default per engine: onnx 1, onnx-int8 2 (README, Serving defaults)")
+    build.add_argument("--batch-size", type=int, help="default per engine: onnx 8, onnx-int8 4")
     build.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
     build.add_argument(
         "--jpeg-draft", type=int, default=1, choices=[1, 2, 4, 8],
@@ -164,6 +205,16 @@ def parser() -> argparse.ArgumentParser:
         "--offline-fallback", action="store_true", help="use random weights when the download fails (make run)"
     )
     build.set_defaults(func=cmd_build)
+
+    evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)")
+    evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
+    evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
+    evaluate.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
+    evaluate.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
+    evaluate.add_argument("--api-key", help="the gateway's API key (default: API_KEY from the environment)")
+    evaluate.add_argument("--output", type=Path, help="write the JSON report here instead of stdout")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     serve = sub.add_parser("serve", help="run TorchServe in the foreground with the default ports")
     add_server_arguments(serve)

@@ -1,10 +1,12 @@
 """Build `model_store/resnet50.mar`: weights → verified ONNX + state dict + labels + metadata + handler.
 
-    python -m modelserver build [--weights imagenet|random|PATH] [--sha256 HEX] [--engine onnx|eager]
+    python -m modelserver build [--weights imagenet|random|PATH] [--sha256 HEX] [--engine onnx|onnx-int8|eager]
 
 The ONNX export is checked against the eager model before anything is packaged; a model that fails the
-check is refused. The archive's model-config.yaml carries the serving defaults chosen by measurement
-(see README, "Serving defaults").
+check is refused. With `--engine onnx-int8` the archive also carries the statically quantised model,
+which must pass the accuracy gate against fp32 (modelserver/quantize.py), else the build refuses. The
+archive's model-config.yaml carries the serving defaults chosen by measurement (see README, "Serving
+defaults").
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import torch
 import torchvision
 import yaml
 
-from handlers.engines import ENGINES, ONNX_FILE, STATE_DICT_FILE
+from handlers.engines import ENGINES, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import JPEG_DRAFT_CHOICES
 from modelserver import onnx_export
+from modelserver.calibration import image_sets
+from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
 from modelserver.weights import IMAGENET, Weights, sha256_file
 
 MODEL_NAME = "resnet50"
@@ -36,6 +40,16 @@ HANDLER_ENTRY = "handlers/image_handler.py"  # TorchServe calls its module-level
 
 class ArchiveError(Exception):
     """torch-model-archiver could not package the staged files."""
+
+
+# Workers and batch size per engine, measured with `python -m bench.serving_defaults` (README, "Serving
+# defaults"): INT8 serves more per CPU-second from two single-threaded workers (one decodes while the other
+# runs the model); fp32 keeps one two-threaded worker for its single-request latency.
+ENGINE_DEFAULTS: dict[str, dict[str, int]] = {
+    "onnx": {"workers": 1, "batch_size": 8},
+    "onnx-int8": {"workers": 2, "batch_size": 4},
+    "eager": {"workers": 1, "batch_size": 8},
+}
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,16 @@ class ServingConfig:
     default_top_k: int = HANDLER_DEFAULTS["default_top_k"]
     max_top_k: int = HANDLER_DEFAULTS["max_top_k"]  # the gateway's /v1 allows 20; /v2 asks for all 1000
     spinning: bool = HANDLER_DEFAULTS["spinning"]
+    decode_threads: int = HANDLER_DEFAULTS["decode_threads"]
     jpeg_draft: int = HANDLER_DEFAULTS["jpeg_draft"]  # 1: exact; 2/4/8: reduced-scale JPEG decode allowed
+
+    @classmethod
+    def for_engine(cls, engine: str, **overrides: int | None) -> ServingConfig:
+        """The engine's measured defaults, with the `overrides` that are not None."""
+        if engine not in ENGINE_DEFAULTS:
+            raise ValueError(f"unknown engine {engine!r}")
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return cls(engine=engine, **{**ENGINE_DEFAULTS[engine], **given})
 
     def as_yaml(self) -> dict:
         if self.engine not in ENGINES:
@@ -70,12 +93,22 @@ class ServingConfig:
                 "default_top_k": self.default_top_k,
                 "max_top_k": self.max_top_k,
                 "spinning": self.spinning,
+                "decode_threads": self.decode_threads,
                 "jpeg_draft": self.jpeg_draft,
             },
         }
 
 
-def metadata(weights: Weights, config: ServingConfig, state_dict_sha256: str, onnx_diff: float) -> dict:
+@dataclass(frozen=True)
+class Int8Options:
+    """For `--engine onnx-int8`: the calibration images (None: the default set) and the gate's thresholds."""
+
+    calibration: Path | None = None
+    thresholds: Thresholds = Thresholds()
+
+
+def metadata(weights: Weights, config: ServingConfig, state_dict_sha256: str, onnx_diff: float,
+             gate: GateReport | None) -> dict:  # fmt: skip
     return {
         "model_name": MODEL_NAME,
         "model_version": MODEL_VERSION,
@@ -85,21 +118,26 @@ def metadata(weights: Weights, config: ServingConfig, state_dict_sha256: str, on
         "reference_acc1": weights.reference_acc1,
         "engine": config.engine,
         "onnx_max_abs_logit_diff": onnx_diff,
+        "int8_gate": gate.as_dict() if gate else None,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
     }
 
 
-def stage(weights: Weights, config: ServingConfig, root: Path) -> Path:
+def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options) -> Path:
     """Write every file of the archive into `root/payload`; return that folder."""
     payload = root / "payload"
     payload.mkdir(parents=True)
     torch.save(weights.model.state_dict(), payload / STATE_DICT_FILE)
     onnx_export.export(weights.model, payload / ONNX_FILE)
     onnx_diff = onnx_export.verify(weights.model, payload / ONNX_FILE)
+    gate = None
+    if config.engine == "onnx-int8":
+        sets = image_sets(int8.calibration)
+        gate = quantize_and_gate(payload / ONNX_FILE, payload / INT8_ONNX_FILE, sets, int8.thresholds)
     labels = {str(i): name for i, name in enumerate(IMAGENET.meta["categories"])}
     (payload / "index_to_name.json").write_text(json.dumps(labels, indent=0))
-    meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff)
+    meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff, gate)
     (payload / "metadata.json").write_text(json.dumps(meta, indent=2))
     shutil.copytree(HANDLER_PACKAGE, payload / "code" / "handlers", ignore=shutil.ignore_patterns("__pycache__"))
     (root / "model-config.yaml").write_text(yaml.safe_dump(config.as_yaml(), sort_keys=False))
@@ -133,7 +171,7 @@ def package(payload: Path, config_file: Path, output: Path) -> Path:
     return output
 
 
-def build(weights: Weights, config: ServingConfig, output: Path) -> Path:
+def build(weights: Weights, config: ServingConfig, output: Path, int8: Int8Options = Int8Options()) -> Path:
     with tempfile.TemporaryDirectory(prefix="mar-build-") as tmp:
-        payload = stage(weights, config, Path(tmp))
+        payload = stage(weights, config, Path(tmp), int8)
         return package(payload, Path(tmp) / "model-config.yaml", output)

@@ -41,7 +41,7 @@ def test_metadata_flags_random_weights_as_untrained(model_dir: Path) -> None:
     assert meta["untrained"] is True
     assert meta["weights"] == "random-seed-0"
     assert meta["weights_sha256"] == hashlib.sha256((model_dir / "resnet50.pth").read_bytes()).hexdigest()
-    assert meta["engine"] == "onnx"
+    assert meta["engine"] == "onnx" and meta["int8_gate"] is None
     assert 0 <= meta["onnx_max_abs_logit_diff"] < 1e-3
     assert (meta["model_name"], meta["model_version"]) == ("resnet50", "1.0")
 
@@ -66,6 +66,16 @@ def test_jpeg_draft_is_a_build_setting() -> None:
     assert parser().parse_args(["build", "--jpeg-draft", "8"]).jpeg_draft == 8
     with pytest.raises(ValueError, match="jpeg_draft"):
         ServingConfig(jpeg_draft=3).as_yaml()
+
+
+def test_serving_defaults_per_engine() -> None:
+    """Each engine's measured defaults; a flag given overrides its own setting only."""
+    int8 = ServingConfig.for_engine("onnx-int8", workers=None, batch_size=2).as_yaml()
+    assert (int8["minWorkers"], int8["batchSize"], int8["handler"]["engine"]) == (2, 2, "onnx-int8")
+    fp32 = ServingConfig.for_engine("onnx").as_yaml()
+    assert (fp32["minWorkers"], fp32["batchSize"], fp32["handler"]["decode_threads"]) == (1, 8, 2)
+    with pytest.raises(ValueError, match="unknown engine"):
+        ServingConfig.for_engine("tensorrt")
 
 
 def test_onnx_and_eager_agree(seeing_model_dir: Path) -> None:

@@ -121,3 +121,22 @@ def test_bad_top_k_is_a_per_item_error(handler: ImageClassifierHandler, seeing_m
 def test_all_bad_batch(handler: ImageClassifierHandler, seeing_model_dir: Path) -> None:
     results, _ = run(handler, seeing_model_dir, [{"body": bytearray(b"x")}, {"body": bytearray()}], [{}, {}])
     assert [r["error"]["code"] for r in results] == ["undecodable", "empty"]
+
+
+def test_concurrent_decode_gives_the_sequential_answer(model_dir: Path) -> None:
+    """decode_threads 2 (the default: a batch's images decoded in a thread pool) and 1 (one by one) agree
+    exactly, item by item, bad items included."""
+    items = [{"body": bytearray(jpeg(seed=s))} for s in range(5)] + [{"body": bytearray(b"not an image")}]
+    headers = [{"X-Request-ID": f"r{i}"} for i in range(len(items))]
+    answers = []
+    for threads in (2, 1):
+        config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+        config["handler"]["decode_threads"] = threads
+        context = make_context(model_dir, headers)
+        context.model_yaml_config = config
+        service = ImageClassifierHandler()
+        service.initialize(context)
+        assert (service.decoders is not None) == (threads > 1)
+        answers.append(service.handle(items, context))
+    assert answers[0] == answers[1]
+    assert answers[0][5]["error"]["code"] == "undecodable" and len(answers[0][0]["predictions"]) == 5

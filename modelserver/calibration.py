@@ -1,0 +1,107 @@
+"""The images INT8 quantisation is calibrated on, and the images its accuracy gate is measured on.
+
+Two disjoint sets, both preprocessed exactly as the handler preprocesses a request:
+
+- `--calibration DIR`: every image file under DIR (recursively, sorted by path). Every 4th one is held
+  apart for the gate, the rest calibrate; at most MAX_IMAGES of each are used (evenly spread).
+- no folder: the default set, real photographs bundled with scikit-image (`skimage/data`: an astronaut, a
+  cat, a cup of coffee, a rocket, a motorcycle, coins, microscopy, textures...). CALIBRATION_PHOTOS
+  calibrate, GATE_PHOTOS are held apart; each photo gives VIEWS crops and flips, so 80 images per set.
+  Real photos give activation ranges like real traffic, which synthetic gradients do not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from handlers.imaging import ImageError, decode, preprocess
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+GATE_EVERY = 4
+MAX_IMAGES = 256
+MIN_IMAGES = 8
+MAX_PIXELS = 100_000_000
+CALIBRATION_PHOTOS = ("astronaut.png", "coffee.png", "ihc.png", "motorcycle_left.png", "motorcycle_right.png",
+                      "camera.png", "moon.png", "grass.png", "page.png", "cell.png")  # fmt: skip
+GATE_PHOTOS = ("chelsea.png", "hubble_deep_field.jpg", "retina.jpg", "rocket.jpg", "coins.png", "brick.png",
+               "gravel.png", "text.png", "microaneurysms.png", "clock_motion.png")  # fmt: skip
+# (left, top, right, bottom) as fractions of the photo, and whether to mirror it
+VIEWS = (((0, 0, 1, 1), False), ((0, 0, 1, 1), True), ((0, 0, 0.6, 0.6), False), ((0.4, 0, 1, 0.6), False),
+         ((0, 0.4, 0.6, 1), True), ((0.4, 0.4, 1, 1), True), ((0.25, 0.25, 0.75, 0.75), False),
+         ((0.125, 0.125, 0.875, 0.875), True))  # fmt: skip
+
+
+class CalibrationError(Exception):
+    """The calibration images cannot be had or are too few; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ImageSets:
+    source: str  # what the report calls them
+    calibration: np.ndarray  # (N, 3, 224, 224) float32, preprocessed
+    gate: np.ndarray  # held apart from calibration
+
+
+def skimage_data_dir() -> Path:
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise CalibrationError("the default calibration photos come from scikit-image: install the serve extra "
+                               "(pip install -e '.[serve]') or pass --calibration DIR")  # fmt: skip
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def views(img: Image.Image) -> list[Image.Image]:
+    width, height = img.size
+    out = []
+    for (left, top, right, bottom), mirror in VIEWS:
+        crop = img.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
+        out.append(ImageOps.mirror(crop) if mirror else crop)
+    return out
+
+
+def load(path: Path) -> Image.Image:
+    try:
+        return decode(path.read_bytes(), MAX_PIXELS)
+    except ImageError as exc:
+        raise CalibrationError(f"{path}: {exc.detail}") from None
+
+
+def default_sets() -> ImageSets:
+    data = skimage_data_dir()
+
+    def tensors(names: tuple[str, ...]) -> np.ndarray:
+        return np.stack([preprocess(view) for name in names for view in views(load(data / name))])
+
+    return ImageSets("scikit-image sample photos (default set)", tensors(CALIBRATION_PHOTOS), tensors(GATE_PHOTOS))
+
+
+def spread(paths: list[Path], limit: int = MAX_IMAGES) -> list[Path]:
+    """At most `limit` of `paths`, evenly spaced."""
+    if len(paths) <= limit:
+        return paths
+    return [paths[int(i * len(paths) / limit)] for i in range(limit)]
+
+
+def folder_sets(folder: Path) -> ImageSets:
+    if not folder.is_dir():
+        raise CalibrationError(f"calibration folder {folder} does not exist")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(paths) < MIN_IMAGES:
+        raise CalibrationError(f"{folder} holds {len(paths)} image(s); calibration needs at least {MIN_IMAGES} "
+                               f"(every {GATE_EVERY}th is held apart for the accuracy gate)")  # fmt: skip
+    gate = paths[GATE_EVERY - 1 :: GATE_EVERY]
+    calibration = [p for p in paths if p not in set(gate)]
+
+    def tensors(chosen: list[Path]) -> np.ndarray:
+        return np.stack([preprocess(load(p)) for p in spread(chosen)])
+
+    return ImageSets(f"{folder} ({len(paths)} images)", tensors(calibration), tensors(gate))
+
+
+def image_sets(folder: Path | None) -> ImageSets:
+    return default_sets() if folder is None else folder_sets(folder)

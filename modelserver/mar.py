@@ -1,0 +1,18 @@
+"""Reading a built archive without unpacking it: its metadata.json and its handler settings."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
+
+
+def archive_info(mar: Path) -> tuple[dict, dict]:
+    """The archive's metadata.json and its handler settings (model-config.yaml over the handler's defaults)."""
+    with zipfile.ZipFile(mar) as archive:
+        config = yaml.safe_load(archive.read("model-config.yaml")) or {}
+        return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
