@@ -44,7 +44,7 @@ clean:
 # to a stand-in base and the local CPU torch wheel only where Docker Hub / PyTorch's index are unreachable
 # (it says so). `make images WEIGHTS=random` for untrained smoke images. README, "Run with Docker".
 images:
-	WEIGHTS=$(WEIGHTS) docker/images.sh
+	WEIGHTS=$(WEIGHTS) ENGINE=$(ENGINE) docker/images.sh
 
 # Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES).
 api-key: setup

@@ -3,7 +3,7 @@
 # gets: python:3.11-slim-bookworm and PyTorch's CPU index. Only where those are unreachable (said so on
 # stderr) does it fall back to a stand-in base made from Debian packages (docker/base-image.sh) and to the
 # CPU torch wheel of a local find-links directory (TORCH_WHEELS, default /opt/wheels), served to the build
-# over loopback. Settings (environment): WEIGHTS (imagenet|random), ENGINE (onnx|eager), SERVE_IMAGE,
+# over loopback. Settings (environment): WEIGHTS (imagenet|random), ENGINE (onnx|onnx-int8|eager), SERVE_IMAGE,
 # GATEWAY_IMAGE, PYTHON_IMAGE (skip the probe), TORCH_WHEELS, TORCH_WHEELS_PORT (8765). WEIGHTS=imagenet without a way to
 # download.pytorch.org falls back to random weights with a warning, as `make mar` does.
 set -euo pipefail
@@ -42,7 +42,7 @@ if ! curl -sf --max-time 15 -o /dev/null https://download.pytorch.org/whl/cpu/to
     echo "images: download.pytorch.org is unreachable and $wheels holds no CPU torch wheel for cp311" >&2
     exit 1
   fi
-  if [ "$engine" != onnx ]; then
+  if [ "$engine" = eager ]; then
     echo "images: ENGINE=$engine needs torchvision for CPU torch, which only PyTorch's index has" >&2
     exit 1
   fi
