@@ -11,18 +11,21 @@ from __future__ import annotations
 import base64
 import collections
 import concurrent.futures
+import ipaddress
 import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from imagegen import jpeg
 from support import assert_problem, client_env, free_port, imgcls_cmd, jsonl, make_context, summary
@@ -108,6 +111,10 @@ class Stack:
 
     def inspect(self, service: str) -> dict:
         return json.loads(docker("inspect", self.container(service)).stdout)[0]
+
+    def exec_probe(self, *command: str) -> str:
+        """Runs python with these arguments inside the gateway container."""
+        return self.compose("exec", "-T", "gateway", "python", *command, timeout=60).stdout
 
     def keys(self) -> dict[str, str]:
         """TorchServe's key file, read the way README's ops section does."""
@@ -222,6 +229,29 @@ def can_connect(host: str, port: int) -> bool:
         return False
 
 
+# Prints who answers GET /ping on TorchServe's inference port, run on the host and inside the gateway.
+PROBE = """
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(f"http://{sys.argv[1]}:8080/ping", timeout=3) as answer:
+        print(answer.status, answer.read(300).decode(errors="replace"))
+except urllib.error.HTTPError as answer:
+    print(answer.code, answer.read(300).decode(errors="replace"))
+except OSError as error:
+    print("unreachable:", error)
+"""
+
+
+def host_probe(*command: str) -> str:
+    return subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def torchserve_answers(run: Callable[..., str], ip: str) -> bool:
+    """TorchServe's answer to a call without its key: 400 InvalidKeyException (token auth guards /ping)."""
+    said = run("-c", PROBE, ip)
+    return said.startswith("400 ") and "InvalidKeyException" in said
+
+
 def test_keys_and_exposure(stack: Stack) -> None:
     assert_problem(httpx.post(f"{stack.url}/v1/predict", content=jpeg(), headers=JPEG, timeout=30), 401, "unauthorized")
     ports = stack.inspect("torchserve")["NetworkSettings"]["Ports"]
@@ -236,12 +266,23 @@ def test_keys_and_exposure(stack: Stack) -> None:
     assert can_connect(host_ip, stack.gateway_port), "the probe itself works"
     assert can_connect("127.0.0.1", stack.management_port)
     assert not can_connect(host_ip, stack.management_port), "management reachable beyond the host's loopback"
-    # The host's own network namespace can always route to a container's bridge address (a Linux bridge
-    # property, nothing the compose file can close): there, TorchServe's token auth still refuses.
-    for network in stack.inspect("torchserve")["NetworkSettings"]["Networks"].values():
-        url = f"http://{network['IPAddress']}:8080/predictions/resnet50"
-        refused = httpx.post(url, content=jpeg(), headers=JPEG, timeout=10)
-        assert refused.status_code == 400 and "InvalidKeyException" in refused.text, refused.text
+    # TorchServe's inference port: from the gateway (on `backend`) TorchServe answers at its backend
+    # address; from the host, at none of the container's addresses. It listens on the backend interface
+    # only, and the host has no address on that bridge, so no route of its own to it. (Where the host's
+    # default route leads to a proxy that accepts every connection, as on the CI machine, what answers
+    # there is that proxy, not TorchServe: hence the probe looks at who answers, not only at connect().)
+    networks = stack.inspect("torchserve")["NetworkSettings"]["Networks"]
+    (backend,) = [n for name, n in networks.items() if name.endswith("_backend")]
+    assert torchserve_answers(stack.exec_probe, backend["IPAddress"]), "the probe itself works"
+    subnet = ipaddress.ip_network(docker("network", "inspect", backend["NetworkID"], "--format",
+                                         "{{(index .IPAM.Config 0).Subnet}}").stdout.strip())  # fmt: skip
+    host_ips = [ipaddress.ip_address(a.address) for addrs in psutil.net_if_addrs().values() for a in addrs
+                if a.family == socket.AF_INET]  # fmt: skip
+    assert not [ip for ip in host_ips if ip in subnet], f"the host has an address on the backend bridge {subnet}"
+    for network in networks.values():
+        assert not torchserve_answers(host_probe, network["IPAddress"]), (
+            f"inference reachable at {network['IPAddress']}"
+        )
     assert httpx.get(f"{stack.url}/models", headers={"X-API-Key": API_KEY}, timeout=10).status_code == 404
 
 

@@ -409,7 +409,13 @@ def test_container_config_differs_only_in_addresses() -> None:
         elif local[key].startswith("http"):
             assert urlsplit(container[key]).port == urlsplit(local[key]).port, key
     # What the compose network needs: the gateway reaches inference and management; the rest stays local.
-    assert urlsplit(container["inference_address"]).hostname == "0.0.0.0"
+    # Inference binds to an alias that only the internal backend network has (its interface there, on a
+    # bridge without a host address); management to every interface, for the 127.0.0.1 publish on `ops`.
+    inference_host = urlsplit(container["inference_address"]).hostname
+    networks = compose()["services"]["torchserve"]["networks"]
+    (backend,) = [name for name, net in networks.items() if inference_host in ((net or {}).get("aliases") or [])]
+    assert compose()["networks"][backend]["internal"] is True
+    assert compose()["networks"][backend]["driver_opts"]["com.docker.network.bridge.inhibit_ipv4"] == "true"
     assert urlsplit(container["management_address"]).hostname == "0.0.0.0"
     assert urlsplit(container["metrics_address"]).hostname == "127.0.0.1"
     assert container["grpc_inference_address"] == container["grpc_management_address"] == "127.0.0.1"
