@@ -1,10 +1,12 @@
-"""uvicorn's httptools protocol with two guards against slow and oversized request heads (see the class)."""
+"""uvicorn's httptools protocol with guards against slow and oversized request heads, and a graceful close for
+answers given before the client has finished sending (see the class)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -24,26 +26,62 @@ def problem_answer(slug: str, detail: str) -> bytes:
     return "\r\n".join(head).encode() + b"\r\n\r\n" + body
 
 
+# A refused request's body up to this size is read to its end before the answer, keeping the connection (the
+# usual case: a small upload whose head arrived first). Beyond it, the answer closes the connection.
+DRAIN_BYTES = 64 * 1024
+
+
+class ClosingHook:
+    """The connection's transport as uvicorn sees it, except that `close()` asks the protocol first."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedHttpToolsProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_connection()
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's fast (httptools) HTTP/1.1 protocol with a deadline and a size bound for request heads.
+    """uvicorn's fast (httptools) HTTP/1.1 protocol with a deadline and a size bound for request heads, and
+    early answers that reach the client.
 
     Deadline (slowloris): uvicorn closes idle keep-alive connections but waits forever for a head that
     trickles in, or for a first byte that never comes. A connection that is waiting for a request head
     (just opened, or every answer given) and has none complete `header_timeout_s` later is closed.
-    Size: httptools has no bound on a head, so the bytes up to the blank line are counted here; a head
-    above `max_header_bytes` gets 431 and a closed connection. Both refusals, and httptools' own for bytes
-    that are not HTTP, are problem+json like every other error."""
+    Size: httptools has no bound on a head, so the bytes from the end of one request (or the connection's
+    start) up to the blank line are counted here; a head above `max_header_bytes` gets 431. Both refusals,
+    and httptools' own for bytes that are not HTTP, are problem+json like every other error.
+
+    Early answers (401, 413, 415, 429, 503 to a client still uploading): closing a socket with unread bytes
+    makes the kernel reset the connection, and the reset destroys the answer on its way. So an answer that
+    starts before the request's body has all arrived first reads the rest if it is small (DRAIN_BYTES);
+    otherwise the answer says `Connection: close`, and closing then lingers:
+    the write side is shut down after the answer (the client reads it to the end), what the client still
+    sends is read and thrown away unparsed, and the socket closes when the client closes its side or after
+    `linger_s`. The same for the 431 and 400 refusals above. Nothing after an early answer is ever taken for
+    a request."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._transport = transport
+        self.lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._answered_early = False  # the current answer began before its request's body had all arrived
+        super().connection_made(ClosingHook(transport, self))  # type: ignore[arg-type]
         self._heads = 0  # request heads parsed on this connection
         self._answered = 0  # responses completed on it
         self._deadline: asyncio.TimerHandle | None = None
+        self._head: bytes | None = b""  # the start of the coming head, up to the limit (None while none is due)
         self._await_head()
 
     def _await_head(self) -> None:
-        """Start the clock and the byte count for the next request head."""
-        self._head: bytes | None = b""  # the start of the coming head, up to the limit (None once complete)
+        """Start the clock for the next request head."""
         self._deadline = self.loop.call_later(get_settings().header_timeout_s, self._too_slow, self._heads)
 
     def _stop_clock(self) -> None:
@@ -54,9 +92,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _too_slow(self, heads_when_started: int) -> None:
         self._deadline = None
         if self._heads == heads_when_started and not self.transport.is_closing():
-            self.transport.close()
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # the rest of an upload after an early answer, or of a refused head: read, never parsed
         if self._head is not None:
             limit = get_settings().max_header_bytes
             self._head += data[: limit + 4 - len(self._head)]
@@ -72,13 +112,48 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse("malformed-request", "the request is not valid HTTP/1.1")
 
     def _refuse(self, slug: str, detail: str) -> None:
-        self.transport.write(problem_answer(slug, detail))
-        self.transport.close()
+        self._transport.write(problem_answer(slug, detail))
+        self._linger()
 
     def on_headers_complete(self) -> None:
         self._heads += 1
+        self._head = None
         self._stop_clock()
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:
+            self._close_if_answered_early(self.cycle)
+
+    def _close_if_answered_early(self, cycle: Any) -> None:
+        """Before the request's answer starts, read the rest of a small body (so the connection is kept); if
+        more is to come, make the answer say `Connection: close`: uvicorn then closes after it, which
+        `close_connection` turns into a lingering close."""
+        send = cycle.send
+
+        async def send_checked(message: Any) -> None:
+            if message["type"] == "http.response.start" and cycle.more_body and not await self._drained(cycle):
+                self._answered_early = True
+                cycle.keep_alive = False
+            await send(message)
+
+        cycle.send = send_checked
+
+    async def _drained(self, cycle: Any) -> bool:
+        """Read and drop the rest of a body declared at most DRAIN_BYTES long, within `linger_s`."""
+        length = dict(cycle.scope["headers"]).get(b"content-length", b"")
+        if cycle.waiting_for_100_continue or not length.isdigit() or int(length) > DRAIN_BYTES:
+            return False
+        try:
+            async with asyncio.timeout(get_settings().linger_s):
+                while cycle.more_body and not cycle.disconnected:
+                    await cycle.receive()
+        except TimeoutError:
+            return False
+        return not cycle.more_body
+
+    def on_message_complete(self) -> None:
+        self._head = b""  # the parser is done with this request: what comes next is the next head
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._answered += 1
@@ -86,6 +161,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._answered == self._heads and not self.transport.is_closing():  # no pipelined request waiting
             self._await_head()
 
+    def close_connection(self) -> None:
+        """Every close uvicorn asks for: lingering while the client may still be sending, else at once."""
+        if self.lingering or self._transport.is_closing():
+            return
+        if self._answered_early or (self.cycle is not None and self.cycle.more_body):
+            self._linger()
+        else:
+            self._transport.close()
+
+    def _linger(self) -> None:
+        """Shut down the write side once the answer is out, then read and discard until the client closes
+        (eof_received closes the transport) or `linger_s` passes."""
+        self.lingering = True
+        self._stop_clock()
+        self._unset_keepalive_if_required()
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(get_settings().linger_s, self._transport.close)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive before the connection is closed")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest request head accepted")
     header_timeout_s: float = Field(10.0, gt=0, description="time a client has to send a complete request head")
+    linger_s: float = Field(
+        5.0, gt=0, description="after an answer given before the upload ended, time the client has to finish sending"
+    )
 
     # Upstream TorchServe
     inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe inference API")

@@ -5,15 +5,14 @@ from __future__ import annotations
 import subprocess
 import zipfile
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from support import PYTHON, Gateway, gateway_env, group_alive
+from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
 from testmodel import build_store
 
 from gateway.auth import key_hash
-from modelserver.torchserve import Ports, TorchServe
+from modelserver.torchserve import TorchServe
 
 
 @pytest.fixture(scope="session")
@@ -53,12 +52,6 @@ def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPath
     return unpack(seeing_model_store, tmp_path_factory.mktemp("seeing_model_dir"))
 
 
-def start_torchserve(workdir: Path, model_store: Path,
-                     extra_config: dict[str, str] | None = None) -> AbstractContextManager[TorchServe]:  # fmt: skip
-    """A READY TorchServe on free loopback ports for the block, stopped with all its processes after it."""
-    return TorchServe(workdir, model_store, Ports.free(), extra_config).running(timeout=180)
-
-
 @pytest.fixture(scope="session")
 def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
     """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes."""
@@ -67,10 +60,6 @@ def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         group = server.process.pid
         yield server
     assert not group_alive(group), "TorchServe left processes behind"
-
-
-API_KEY = "ica_test-key-for-the-suite"
-OTHER_KEY = "ica_another-valid-key"
 
 
 @pytest.fixture(scope="session")

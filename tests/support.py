@@ -1,17 +1,47 @@
-"""Helpers shared by the tests. The gateway and free ports come from the code `make run` uses too."""
+"""Helpers shared by the tests. The gateway and free ports come from the code `make run` uses too.
+
+Test files import shared helpers from here only, never from each other or from conftest.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+from contextlib import AbstractContextManager
+from pathlib import Path
 
+import httpx
+import torch
+from PIL import Image, ImageOps
+from torchvision.models import ResNet50_Weights
+
+from gateway.problems import PROBLEM_JSON, TYPE_BASE
+from handlers.imaging import decode, preprocess
 from modelserver.gateway_process import GatewayProcess as Gateway
 from modelserver.gateway_process import gateway_env
-from modelserver.torchserve import free_port
+from modelserver.torchserve import Ports, TorchServe, free_port
 
-__all__ = ["PYTHON", "Gateway", "free_port", "gateway_env", "group_alive"]
+__all__ = [
+    "API_KEY",
+    "OTHER_KEY",
+    "PYTHON",
+    "Gateway",
+    "assert_identical",
+    "MAX_PIXELS",
+    "assert_problem",
+    "free_port",
+    "gateway_env",
+    "group_alive",
+    "ours",
+    "post",
+    "reference",
+    "start_torchserve",
+]
 
 PYTHON = sys.executable
+API_KEY = "ica_test-key-for-the-suite"
+OTHER_KEY = "ica_another-valid-key"
 
 
 def group_alive(pgid: int) -> bool:
@@ -20,3 +50,45 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def start_torchserve(workdir: Path, model_store: Path,
+                     extra_config: dict[str, str] | None = None) -> AbstractContextManager[TorchServe]:  # fmt: skip
+    """A READY TorchServe on free loopback ports for the block, stopped with all its processes after it."""
+    return TorchServe(workdir, model_store, Ports.free(), extra_config).running(timeout=180)
+
+
+def post(gateway: Gateway, api_key: str, path: str = "/v1/predict", **kwargs) -> httpx.Response:
+    headers = {"X-API-Key": api_key, **kwargs.pop("headers", {})}
+    return httpx.post(f"{gateway.url}{path}", headers=headers, timeout=60, **kwargs)
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    body = response.json()
+    assert body["type"] == TYPE_BASE + slug
+    assert body["status"] == status and body["title"] and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return body
+
+
+REFERENCE = ResNet50_Weights.IMAGENET1K_V2.transforms()
+MAX_PIXELS = 40_000_000
+
+
+def reference(data: bytes) -> torch.Tensor:
+    """torchvision's own pipeline for the weights, after EXIF orientation and RGB conversion."""
+    return REFERENCE(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
+def ours(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(preprocess(decode(data, MAX_PIXELS)))
+
+
+def assert_identical(data: bytes) -> None:
+    expected, actual = reference(data), ours(data)
+    assert actual.dtype == expected.dtype == torch.float32
+    assert actual.shape == expected.shape == (3, 224, 224)
+    assert torch.equal(actual, expected), f"max abs diff {(actual - expected).abs().max().item()}"

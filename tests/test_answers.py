@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 from imagegen import jpeg, png
-from support import Gateway
-from test_gateway import assert_problem, post
+from support import Gateway, assert_problem, post
 from torchvision.models import ResNet50_Weights
 
 LABELS = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]

@@ -9,10 +9,12 @@ import zipfile
 import httpx
 import pytest
 from imagegen import jpeg, png, png_claiming, truncated_jpeg
-from support import Gateway
-from test_gateway import assert_problem, post
+from PIL import Image, ImageFile
+from support import Gateway, assert_problem, post
 
-from gateway.problems import PROBLEM_JSON
+from gateway.problems import PROBLEM_JSON, Problem
+from gateway.settings import Settings
+from gateway.validation import check_image
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -106,10 +108,31 @@ def test_chunked_upload_without_length_is_capped(gateway: Gateway, api_key: str)
     assert_problem(response, 413, "payload-too-large")
 
 
-def test_dimension_checks_happen_without_decoding(gateway: Gateway, api_key: str) -> None:
+def test_huge_dimensions_in_a_header_are_refused(gateway: Gateway, api_key: str) -> None:
     body = assert_problem(post(gateway, api_key, content=png_claiming(30000, 30000),
                                headers={"Content-Type": "image/png"}), 413, "image-too-large")  # fmt: skip
     assert "pixels" in body["detail"]
+
+
+def test_dimension_checks_decode_no_pixel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway's checks read sizes from the header only: Pillow's pixel decoder (ImageFile.load, which
+    every decode goes through) is never called, for a bomb's header nor for an image that is accepted."""
+    decoded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> object:
+        decoded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    Image.open(io.BytesIO(png(16, 16))).convert("RGB")
+    assert (16, 16) in decoded, "the spy must see a decode"
+    decoded.clear()
+    with pytest.raises(Problem) as refused:
+        check_image(png_claiming(30000, 30000), Settings())
+    assert refused.value.slug == "image-too-large"
+    assert check_image(jpeg(64, 48), Settings()).width == 64
+    assert decoded == []
 
 
 def test_gateway_still_serves_after_the_corpus(gateway: Gateway, api_key: str) -> None:

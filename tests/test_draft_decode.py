@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagegen import encode, gradient, with_orientation
-from test_preprocessing import assert_identical
+from support import assert_identical
 
 from handlers.engines import OnnxEngine
 from handlers.imaging import DRAFT_MIN_SIDE, decode, preprocess

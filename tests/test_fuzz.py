@@ -20,8 +20,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from support import Gateway
-from test_gateway import post
+from support import Gateway, post
 
 from gateway.problems import PROBLEM_JSON, Problem
 from gateway.settings import Settings

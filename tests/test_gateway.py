@@ -8,29 +8,12 @@ import time
 
 import httpx
 import pytest
-from conftest import OTHER_KEY
 from imagegen import encode, gradient, in_format, in_mode, jpeg, png, truncated_jpeg, with_orientation
-from support import PYTHON, Gateway
+from support import OTHER_KEY, PYTHON, Gateway, assert_problem, post
 
-from gateway.problems import PROBLEM_JSON, TYPE_BASE
+from gateway.problems import TYPE_BASE
 
 UNTRAINED_MODEL = {"name": "resnet50", "version": "1.0", "weights": "random-seed-0", "untrained": True}
-
-
-def post(gateway: Gateway, api_key: str, path: str = "/v1/predict", **kwargs) -> httpx.Response:
-    headers = {"X-API-Key": api_key, **kwargs.pop("headers", {})}
-    return httpx.post(f"{gateway.url}{path}", headers=headers, timeout=60, **kwargs)
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body = response.json()
-    assert body["type"] == TYPE_BASE + slug
-    assert body["status"] == status and body["title"] and body["detail"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    assert "Traceback" not in response.text
-    return body
 
 
 def assert_prediction(body: dict, top_k: int = 5) -> None:

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import start_torchserve
 from imagegen import jpeg
-from support import Gateway, free_port, gateway_env
-from test_gateway import assert_problem, post
+from support import Gateway, assert_problem, free_port, gateway_env, post, start_torchserve
 
 from gateway.auth import key_hash
 from modelserver.gateway_process import Upstream

@@ -8,28 +8,10 @@ import numpy as np
 import pytest
 import torch
 from imagegen import FORMATS, MODES, encode, gradient, in_format, in_mode, jpeg, truncated_jpeg, with_orientation
-from PIL import Image, ImageOps
-from torchvision.models import ResNet50_Weights
+from PIL import Image
+from support import MAX_PIXELS, assert_identical, ours
 
 from handlers.imaging import ImageError, decode, preprocess
-
-REFERENCE = ResNet50_Weights.IMAGENET1K_V2.transforms()
-MAX_PIXELS = 40_000_000
-
-
-def reference(data: bytes) -> torch.Tensor:
-    return REFERENCE(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
-
-
-def ours(data: bytes) -> torch.Tensor:
-    return torch.from_numpy(preprocess(decode(data, MAX_PIXELS)))
-
-
-def assert_identical(data: bytes) -> None:
-    expected, actual = reference(data), ours(data)
-    assert actual.dtype == expected.dtype == torch.float32
-    assert actual.shape == expected.shape == (3, 224, 224)
-    assert torch.equal(actual, expected), f"max abs diff {(actual - expected).abs().max().item()}"
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from imagegen import in_format, jpeg
-from support import Gateway
-from test_gateway import post
+from support import Gateway, post
 from tritonclient.utils import InferenceServerException
 
 

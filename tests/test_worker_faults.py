@@ -17,9 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import start_torchserve
 from imagegen import jpeg
-from support import Gateway, gateway_env
+from support import Gateway, gateway_env, start_torchserve
 
 from bench.processes import worker_processes
 from gateway.auth import key_hash
