@@ -33,7 +33,9 @@ and settings as `customizedMetadata` (TorchServe's custom describe; the gateway'
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine`
 (onnx|onnx-int8|eager), `max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided
 by the workers), `spinning` (ONNX Runtime's busy-waiting intra-op threads), `decode_threads` (the images
-of a batch are decoded and preprocessed concurrently by this many threads; Pillow releases the GIL).
+of a batch are decoded and preprocessed concurrently by this many threads; Pillow releases the GIL),
+`jpeg_draft` (1: every image decoded in full, exactly as the reference pipeline; 2, 4 or 8: JPEGs may be
+decoded at reduced scale, down to 1/n, faster and no longer exact; see handlers/imaging.py).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "max_top_k": 1000,
     "spinning": True,
     "decode_threads": 2,
+    "jpeg_draft": 1,
 }
 
 
@@ -192,8 +195,9 @@ class ImageClassifierHandler:
             k = self._top_k(context, idx)
             extras, classes = self._extras(context, idx)
             # A map is placed on the original's pixels: decode it whole, never at a reduced JPEG scale.
-            img = decode(bytes(payload), int(self.settings["max_pixels"]), draft="cam" not in extras)
-            return Item(preprocess(img), k, extras, classes, img.size)
+            jpeg_draft = 1 if "cam" in extras else int(self.settings["jpeg_draft"])
+            image = decode(bytes(payload), int(self.settings["max_pixels"]), jpeg_draft)
+            return Item(preprocess(image), k, extras, classes, image.size)
         except ImageError as err:
             return err
 

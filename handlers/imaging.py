@@ -9,11 +9,11 @@ Pillow's antialiased bilinear filter, a centred 224x224 crop, scaling to [0, 1] 
 normalisation, all in float32 and in the same order of operations, so the result is bit-identical.
 It uses only Pillow and NumPy, so the ONNX Runtime path never touches torch.
 
-One deliberate exception, for speed: a JPEG whose shorter side is at least DRAFT_MIN_SIDE (928 px, about
-1 MP and up) is decoded with libjpeg's DCT scaling (`Image.draft`) at the strongest power-of-two reduction
-(at most 1/8) that keeps the shorter side at or above 232, then resized exactly as above. That skips most
-of the decoding work for large photos; the top-5 classes match the full decode (tested), the pixels are
-not bit-identical.
+That holds for every image by default, large JPEGs included. One opt-in exception, for speed: with
+`jpeg_draft` set to 2, 4 or 8, a JPEG is decoded with libjpeg's DCT scaling (`Image.draft`) at the strongest
+power-of-two reduction, at most 1/jpeg_draft, that keeps the shorter side at or above 232 px; it is then
+resized exactly as above. That skips most of the decoding work for large photos, but the pixels, and so the
+probabilities, are no longer the reference's (README, "The handler", has the measured trade-off).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ CROP_SIZE = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 
-DRAFT_MIN_SIDE = 4 * RESIZE_SIZE
+JPEG_DRAFT_CHOICES = (1, 2, 4, 8)  # 1: full decode (the reference); n: reduced-scale decode down to 1/n
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
 
@@ -43,12 +43,12 @@ class ImageError(Exception):
         self.detail = detail
 
 
-def decode(data: bytes, max_pixels: int, draft: bool = True) -> Image.Image:
+def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing anything that is not a bounded, whole image.
 
     Raises ImageError with code `empty`, `unsupported_format`, `too_large` or `undecodable`.
-    The pixel limit is checked from the header, before any pixel is decoded. `draft` allows reduced
-    decoding of large JPEGs (see the module docstring).
+    The pixel limit is checked from the header, before any pixel is decoded. `jpeg_draft` > 1 allows
+    reduced-scale decoding of JPEGs, down to 1/jpeg_draft (see the module docstring).
     """
     if not data:
         raise ImageError("empty", "the image is empty (0 bytes)")
@@ -73,9 +73,12 @@ def decode(data: bytes, max_pixels: int, draft: bool = True) -> Image.Image:
         raise ImageError("undecodable", f"the image claims an empty size {width}x{height}")
     if width * height > max_pixels:
         raise ImageError("too_large", f"{width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
-    if draft and img.format == "JPEG" and min(width, height) >= DRAFT_MIN_SIDE:
+    if jpeg_draft > 1 and img.format == "JPEG" and min(width, height) >= 2 * RESIZE_SIZE:
+        # Pillow picks the strongest reduction 1/n (n = 1, 2, 4, 8) that keeps the image at least the requested
+        # size: at least the resize target, and no smaller than 1/jpeg_draft allows.
         scale = RESIZE_SIZE / min(width, height)
-        img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+        img.draft("RGB", (max(math.ceil(width * scale), width // jpeg_draft),
+                          max(math.ceil(height * scale), height // jpeg_draft)))  # fmt: skip
     try:
         img.load()
         return ImageOps.exif_transpose(img).convert("RGB")

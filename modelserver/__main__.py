@@ -55,6 +55,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         workers=args.workers,
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
+        jpeg_draft=args.jpeg_draft,
     )
     thresholds = Thresholds(args.min_top1_agreement, args.min_top5_overlap, args.max_prob_diff)
     try:
@@ -180,6 +181,11 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--workers", type=int, default=1)
     build.add_argument("--batch-size", type=int, default=8)
     build.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
+    build.add_argument(
+        "--jpeg-draft", type=int, default=1, choices=[1, 2, 4, 8],
+        help="1 (default): decode every image in full, exactly as torchvision's reference; 2, 4 or 8: let the "
+        "handler decode JPEGs at reduced scale, down to 1/N (faster for large photos, not exact; see README)",
+    )  # fmt: skip
     build.add_argument("--output", type=Path, default=DEFAULT_MAR)
     build.add_argument("--cache-dir", type=Path, default=None, help="download cache (default: torch hub's)")
     build.add_argument("--if-missing", action="store_true", help="do nothing when the output exists")

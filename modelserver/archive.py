@@ -27,6 +27,7 @@ import yaml
 
 from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
+from handlers.imaging import JPEG_DRAFT_CHOICES
 from modelserver import onnx_export
 from modelserver.calibration import image_sets
 from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
@@ -56,10 +57,13 @@ class ServingConfig:
     max_top_k: int = HANDLER_DEFAULTS["max_top_k"]  # the gateway's /v1 allows 20; /v2 asks for all 1000
     spinning: bool = HANDLER_DEFAULTS["spinning"]
     decode_threads: int = HANDLER_DEFAULTS["decode_threads"]
+    jpeg_draft: int = HANDLER_DEFAULTS["jpeg_draft"]  # 1: exact; 2/4/8: reduced-scale JPEG decode allowed
 
     def as_yaml(self) -> dict:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}")
+        if self.jpeg_draft not in JPEG_DRAFT_CHOICES:
+            raise ValueError(f"jpeg_draft must be one of {JPEG_DRAFT_CHOICES}, got {self.jpeg_draft!r}")
         return {
             "minWorkers": self.workers,
             "maxWorkers": self.workers,
@@ -73,6 +77,7 @@ class ServingConfig:
                 "max_top_k": self.max_top_k,
                 "spinning": self.spinning,
                 "decode_threads": self.decode_threads,
+                "jpeg_draft": self.jpeg_draft,
             },
         }
 

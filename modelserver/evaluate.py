@@ -101,7 +101,8 @@ def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool
 
         def prepared(item: Labelled) -> np.ndarray | str:
             try:
-                return preprocess(decode(item.path.read_bytes(), int(settings["max_pixels"])))
+                data = item.path.read_bytes()
+                return preprocess(decode(data, int(settings["max_pixels"]), int(settings["jpeg_draft"])))
             except ImageError as err:
                 return f"{err.code}: {err.detail}"
 

@@ -52,25 +52,15 @@ def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPath
     return unpack(seeing_model_store, tmp_path_factory.mktemp("seeing_model_dir"))
 
 
-def serving(workdir: Path, model_store: Path) -> Iterator[TorchServe]:
-    """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes."""
-    with start_torchserve(workdir, model_store) as server:
+@pytest.fixture(scope="session")
+def torchserve(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+    """A real TorchServe with token auth on, on free loopback ports, READY; stopped with all its processes.
+    It serves the test model that sees its input, so answers through it can be checked against the reference."""
+    with start_torchserve(tmp_path_factory.mktemp("torchserve"), seeing_model_store) as server:
         assert server.process is not None
         group = server.process.pid
         yield server
     assert not group_alive(group), "TorchServe left processes behind"
-
-
-@pytest.fixture(scope="session")
-def torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    """TorchServe serving the random-weights archive."""
-    yield from serving(tmp_path_factory.mktemp("torchserve"), model_store)
-
-
-@pytest.fixture(scope="session")
-def seeing_torchserve(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
-    """TorchServe serving the test model that sees (for answers that must be right, not just shaped)."""
-    yield from serving(tmp_path_factory.mktemp("seeing_torchserve"), seeing_model_store)
 
 
 @pytest.fixture(scope="session")
@@ -84,12 +74,4 @@ def gateway(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) ->
     env = gateway_env(torchserve, [key_hash(API_KEY), key_hash(OTHER_KEY)], rate_limit_rps="1000",
                       rate_limit_burst="1000")  # fmt: skip
     with Gateway(tmp_path_factory.mktemp("gateway") / "gateway.log", env) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def seeing_gateway(seeing_torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """The real gateway over HTTP in front of the TorchServe that serves the test model that sees."""
-    env = gateway_env(seeing_torchserve, [key_hash(API_KEY)], rate_limit_rps="1000", rate_limit_burst="1000")
-    with Gateway(tmp_path_factory.mktemp("seeing_gateway") / "gateway.log", env) as server:
         yield server

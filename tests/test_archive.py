@@ -14,10 +14,14 @@ import pytest
 import yaml
 from imagegen import FORMATS, in_format, jpeg
 from onnx import numpy_helper
+from testmodel import LABELS, PHOTOS, PROB_TOLERANCE, max_difference, photo
 from torchvision.models import ResNet50_Weights
 
 from handlers.engines import EagerEngine, OnnxEngine
+from handlers.image_handler import softmax
 from handlers.imaging import decode, preprocess
+from modelserver.__main__ import parser
+from modelserver.archive import ServingConfig
 from modelserver.onnx_export import VerificationError, verify
 from modelserver.weights import from_seed
 
@@ -37,7 +41,7 @@ def test_metadata_flags_random_weights_as_untrained(model_dir: Path) -> None:
     assert meta["untrained"] is True
     assert meta["weights"] == "random-seed-0"
     assert meta["weights_sha256"] == hashlib.sha256((model_dir / "resnet50.pth").read_bytes()).hexdigest()
-    assert meta["engine"] == "onnx"
+    assert meta["engine"] == "onnx" and meta["int8_gate"] is None
     assert 0 <= meta["onnx_max_abs_logit_diff"] < 1e-3
     assert (meta["model_name"], meta["model_version"]) == ("resnet50", "1.0")
 
@@ -54,17 +58,29 @@ def test_model_config(model_dir: Path) -> None:
     assert {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout"} <= set(config)
     assert config["handler"]["engine"] == "onnx"
     assert config["handler"]["default_top_k"] == 5
+    assert config["handler"]["jpeg_draft"] == 1  # every image decoded in full: the reference pipeline
 
 
-def test_onnx_and_eager_agree(model_dir: Path) -> None:
-    images = [jpeg(320, 240, seed=s) for s in range(3)] + [in_format(f) for f in FORMATS]
+def test_jpeg_draft_is_a_build_setting() -> None:
+    assert ServingConfig(jpeg_draft=4).as_yaml()["handler"]["jpeg_draft"] == 4
+    assert parser().parse_args(["build", "--jpeg-draft", "8"]).jpeg_draft == 8
+    with pytest.raises(ValueError, match="jpeg_draft"):
+        ServingConfig(jpeg_draft=3).as_yaml()
+
+
+def test_onnx_and_eager_agree(seeing_model_dir: Path) -> None:
+    """The test model's two engines give the same probabilities (within PROB_TOLERANCE) for its photos
+    and every format; each photo keeps its label."""
+    images = (
+        [photo(name) for name in PHOTOS] + [jpeg(320, 240, seed=s) for s in range(3)] + [in_format(f) for f in FORMATS]
+    )
     batch = np.stack([preprocess(decode(data, 10**8)) for data in images])
-    onnx_logits = OnnxEngine(model_dir, threads=2).run(batch)
-    eager_logits = EagerEngine(model_dir, threads=2).run(batch)
-    assert onnx_logits.shape == eager_logits.shape == (len(images), 1000)
-    assert np.abs(onnx_logits - eager_logits).max() < 1e-3
-    top5 = lambda logits: np.argsort(-logits, axis=1)[:, :5]  # noqa: E731
-    assert np.array_equal(top5(onnx_logits), top5(eager_logits))
+    onnx_probabilities = softmax(OnnxEngine(seeing_model_dir, threads=2).run(batch))
+    eager_probabilities = softmax(EagerEngine(seeing_model_dir, threads=2).run(batch))
+    assert onnx_probabilities.shape == eager_probabilities.shape == (len(images), 1000)
+    assert max_difference(onnx_probabilities, eager_probabilities) <= PROB_TOLERANCE
+    labels = [LABELS[i] for i in onnx_probabilities[: len(PHOTOS)].argmax(axis=1)]
+    assert labels == list(PHOTOS.values())
 
 
 def test_verification_accepts_the_packaged_export(model_dir: Path) -> None:

@@ -5,19 +5,31 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
-from imagegen import encode, gradient, in_format, in_mode, jpeg, png, truncated_jpeg, with_orientation
+from imagegen import (
+    encode,
+    gradient,
+    in_format,
+    in_mode,
+    jpeg,
+    png,
+    stored_with_orientation,
+    truncated_jpeg,
+    with_orientation,
+)
 from support import OTHER_KEY, PYTHON, Gateway, assert_problem, post
+from testmodel import PROB_TOLERANCE, TEST_MODEL_FILE, Reference, max_difference, photo, picture
 
 from gateway.problems import TYPE_BASE
 
-UNTRAINED_MODEL = {"name": "resnet50", "version": "1.0", "weights": "random-seed-0", "untrained": True}
+SERVED_MODEL = {"name": "resnet50", "version": "1.0", "weights": f"file:{TEST_MODEL_FILE}", "untrained": False}
 
 
 def assert_prediction(body: dict, top_k: int = 5) -> None:
-    assert body["model"] == UNTRAINED_MODEL
+    assert body["model"] == SERVED_MODEL
     predictions = body["predictions"]
     assert [p["rank"] for p in predictions] == list(range(1, len(predictions) + 1))
     assert len(predictions) == top_k
@@ -44,11 +56,32 @@ def test_raw_body_upload(gateway: Gateway, api_key: str, fmt: str) -> None:
 
 
 def test_same_answer_as_torchserve_direct(gateway: Gateway, api_key: str, torchserve) -> None:
-    data = jpeg(seed=11)
-    direct = httpx.post(f"{torchserve.inference_url}/predictions/resnet50", content=data, timeout=60,
-                        headers={"Authorization": f"Bearer {torchserve.keys()['inference']}"}).json()  # fmt: skip
-    via = post(gateway, api_key, content=data, headers={"Content-Type": "image/jpeg"}).json()
+    data = photo("astronaut")
+    auth = {"Authorization": f"Bearer {torchserve.keys()['inference']}", "X-Top-K": "20"}
+    direct = httpx.post(f"{torchserve.inference_url}/predictions/resnet50", content=data, headers=auth,
+                        timeout=60).json()  # fmt: skip
+    via = post(gateway, api_key, content=data, headers={"Content-Type": "image/jpeg"}, params={"top_k": 20}).json()
+    assert via["predictions"][0]["label"] == "space shuttle"
     assert [p["class_id"] for p in via["predictions"]] == [p["class_id"] for p in direct["predictions"]]
+    scores = lambda body: [p["score"] for p in body["predictions"]]  # noqa: E731
+    assert max_difference(scores(via), scores(direct)) <= PROB_TOLERANCE
+
+
+def test_a_known_photo_and_its_exif_rotated_copies_get_its_label(
+    gateway: Gateway, api_key: str, seeing_model_dir: Path
+) -> None:
+    """End to end: the photo and its copies stored turned with an EXIF Orientation tag (2-8) all get the
+    photo's label, each with the reference pipeline's probabilities (which apply the tag)."""
+    model = Reference(seeing_model_dir)
+    copies = [photo("chelsea")] + [stored_with_orientation(picture("chelsea"), o) for o in range(2, 9)]
+    for data in copies:
+        response = post(gateway, api_key, content=data, headers={"Content-Type": "image/jpeg"}, params={"top_k": 20})
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert predictions[0]["label"] == "tabby"
+        expected = model.probabilities(data)
+        assert max_difference([p["score"] for p in predictions],
+                              [expected[p["class_id"]] for p in predictions]) <= PROB_TOLERANCE  # fmt: skip
 
 
 def test_request_id_is_passed_through(gateway: Gateway, api_key: str) -> None:
@@ -95,7 +128,7 @@ def test_batch_mixed_good_and_bad(gateway: Gateway, api_key: str) -> None:
     response = post(gateway, api_key, "/v1/predict/batch", files=files, params={"top_k": 3})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == UNTRAINED_MODEL
+    assert body["model"] == SERVED_MODEL
     results = body["results"]
     assert [r["filename"] for r in results] == ["a.jpg", "empty.jpg", "b.png", "notes.txt", "cut.jpg", "c.webp"]
     for i in (0, 2, 5):
@@ -123,7 +156,13 @@ def test_models(gateway: Gateway, api_key: str) -> None:
     response = httpx.get(f"{gateway.url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
     assert response.status_code == 200, response.text
     (model,) = response.json()["models"]
-    assert model == {**UNTRAINED_MODEL, "labels": 1000, "engine": "onnx", "workers_ready": model["workers_ready"]}
+    assert model == {
+        **SERVED_MODEL,
+        "labels": 1000,
+        "engine": "onnx",
+        "int8_gate": None,
+        "workers_ready": model["workers_ready"],
+    }
     assert model["workers_ready"] >= 1
 
 

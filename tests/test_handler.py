@@ -1,4 +1,5 @@
-"""The handler in-process, driven through TorchServe's own Context and RequestProcessor classes."""
+"""The handler in-process, driven through TorchServe's own Context and RequestProcessor classes, serving the
+test model that sees its input (tests/testmodel.py)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,44 @@ from pathlib import Path
 
 import pytest
 import yaml
-from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
+from imagegen import in_format, jpeg, png_claiming, stored_with_orientation, truncated_jpeg
+from testmodel import (
+    PROB_TOLERANCE,
+    TEST_MODEL_FILE,
+    Reference,
+    large_photo,
+    max_difference,
+    photo,
+    picture,
+    probability_vector,
+)
 from ts.context import Context, RequestProcessor
 
 from handlers.image_handler import ImageClassifierHandler
 
 
-def make_context(model_dir: Path, headers: list[dict[str, str]]) -> Context:
+def make_context(model_dir: Path, headers: list[dict[str, str]], **settings: object) -> Context:
+    """A Context for `headers` (one dict per request); `settings` override the archive's handler block."""
     config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    config["handler"].update(settings)
     context = Context("resnet50", str(model_dir), {}, len(headers), None, "0.12.0", model_yaml_config=config)
     context.request_processor = [RequestProcessor(dict(h)) for h in headers]
     return context
 
 
+ALL = {"X-Top-K": "1000"}
+
+
 @pytest.fixture(scope="module")
-def handler(model_dir: Path) -> ImageClassifierHandler:
+def handler(seeing_model_dir: Path) -> ImageClassifierHandler:
     service = ImageClassifierHandler()
-    service.initialize(make_context(model_dir, [{}]))
+    service.initialize(make_context(seeing_model_dir, [{}]))
     return service
+
+
+@pytest.fixture(scope="module")
+def model(seeing_model_dir: Path) -> Reference:
+    return Reference(seeing_model_dir)
 
 
 def run(handler: ImageClassifierHandler, model_dir: Path, items: list[dict], headers: list[dict]) -> tuple:
@@ -31,7 +52,9 @@ def run(handler: ImageClassifierHandler, model_dir: Path, items: list[dict], hea
     return handler.handle(items, context), context
 
 
-def test_mixed_batch_keeps_order_and_isolates_bad_items(handler: ImageClassifierHandler, model_dir: Path) -> None:
+def test_mixed_batch_keeps_order_and_isolates_bad_items(
+    handler: ImageClassifierHandler, seeing_model_dir: Path
+) -> None:
     items = [
         {"body": bytearray(jpeg(seed=1))},
         {"body": bytearray(b"")},
@@ -42,7 +65,7 @@ def test_mixed_batch_keeps_order_and_isolates_bad_items(handler: ImageClassifier
         {"body": bytearray(jpeg(seed=2))},
     ]
     headers = [{"X-Request-ID": f"r{i}"} for i in range(len(items))]
-    results, context = run(handler, model_dir, items, headers)
+    results, context = run(handler, seeing_model_dir, items, headers)
     assert [r["request_id"] for r in results] == [f"r{i}" for i in range(len(items))]
     codes = [r.get("error", {}).get("code") for r in results]
     assert codes == [None, "empty", None, "undecodable", "undecodable", "too_large", None]
@@ -55,33 +78,59 @@ def test_mixed_batch_keeps_order_and_isolates_bad_items(handler: ImageClassifier
         assert context.get_response_status(idx)[0] == 200
     for idx in (1, 3, 4, 5):
         assert context.get_response_status(idx)[0] == 422
-    assert all(r["model"]["untrained"] is True and r["model"]["engine"] == "onnx" for r in results)
+    model = {"name": "resnet50", "version": "1.0", "weights": f"file:{TEST_MODEL_FILE}", "untrained": False,
+             "engine": "onnx"}  # fmt: skip
+    assert all(r["model"] == model for r in results)
 
 
-def test_same_image_same_answer_alone_or_in_a_batch(handler: ImageClassifierHandler, model_dir: Path) -> None:
-    image = {"body": bytearray(jpeg(seed=3))}
-    alone, _ = run(handler, model_dir, [image], [{}])
-    batched, _ = run(handler, model_dir, [{"body": bytearray(jpeg(seed=4))}, image, image], [{}, {}, {}])
-    ids = lambda r: [p["class_id"] for p in r["predictions"]]  # noqa: E731
-    assert ids(alone[0]) == ids(batched[1]) == ids(batched[2])
-    assert alone[0]["predictions"][0]["score"] == pytest.approx(batched[1]["predictions"][0]["score"], abs=1e-5)
+def test_same_image_same_answer_alone_or_in_a_batch(handler: ImageClassifierHandler, seeing_model_dir: Path) -> None:
+    image = {"body": bytearray(photo("coffee"))}
+    alone, _ = run(handler, seeing_model_dir, [image], [ALL])
+    batched, _ = run(handler, seeing_model_dir, [{"body": bytearray(photo("rocket"))}, image, image], [ALL] * 3)
+    assert alone[0]["predictions"][0]["label"] == "espresso"
+    assert batched[0]["predictions"][0]["label"] == "missile"
+    for other in (batched[1], batched[2]):
+        assert max_difference(probability_vector(alone[0]["predictions"]),
+                              probability_vector(other["predictions"])) <= PROB_TOLERANCE  # fmt: skip
+
+
+def test_default_answers_are_the_reference_pipelines(
+    handler: ImageClassifierHandler, seeing_model_dir: Path, model: Reference
+) -> None:
+    """Small, large (12 MP) and EXIF-rotated photos: the probabilities of torchvision's pipeline and PyTorch."""
+    images = [photo("chelsea"), large_photo("stereo_motorcycle", 12), large_photo("camera", 2),
+              stored_with_orientation(picture("hubble_deep_field"), 8), photo("clock")]  # fmt: skip
+    results, _ = run(handler, seeing_model_dir, [{"body": bytearray(data)} for data in images], [ALL] * len(images))
+    for data, result in zip(images, results, strict=True):
+        assert max_difference(probability_vector(result["predictions"]), model.probabilities(data)) <= PROB_TOLERANCE
+    labels = [r["predictions"][0]["label"] for r in results]
+    assert labels == ["tabby", "moped", "reflex camera", "planetarium", "wall clock"]
+
+
+def test_jpeg_draft_setting_reaches_the_decoder(seeing_model_dir: Path, model: Reference) -> None:
+    """`jpeg_draft: 8` in the archive's handler block makes large JPEGs answer differently (reduced decode)."""
+    drafting = ImageClassifierHandler()
+    drafting.initialize(make_context(seeing_model_dir, [{}], jpeg_draft=8))
+    data = large_photo("rocket", 12)
+    results, _ = run(drafting, seeing_model_dir, [{"body": bytearray(data)}], [ALL])
+    assert max_difference(probability_vector(results[0]["predictions"]), model.probabilities(data)) > PROB_TOLERANCE
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("20", 20), ("7", 7), ("1000", 1000)])
-def test_top_k_header(handler: ImageClassifierHandler, model_dir: Path, raw: str, expected: int) -> None:
-    results, _ = run(handler, model_dir, [{"body": bytearray(jpeg())}], [{"X-Top-K": raw}])
+def test_top_k_header(handler: ImageClassifierHandler, seeing_model_dir: Path, raw: str, expected: int) -> None:
+    results, _ = run(handler, seeing_model_dir, [{"body": bytearray(jpeg())}], [{"X-Top-K": raw}])
     assert len(results[0]["predictions"]) == expected
 
 
 @pytest.mark.parametrize("raw", ["0", "1001", "five", "-3"])
-def test_bad_top_k_is_a_per_item_error(handler: ImageClassifierHandler, model_dir: Path, raw: str) -> None:
-    results, context = run(handler, model_dir, [{"body": bytearray(jpeg())}], [{"X-Top-K": raw}])
+def test_bad_top_k_is_a_per_item_error(handler: ImageClassifierHandler, seeing_model_dir: Path, raw: str) -> None:
+    results, context = run(handler, seeing_model_dir, [{"body": bytearray(jpeg())}], [{"X-Top-K": raw}])
     assert results[0]["error"]["code"] == "bad_top_k"
     assert context.get_response_status(0)[0] == 422
 
 
-def test_all_bad_batch(handler: ImageClassifierHandler, model_dir: Path) -> None:
-    results, _ = run(handler, model_dir, [{"body": bytearray(b"x")}, {"body": bytearray()}], [{}, {}])
+def test_all_bad_batch(handler: ImageClassifierHandler, seeing_model_dir: Path) -> None:
+    results, _ = run(handler, seeing_model_dir, [{"body": bytearray(b"x")}, {"body": bytearray()}], [{}, {}])
     assert [r["error"]["code"] for r in results] == ["undecodable", "empty"]
 
 

@@ -7,9 +7,21 @@ import io
 import numpy as np
 import pytest
 import torch
-from imagegen import FORMATS, MODES, encode, gradient, in_format, in_mode, jpeg, truncated_jpeg, with_orientation
+from imagegen import (
+    FORMATS,
+    MODES,
+    encode,
+    gradient,
+    in_format,
+    in_mode,
+    jpeg,
+    stored_with_orientation,
+    truncated_jpeg,
+    with_orientation,
+)
 from PIL import Image
 from support import MAX_PIXELS, assert_identical, ours
+from testmodel import large_photo
 
 from handlers.imaging import ImageError, decode, preprocess
 
@@ -48,6 +60,19 @@ def test_exif_rotation_is_applied() -> None:
 )
 def test_sizes_match_reference(size: tuple[int, int]) -> None:
     assert_identical(encode(gradient(*size), "PNG"))
+
+
+@pytest.mark.parametrize("size", [(1200, 928), (4000, 3000), (3000, 4000), (6000, 1000), (5000, 2400)])
+def test_large_jpegs_match_reference(size: tuple[int, int]) -> None:
+    """By default large JPEGs are decoded in full: bit-identical too (reduced-scale decode is opt-in)."""
+    assert_identical(encode(gradient(*size, seed=sum(size)), "JPEG", quality=90))
+
+
+@pytest.mark.parametrize("name", ["rocket", "shapes-2"])
+def test_large_photos_match_reference(name: str) -> None:
+    """12 MP photos, as sent and EXIF-rotated."""
+    assert_identical(large_photo(name, 12))
+    assert_identical(stored_with_orientation(Image.open(io.BytesIO(large_photo(name, 12))), 6))
 
 
 def test_animated_gif_uses_first_frame() -> None:

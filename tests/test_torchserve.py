@@ -1,16 +1,28 @@
-"""End to end against a real TorchServe serving the real archive, token auth on."""
+"""End to end against a real TorchServe serving the real archive (the test model that sees), token auth on."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+from pathlib import Path
 
 import httpx
 import pytest
 from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
 from support import PYTHON
+from testmodel import (
+    PHOTOS,
+    PROB_TOLERANCE,
+    TEST_MODEL_FILE,
+    Reference,
+    max_difference,
+    photo,
+    probability_vector,
+)
 
 from modelserver.torchserve import TorchServe, read_properties, ready_workers
+
+ALL = {"X-Top-K": "1000"}  # every probability, to compare whole vectors
 
 
 def predict(server: TorchServe, data: bytes, **headers: str) -> httpx.Response:
@@ -21,18 +33,30 @@ def predict(server: TorchServe, data: bytes, **headers: str) -> httpx.Response:
 
 
 def test_single_prediction(torchserve: TorchServe) -> None:
-    response = predict(torchserve, jpeg(), **{"X-Top-K": "3", "X-Request-ID": "req-1"})
+    response = predict(torchserve, photo("chelsea"), **{"X-Top-K": "3", "X-Request-ID": "req-1"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["request_id"] == "req-1"
-    assert len(body["predictions"]) == 3
+    assert [p["label"] for p in body["predictions"]][:1] == ["tabby"] and len(body["predictions"]) == 3
     assert body["model"] == {
         "name": "resnet50",
         "version": "1.0",
-        "weights": "random-seed-0",
-        "untrained": True,
+        "weights": f"file:{TEST_MODEL_FILE}",  # the test model, named as such wherever the model is shown
+        "untrained": False,
         "engine": "onnx",
     }
+
+
+def test_answers_are_the_reference_pipelines(torchserve: TorchServe, seeing_model_dir: Path) -> None:
+    """Every known photo gets its label and the probabilities of torchvision's pipeline and PyTorch."""
+    model = Reference(seeing_model_dir)
+    for name, label in PHOTOS.items():
+        data = photo(name)
+        response = predict(torchserve, data, **ALL)
+        assert response.status_code == 200, response.text
+        predictions = response.json()["predictions"]
+        assert predictions[0]["label"] == label
+        assert max_difference(probability_vector(predictions), model.probabilities(data)) <= PROB_TOLERANCE
 
 
 def test_multipart_field_is_accepted(torchserve: TorchServe) -> None:
@@ -48,12 +72,12 @@ def test_multipart_field_is_accepted(torchserve: TorchServe) -> None:
 
 
 def test_concurrent_requests_are_batched_and_bad_items_stay_isolated(torchserve: TorchServe) -> None:
-    images = [jpeg(seed=s) for s in range(12)]
+    names = list(PHOTOS)
     bad = {3: b"", 7: truncated_jpeg(), 10: png_claiming(30000, 30000)}
-    payloads = [bad.get(i, img) for i, img in enumerate(images)]
-    solo = {i: predict(torchserve, payloads[i]).json() for i in (0, 5)}
+    payloads = [bad.get(i, photo(name)) for i, name in enumerate(names)]
+    solo = {i: predict(torchserve, payloads[i], **ALL).json() for i in (0, 5)}
     with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
-        responses = list(pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}),
+        responses = list(pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}, **ALL),
                                   enumerate(payloads)))  # fmt: skip
     for i, response in enumerate(responses):
         body = response.json()
@@ -63,11 +87,10 @@ def test_concurrent_requests_are_batched_and_bad_items_stay_isolated(torchserve:
             assert body["error"]["code"] == {3: "empty", 7: "undecodable", 10: "too_large"}[i]
         else:
             assert response.status_code == 200, body
-            assert len(body["predictions"]) == 5
-    for i, expected in solo.items():
-        assert [p["class_id"] for p in responses[i].json()["predictions"]] == [
-            p["class_id"] for p in expected["predictions"]
-        ]
+            assert body["predictions"][0]["label"] == PHOTOS[names[i]]
+    for i, expected in solo.items():  # the same probabilities alone and in a batch
+        batched = probability_vector(responses[i].json()["predictions"])
+        assert max_difference(batched, probability_vector(expected["predictions"])) <= PROB_TOLERANCE
     log = (torchserve.workdir / "logs" / "model_log.log").read_text()
     sizes = [int(line.split("batch of ")[1].split(":")[0]) for line in log.splitlines() if "batch of " in line]
     assert max(sizes) > 1, "TorchServe never batched concurrent requests"
@@ -139,5 +162,5 @@ def test_custom_describe_returns_the_model_block(torchserve: TorchServe) -> None
     )
     assert response.status_code == 200, response.text
     described = response.json()[0]["customizedMetadata"]
-    assert described["labels"] == 1000 and described["untrained"] is True
-    assert described["weights"] == "random-seed-0" and described["engine"] == "onnx"
+    assert described["labels"] == 1000 and described["untrained"] is False
+    assert described["weights"] == f"file:{TEST_MODEL_FILE}" and described["engine"] == "onnx"

@@ -17,6 +17,7 @@ under a key made of everything they are built from.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import shutil
 import subprocess
@@ -32,11 +33,11 @@ import torch
 import torchvision
 from imagegen import encode, shapes, stored_with_orientation
 from PIL import Image, ImageOps
+from support import REFERENCE, reference
 from torchvision.models import ResNet50_Weights, resnet50
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS: list[str] = ResNet50_Weights.IMAGENET1K_V2.meta["categories"]
-REFERENCE = ResNet50_Weights.IMAGENET1K_V2.transforms()
 TEST_MODEL_FILE = "test-model-sees-12-photos.pth"
 SEED = 13
 
@@ -78,9 +79,21 @@ def photo(name: str, quality: int = 90) -> bytes:
     return encode(picture(name), "JPEG", quality=quality)
 
 
-def reference_input(data: bytes) -> torch.Tensor:
-    """torchvision's reference pipeline: EXIF orientation, RGB, IMAGENET1K_V2 transforms; (3, 224, 224)."""
-    return REFERENCE(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+# Large photos (2-12 MP), for reduced-scale decoding: photo → megapixels.
+LARGE = dict(zip(PHOTOS, [2, 5, 8, 12] * 3, strict=True))
+
+
+def large_photo(name: str, megapixels: float) -> bytes:
+    """`name` as a JPEG (quality 90) of about `megapixels`: a bundled photo upscaled (Lanczos), a generated
+    scene drawn at that size (sharp edges at every scale)."""
+    small = picture(name)
+    factor = (megapixels * 1e6 / (small.width * small.height)) ** 0.5
+    width, height = round(small.width * factor), round(small.height * factor)
+    if name.startswith("shapes-"):
+        big = shapes(width, height, seed=int(name.removeprefix("shapes-")))
+    else:
+        big = small.resize((width, height), Image.Resampling.LANCZOS)
+    return encode(big, "JPEG", quality=90)
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -192,12 +205,14 @@ def _cached(directory: Path, name: str, make: Callable[[Path], None]) -> Path:
 def build_store(cache_dir: Path) -> Path:
     """A model store with resnet50.mar of the test model, built by the project's CLI (`--weights PATH`).
 
-    The state dict is cached under a key of this builder, the image generator and the library versions;
-    the archive under that key plus the handler and builder code it packages, so a change to either rebuilds.
+    The state dict is cached under a key of the builder's functions and inputs, the image generator and the
+    library versions; the archive under that key plus the handler and modelserver code (the archive packages
+    the handler), so a change to any of them rebuilds what depends on it.
     """
-    here = Path(__file__).resolve().parent
     versions = f"{torch.__version__} {torchvision.__version__} {skimage.__version__} {np.__version__} {PIL.__version__}"
-    weights_key = _sources_key(here / "testmodel.py", here / "imagegen.py", versions)
+    builder = [inspect.getsource(f) for f in (picture, _views, _batch, _recalibrate, _features, _fit, make_state_dict)]
+    inputs = f"{PHOTOS} {CALIBRATION_EXTRA} {SEED} {versions}"
+    weights_key = _sources_key(*builder, inputs, Path(__file__).resolve().parent / "imagegen.py")
     code = sorted((REPO_ROOT / "handlers").glob("*.py")) + sorted((REPO_ROOT / "modelserver").glob("*.py"))
     weights = _cached(cache_dir / f"weights-{weights_key}", TEST_MODEL_FILE,
                       lambda path: torch.save(make_state_dict(), path))  # fmt: skip
@@ -230,8 +245,17 @@ class Reference:
 
     def probabilities(self, data: bytes) -> np.ndarray:
         """The encoded image `data` through the reference pipeline → its (1000,) probabilities."""
-        return self.probabilities_of(reference_input(data)[None])[0]
+        return self.probabilities_of(reference(data)[None])[0]
 
 
 def max_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def probability_vector(predictions: list[dict]) -> np.ndarray:
+    """An answer's predictions ({class_id, score}, all 1000 of them) as a (1000,) probability vector."""
+    vector = np.full(len(LABELS), np.nan)
+    for prediction in predictions:
+        vector[prediction["class_id"]] = prediction["score"]
+    assert not np.isnan(vector).any(), "ask for all 1000 classes (top_k 1000) to compare probability vectors"
+    return vector
