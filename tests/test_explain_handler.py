@@ -14,8 +14,9 @@ import torch
 import yaml
 from imagegen import encode, stored_with_orientation
 from PIL import Image
+from support import reference as reference_input
 from testmodel import PHOTOS as PHOTO_LABELS
-from testmodel import Reference, photo, picture, reference_input
+from testmodel import Reference, photo, picture
 from torchvision.transforms import CenterCrop, Resize
 from ts.context import Context, RequestProcessor
 

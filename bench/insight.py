@@ -1,0 +1,125 @@
+"""Explanations and embeddings against predictions, on one archive (part 7 of `make bench`).
+
+    python -m bench.insight [--mar PATH] [--seconds S]
+
+1. fetch     in process, ONNX Runtime: the logits alone vs the logits with layer4's map and the pooled
+             vector (what /v1/predict and /v1/explain fetch from the same graph), batch 1 and 8
+2. served    through the gateway in front of TorchServe: /v1/predict, /v1/explain (json and png) at 1
+             client (p50), and /v1/predict vs /v1/embed at 8 clients (throughput)
+
+The issue's targets: explain p50 <= 1.2x predict p50 at 1 client; embed throughput >= 95 % of predict's.
+Prints the CPU with the results; compare only ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from bench import cpu, servers
+from bench.load import Row, measure, percentiles
+from bench.processes import CpuMeter
+from handlers.engines import OUTPUTS, load_engine
+from handlers.imaging import decode, preprocess
+from modelserver.torchserve import REPO_ROOT
+
+HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
+TARGETS = {"explain_json_p50_vs_predict_p50_c1": 1.2, "embed_c8_vs_predict_c8": 0.95}
+ROUTES = {"predict": "/v1/predict", "explain json": "/v1/explain", "explain png": "/v1/explain?format=png",
+          "embed": "/v1/embed?encoding=base64"}  # fmt: skip
+
+
+def bench_fetch(model_dir: Path, image: bytes, seconds: float, threads: int) -> list[Row]:
+    """The same graph, fetching the logits alone or all its outputs."""
+    engine = load_engine("onnx", model_dir, threads)
+    rows = []
+    for batch in (1, 8):
+        inputs = np.ascontiguousarray(np.stack([preprocess(decode(image, 10**8))] * batch))
+        for name, run in (("logits", engine.run), ("all outputs", lambda x: engine.run_outputs(x, list(OUTPUTS)))):
+            run(inputs)  # warm-up
+            latencies, started = [], time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                t0 = time.perf_counter()
+                run(inputs)
+                latencies.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - started
+            done = len(latencies) * batch
+            row = Row("fetch", f"{name} batch {batch}", 1, done, 0, elapsed, done / elapsed, *percentiles(latencies))
+            print(f"  fetch    {row.contender:22}        {row.img_per_s:8.2f}/s  p50 {row.p50_ms:7.1f} ms", flush=True)
+            rows.append(row)
+    return rows
+
+
+def bench_served(gateway_url: str, images: list[bytes], seconds: float, meter: CpuMeter) -> list[Row]:
+    rows = []
+    for name in ("predict", "explain json", "explain png"):
+        rows += measure("served", name, gateway_url + ROUTES[name], HEADERS, images, (1,), seconds, meter)
+    for name in ("predict", "embed"):
+        rows += measure("served", name, gateway_url + ROUTES[name], HEADERS, images, (8,), seconds, meter)
+    return rows
+
+
+def summary(rows: list[Row]) -> dict[str, float]:
+    def row(contender: str, clients: int) -> Row:
+        return next(r for r in rows if r.part == "served" and r.contender == contender and r.concurrency == clients)
+
+    fetch = {r.contender: r for r in rows if r.part == "fetch"}
+    return {
+        "explain_json_p50_vs_predict_p50_c1": row("explain json", 1).p50_ms / row("predict", 1).p50_ms,
+        "explain_png_p50_vs_predict_p50_c1": row("explain png", 1).p50_ms / row("predict", 1).p50_ms,
+        "embed_c8_vs_predict_c8": row("embed", 8).img_per_s / row("predict", 8).img_per_s,
+        **{f"all_outputs_vs_logits_batch{b}": fetch[f"all outputs batch {b}"].img_per_s
+           / fetch[f"logits batch {b}"].img_per_s for b in (1, 8)},
+    }  # fmt: skip
+
+
+def verdicts(values: dict[str, float]) -> list[str]:
+    out = []
+    for name, target in TARGETS.items():
+        at_most = name.startswith("explain")  # a latency ratio: lower is better
+        met = values[name] <= target if at_most else values[name] >= target
+        out.append(f"{name}: {values[name]:.3f} (target {'<=' if at_most else '>='} {target}, "
+                   f"{'met' if met else 'NOT met'})")  # fmt: skip
+    return out
+
+
+def run(model_store: Path, model_dir: Path, images: list[bytes], seconds: float, tmpdir: Path) -> list[Row]:
+    """Both parts on one archive: its model_dir in process, then served (TorchServe + gateway)."""
+    print("7a. fetching the map and the pooled vector from the same graph (in process, ONNX fp32)", flush=True)
+    rows = bench_fetch(model_dir, images[0], seconds, threads=2)
+    print("7b. predict vs explain vs embed, served (TorchServe + gateway, fp32)", flush=True)
+    with servers.torchserve(model_store, tmpdir / "ts-insight", 8) as ours, servers.gateway(ours, 18192) as gateway:
+        meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
+        rows += bench_served("http://127.0.0.1:18192", images, seconds, meter)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.run import photo
+
+    parser = argparse.ArgumentParser(prog="python -m bench.insight", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--mar", type=Path, default=REPO_ROOT / "model_store" / "resnet50.mar")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    print(cpu.line(cpu.this_cpu()), flush=True)
+    images = [photo(816, 612, seed) for seed in range(16)]
+    with tempfile.TemporaryDirectory(prefix="bench-insight-") as tmp:
+        tmpdir = Path(tmp)
+        with zipfile.ZipFile(args.mar) as mar:
+            mar.extractall(tmpdir / "model")
+        rows = run(args.mar.parent, tmpdir / "model", images, args.seconds, tmpdir)
+    values = summary(rows)
+    print("\n".join(f"{name}: {value:.3f}" for name, value in values.items()))
+    print("\n".join(verdicts(values)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
