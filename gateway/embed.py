@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from gateway import schemas
 from gateway.auth import authenticate
-from gateway.routes import classify, model_block, run_batch, single_image, timing_ms
+from gateway.routes import batch_route, classify, model_block, run_batch, single_image, single_route, timing_ms
 from gateway.validation import CheckedImage
 
 router = APIRouter()
@@ -38,14 +38,8 @@ async def embed_one(request: Request, image: CheckedImage, encoding: str) -> tup
     return {"model": model_block(result), **vector(result, encoding)}, upstream_s
 
 
-@router.post(
-    "/v1/embed",
-    response_model=schemas.Embedding,
-    responses=schemas.ERRORS,
-    openapi_extra=schemas.SINGLE_BODY,
-    summary="The image's embedding (L2-normalised, 2048-d)",
-    description="Input as for /v1/predict. The dot product of two embeddings is their cosine similarity.",
-)
+@single_route(router, "/v1/embed", schemas.Embedding, "The image's embedding (L2-normalised, 2048-d)",
+              "Input as for /v1/predict. The dot product of two embeddings is their cosine similarity.")  # fmt: skip
 async def embed(request: Request, _: Authenticated, encoding: Encoding = "json") -> dict:
     started = time.perf_counter()
     answer, upstream_s = await embed_one(request, await single_image(request), encoding)
@@ -54,15 +48,7 @@ async def embed(request: Request, _: Authenticated, encoding: Encoding = "json")
             "timing_ms": timing_ms(started, upstream_s)}  # fmt: skip
 
 
-@router.post(
-    "/v1/embed/batch",
-    response_model=schemas.BatchEmbedding,
-    response_model_exclude_unset=True,
-    responses=schemas.ERRORS,
-    openapi_extra=schemas.BATCH_BODY,
-    summary="Embeddings of several images",
-    description="Repeated multipart field `files`. Results come in input order; a bad file never fails the others.",
-)
+@batch_route(router, "/v1/embed/batch", schemas.BatchEmbedding, "Embeddings of several images")
 async def embed_batch(request: Request, _: Authenticated, encoding: Encoding = "json") -> dict:
     async def work(image: CheckedImage) -> dict[str, Any]:
         answer, _ = await embed_one(request, image, encoding)

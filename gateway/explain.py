@@ -18,7 +18,7 @@ from gateway import schemas
 from gateway.answers import MAX_TOP_K, AnswerOptions, shape
 from gateway.auth import authenticate
 from gateway.overlay import MAX_SIDE, render
-from gateway.routes import classify, model_block, single_image, timing_ms
+from gateway.routes import classify, model_block, single_image, single_route, timing_ms
 
 router = APIRouter()
 Authenticated = Annotated[str, Depends(authenticate)]
@@ -55,15 +55,15 @@ def explained(result: dict[str, Any], class_ids: list[int]) -> list[dict[str, An
     return [by_class[c] for c in dict.fromkeys(class_ids)]
 
 
-@router.post(
+@single_route(
+    router,
     "/v1/explain",
-    response_model=schemas.Explanation,
+    schemas.Explanation,
+    "Where the model looked: class activation maps of the top classes",
+    "Input as for /v1/predict. `format=json`: per class a 7x7 grid (non-negative, unnormalised) that covers "
+    "`crop`, the model's input crop in the original's pixels (EXIF orientation applied). `format=png`: the image, "
+    f"at most {MAX_SIDE} px, with the map of `class_id` (default: the top class) over it.",
     responses={200: {"content": {"image/png": {}}}, **schemas.ERRORS},
-    openapi_extra=schemas.SINGLE_BODY,
-    summary="Where the model looked: class activation maps of the top classes",
-    description="Input as for /v1/predict. `format=json`: per class a 7x7 grid (non-negative, unnormalised) that "
-    "covers `crop`, the model's input crop in the original's pixels (EXIF orientation applied). `format=png`: "
-    f"the image, at most {MAX_SIDE} px, with the map of `class_id` (default: the top class) over it.",
 )
 async def explain(request: Request, _: Authenticated, options: Options) -> Any:
     started = time.perf_counter()

@@ -83,14 +83,15 @@ async def classify(request: Request, image: CheckedImage, top_k: int,
     return result, time.perf_counter() - started
 
 
-@router.post(
-    "/v1/predict",
-    response_model=schemas.Prediction,
-    responses=schemas.ERRORS,
-    openapi_extra=schemas.SINGLE_BODY,
-    summary="Classify one image",
-    description="Send the image as multipart field `file`, or as the raw body with an `image/*` type.",
-)
+def single_route(on: APIRouter, path: str, response_model: type, summary: str, description: str,
+                 responses: dict | None = None) -> Callable:  # fmt: skip
+    """The decorator of a one-image route: multipart `file` or the raw body."""
+    return on.post(path, response_model=response_model, responses=responses or schemas.ERRORS,
+                   openapi_extra=schemas.SINGLE_BODY, summary=summary, description=description)  # fmt: skip
+
+
+@single_route(router, "/v1/predict", schemas.Prediction, "Classify one image",
+              "Send the image as multipart field `file`, or as the raw body with an `image/*` type.")  # fmt: skip
 async def predict(request: Request, _: Authenticated, options: Options) -> dict:
     started = time.perf_counter()
     image = await single_image(request)
@@ -171,15 +172,15 @@ async def run_batch(request: Request, work: ItemWork) -> dict:
     return {"request_id": request.state.request_id, "model": models[0] if models else None, "results": results}
 
 
-@router.post(
-    "/v1/predict/batch",
-    response_model=schemas.BatchPrediction,
-    response_model_exclude_unset=True,
-    responses=schemas.ERRORS,
-    openapi_extra=schemas.BATCH_BODY,
-    summary="Classify several images",
-    description="Repeated multipart field `files`. Results come in input order; a bad file never fails the others.",
-)
+def batch_route(on: APIRouter, path: str, response_model: type, summary: str) -> Callable:
+    """The decorator of a batch route: multipart `files`, results in input order."""
+    return on.post(path, response_model=response_model, response_model_exclude_unset=True, responses=schemas.ERRORS,
+                   openapi_extra=schemas.BATCH_BODY, summary=summary,
+                   description="Repeated multipart field `files`. Results come in input order; a bad file never "
+                               "fails the others.")  # fmt: skip
+
+
+@batch_route(router, "/v1/predict/batch", schemas.BatchPrediction, "Classify several images")
 async def predict_batch(request: Request, _: Authenticated, options: Options) -> dict:
     async def work(image: CheckedImage) -> dict[str, Any]:
         result, _ = await classify(request, image, options.upstream_top_k)
