@@ -6,7 +6,8 @@ Prints the CPU (model, cores, AVX2 / AVX-512 / VNNI / BF16 / AMX) first and with
 engine is fast depends on it, so compare only ratios measured in one run.
 
 1. limit     in-process decode + preprocess + forward (the handler's concurrent decode, no HTTP):
-             eager, ONNX fp32 and ONNX INT8 at batch 1/4/8
+             eager, ONNX fp32 and ONNX INT8 at batch 1/4/8 in one worker, and each engine at its serving
+             defaults (INT8: 2 workers x 1 thread, batch 4); an engine's limit is its best row
 2. peer      TorchServe with its stock `image_classifier` handler, same weights: stock settings, and
              tuned (1 worker)
 3. direct    TorchServe with our handler, fp32 (`onnx`) and INT8 (`onnx-int8`) archives
@@ -50,6 +51,7 @@ from bench.processes import CpuMeter
 from handlers.engines import load_engine
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import decode, preprocess
+from modelserver.archive import ENGINE_DEFAULTS
 from modelserver.gateway_process import Upstream
 from modelserver.mar import archive_info
 from modelserver.torchserve import REPO_ROOT, TorchServe
@@ -75,27 +77,49 @@ def photo(width: int, height: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def bench_limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> list[Row]:
-    """What the handler does for a batch, without TorchServe and HTTP: decode concurrently, forward."""
-    rows = []
-    decoders = ThreadPoolExecutor(HANDLER_DEFAULTS["decode_threads"])
-    for engine_name, batches in LIMIT_BATCHES.items():
-        engine = load_engine(engine_name, model_dirs.get(engine_name, model_dirs["onnx"]), os.cpu_count() or 1)
-        for batch in batches:
-            engine.run(np.stack([preprocess(decode(images[0], 10**8))] * batch))  # warm-up
-            done, latencies, started = 0, [], time.perf_counter()
+def pipeline(model_dir: Path, engine_name: str, images: list[bytes], batch: int, workers: int,
+             seconds: float) -> tuple[int, list[float], float]:  # fmt: skip
+    """`workers` threads, each what one served worker does for a batch (its own engine with cores / workers
+    intra-op threads, its own decode pool), without TorchServe and HTTP; (images, latencies, seconds)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    engines = [load_engine(engine_name, model_dir, threads) for _ in range(workers)]
+    warm = np.stack([preprocess(decode(images[0], 10**8))] * batch)
+    for engine in engines:
+        engine.run(warm)
+    counts, latencies = [0] * workers, []
+    started = time.perf_counter()
+
+    def loop(n: int) -> None:
+        with ThreadPoolExecutor(HANDLER_DEFAULTS["decode_threads"]) as decoders:
             while time.perf_counter() - started < seconds:
                 t0 = time.perf_counter()
-                chunk = [images[(done + i) % len(images)] for i in range(batch)]
-                engine.run(np.stack(list(decoders.map(lambda data: preprocess(decode(data, 10**8)), chunk))))
+                chunk = [images[(n + counts[n] + i) % len(images)] for i in range(batch)]
+                tensors = list(decoders.map(lambda data: preprocess(decode(data, 10**8)), chunk))
+                engines[n].run(np.stack(tensors))
                 latencies.append(time.perf_counter() - t0)
-                done += batch
-            elapsed = time.perf_counter() - started
-            row = Row("limit", f"{engine_name} batch {batch}", 1, done, 0, elapsed, done / elapsed,
-                      *percentiles(latencies))  # fmt: skip
-            print(f"  limit    {row.contender:22}        {row.img_per_s:8.2f}/s", flush=True)
+                counts[n] += batch
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(loop, range(workers)))
+    return sum(counts), latencies, time.perf_counter() - started
+
+
+def bench_limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> list[Row]:
+    """Each engine's in-process limit at 1 worker and several batch sizes, and at its serving defaults
+    (workers x batch) where those differ."""
+    rows = []
+    for engine_name, batches in LIMIT_BATCHES.items():
+        model_dir = model_dirs.get(engine_name, model_dirs["onnx"])
+        served = ENGINE_DEFAULTS[engine_name]
+        points = [(b, 1) for b in batches]
+        if served["workers"] > 1:
+            points.append((served["batch_size"], served["workers"]))
+        for batch, workers in points:
+            done, latencies, elapsed = pipeline(model_dir, engine_name, images, batch, workers, seconds)
+            name = f"{engine_name} batch {batch}" + (f" x {workers} workers" if workers > 1 else "")
+            row = Row("limit", name, 1, done, 0, elapsed, done / elapsed, *percentiles(latencies))
+            print(f"  limit    {row.contender:30} {row.img_per_s:8.2f}/s", flush=True)
             rows.append(row)
-    decoders.shutdown()
     return rows
 
 

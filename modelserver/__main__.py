@@ -50,8 +50,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if weights.untrained:
         print(f"WARNING: building with UNTRAINED {weights.name} weights: predictions will be meaningless")
-    config = ServingConfig(
-        engine=args.engine,
+    config = ServingConfig.for_engine(
+        args.engine,
         workers=args.workers,
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
@@ -178,8 +178,8 @@ def parser() -> argparse.ArgumentParser:
     int8.add_argument("--min-top1-agreement", type=float, default=gate.min_top1_agreement, metavar="F")
     int8.add_argument("--min-top5-overlap", type=float, default=gate.min_top5_overlap, metavar="F")
     int8.add_argument("--max-prob-diff", type=float, default=gate.max_prob_diff, metavar="F")
-    build.add_argument("--workers", type=int, default=1)
-    build.add_argument("--batch-size", type=int, default=8)
+    build.add_argument("--workers", type=int, help="default per engine: onnx 1, onnx-int8 2 (README, Serving defaults)")
+    build.add_argument("--batch-size", type=int, help="default per engine: onnx 8, onnx-int8 4")
     build.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
     build.add_argument(
         "--jpeg-draft", type=int, default=1, choices=[1, 2, 4, 8],

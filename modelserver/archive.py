@@ -43,6 +43,16 @@ class ArchiveError(Exception):
     """torch-model-archiver could not package the staged files."""
 
 
+# Workers and batch size per engine, measured with `python -m bench.serving_defaults` (README, "Serving
+# defaults"): INT8 serves more per CPU-second from two single-threaded workers (one decodes while the other
+# runs the model); fp32 keeps one two-threaded worker for its single-request latency.
+ENGINE_DEFAULTS: dict[str, dict[str, int]] = {
+    "onnx": {"workers": 1, "batch_size": 8},
+    "onnx-int8": {"workers": 2, "batch_size": 4},
+    "eager": {"workers": 1, "batch_size": 8},
+}
+
+
 @dataclass(frozen=True)
 class ServingConfig:
     """What goes into the archive's model-config.yaml."""
@@ -58,6 +68,14 @@ class ServingConfig:
     spinning: bool = HANDLER_DEFAULTS["spinning"]
     decode_threads: int = HANDLER_DEFAULTS["decode_threads"]
     jpeg_draft: int = HANDLER_DEFAULTS["jpeg_draft"]  # 1: exact; 2/4/8: reduced-scale JPEG decode allowed
+
+    @classmethod
+    def for_engine(cls, engine: str, **overrides: int | None) -> ServingConfig:
+        """The engine's measured defaults, with the `overrides` that are not None."""
+        if engine not in ENGINE_DEFAULTS:
+            raise ValueError(f"unknown engine {engine!r}")
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return cls(engine=engine, **{**ENGINE_DEFAULTS[engine], **given})
 
     def as_yaml(self) -> dict:
         if self.engine not in ENGINES:

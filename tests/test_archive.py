@@ -68,6 +68,16 @@ def test_jpeg_draft_is_a_build_setting() -> None:
         ServingConfig(jpeg_draft=3).as_yaml()
 
 
+def test_serving_defaults_per_engine() -> None:
+    """Each engine's measured defaults; a flag given overrides its own setting only."""
+    int8 = ServingConfig.for_engine("onnx-int8", workers=None, batch_size=2).as_yaml()
+    assert (int8["minWorkers"], int8["batchSize"], int8["handler"]["engine"]) == (2, 2, "onnx-int8")
+    fp32 = ServingConfig.for_engine("onnx").as_yaml()
+    assert (fp32["minWorkers"], fp32["batchSize"], fp32["handler"]["decode_threads"]) == (1, 8, 2)
+    with pytest.raises(ValueError, match="unknown engine"):
+        ServingConfig.for_engine("tensorrt")
+
+
 def test_onnx_and_eager_agree(seeing_model_dir: Path) -> None:
     """The test model's two engines give the same probabilities (within PROB_TOLERANCE) for its photos
     and every format; each photo keeps its label."""

@@ -85,6 +85,7 @@ def test_the_build_measures_int8_against_fp32_and_records_it(int8_build: tuple[P
         config = yaml.safe_load(mar.read("model-config.yaml"))
     assert {"model.onnx", "model.int8.onnx", "resnet50.pth"} <= names
     assert config["handler"]["engine"] == "onnx-int8"
+    assert (config["minWorkers"], config["maxWorkers"], config["batchSize"]) == (2, 2, 4)  # INT8's defaults
 
 
 def test_evaluate_fp32_and_int8_on_the_test_models_photos(
