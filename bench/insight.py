@@ -16,6 +16,7 @@ Prints the CPU with the results; compare only ratios measured in one run.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ import numpy as np
 from bench import cpu, servers
 from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
-from handlers.engines import OUTPUTS, load_engine
+from handlers.engines import ONNX_FILE, OUTPUTS, load_engine
 from handlers.imaging import decode, preprocess
 from modelserver.torchserve import REPO_ROOT
 
@@ -39,6 +40,7 @@ ROUTES = {"predict": "/v1/predict", "explain json": "/v1/explain", "explain png"
           "embed": "/v1/embed?encoding=base64"}  # fmt: skip
 LATENCY = ("predict", "explain json", "explain png")  # at 1 client
 THROUGHPUT = ("predict", "embed")  # at 8 clients
+ROUNDS = 4
 
 
 def interleaved(runs: dict[str, Callable[[int], object]], seconds: float) -> dict[str, list[float]]:
@@ -67,13 +69,27 @@ def rows_of(part: str, latencies: dict[str, list[float]], per_call: int = 1) -> 
     return rows
 
 
-def bench_fetch(model_dir: Path, image: bytes, seconds: float, threads: int) -> list[Row]:
-    """The same graph, fetching the logits alone or all its outputs, at batch 1 and 8."""
+def logits_only_copy(model_dir: Path, target: Path) -> Path:
+    """`model_dir` with its graph cut back to the one output it had before maps and embeddings (`logits`)."""
+    import onnx
+
+    shutil.copytree(model_dir, target)
+    graph = onnx.load(str(model_dir / ONNX_FILE))
+    del graph.graph.output[1:]
+    onnx.save(graph, str(target / ONNX_FILE))
+    return target
+
+
+def bench_fetch(model_dir: Path, image: bytes, seconds: float, threads: int, tmpdir: Path) -> list[Row]:
+    """At batch 1 and 8: the graph with the extra outputs fetching the logits alone (what /v1/predict does),
+    fetching every output (/v1/explain and /v1/embed together), and the logits-only graph (before them)."""
     engine = load_engine("onnx", model_dir, threads)
+    before = load_engine("onnx", logits_only_copy(model_dir, tmpdir / "logits-only"), threads)
     rows = []
     for batch in (1, 8):
         inputs = np.ascontiguousarray(np.stack([preprocess(decode(image, 10**8))] * batch))
-        runs = {f"logits batch {batch}": lambda _, x=inputs: engine.run(x),
+        runs = {f"logits-only graph batch {batch}": lambda _, x=inputs: before.run(x),
+                f"logits batch {batch}": lambda _, x=inputs: engine.run(x),
                 f"all outputs batch {batch}": lambda _, x=inputs: engine.run_outputs(x, list(OUTPUTS))}  # fmt: skip
         rows += rows_of("fetch", interleaved(runs, seconds), batch)
     return rows
@@ -81,7 +97,7 @@ def bench_fetch(model_dir: Path, image: bytes, seconds: float, threads: int) -> 
 
 def bench_served(gateway_url: str, images: list[bytes], seconds: float, meter: CpuMeter) -> list[Row]:
     """Latency at 1 client, the routes taking turns on the same image; throughput at 8 clients, the two routes
-    taking turns in three rounds each."""
+    taking turns in ROUNDS rounds of half the time each."""
     client = httpx.Client(timeout=60, headers=HEADERS)
 
     def call(route: str) -> Callable[[int], object]:
@@ -90,16 +106,16 @@ def bench_served(gateway_url: str, images: list[bytes], seconds: float, meter: C
     with client:
         rows = rows_of("served", interleaved({name: call(ROUTES[name]) for name in LATENCY}, seconds))
     rounds: dict[str, list[Row]] = {name: [] for name in THROUGHPUT}
-    for _ in range(3):
+    for _ in range(ROUNDS):
         for name in THROUGHPUT:
-            rounds[name] += measure("served", name, gateway_url + ROUTES[name], HEADERS, images, (8,), seconds / 3,
+            rounds[name] += measure("served", name, gateway_url + ROUTES[name], HEADERS, images, (8,), seconds / 2,
                                     meter)  # fmt: skip
     for name, measured in rounds.items():
         images_done, busy = sum(r.images for r in measured), sum(r.seconds for r in measured)
         tails = (float(np.median([getattr(r, f) for r in measured])) for f in ("p50_ms", "p95_ms", "p99_ms"))
         errors = sum(r.errors for r in measured)
         rows.append(Row("served", name, 8, images_done, errors, busy, images_done / busy, *tails))
-        print(f"  served   {name:22} c=8 over 3 rounds {rows[-1].img_per_s:8.2f}/s", flush=True)
+        print(f"  served   {name:22} c=8 over {ROUNDS} rounds {rows[-1].img_per_s:8.2f}/s", flush=True)
     return rows
 
 
@@ -112,6 +128,8 @@ def summary(rows: list[Row]) -> dict[str, float]:
         "explain_json_p50_vs_predict_p50_c1": row("explain json", 1).p50_ms / row("predict", 1).p50_ms,
         "explain_png_p50_vs_predict_p50_c1": row("explain png", 1).p50_ms / row("predict", 1).p50_ms,
         "embed_c8_vs_predict_c8": row("embed", 8).img_per_s / row("predict", 8).img_per_s,
+        **{f"predict_graph_vs_logits_only_graph_batch{b}": fetch[f"logits batch {b}"].img_per_s
+           / fetch[f"logits-only graph batch {b}"].img_per_s for b in (1, 8)},
         **{f"all_outputs_vs_logits_batch{b}": fetch[f"all outputs batch {b}"].img_per_s
            / fetch[f"logits batch {b}"].img_per_s for b in (1, 8)},
     }  # fmt: skip
@@ -130,7 +148,7 @@ def verdicts(values: dict[str, float]) -> list[str]:
 def run(model_store: Path, model_dir: Path, images: list[bytes], seconds: float, tmpdir: Path) -> list[Row]:
     """Both parts on one archive: its model_dir in process, then served (TorchServe + gateway)."""
     print("7a. fetching the map and the pooled vector from the same graph (in process, ONNX fp32)", flush=True)
-    rows = bench_fetch(model_dir, images[0], seconds, threads=2)
+    rows = bench_fetch(model_dir, images[0], seconds, 2, tmpdir)
     print("7b. predict vs explain vs embed, served (TorchServe + gateway, fp32)", flush=True)
     with servers.torchserve(model_store, tmpdir / "ts-insight", 8) as ours, servers.gateway(ours, 18192) as gateway:
         meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
