@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.auth import authenticate
 from gateway.problems import Problem
-from gateway.routes import classify, readyz, settings_of
+from gateway.routes import classify, readyz, settings_of, upstream_of
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -40,16 +40,22 @@ LABELS = 1000
 EMBEDDING_SIZE = 2048
 
 
-def metadata(model_name: str) -> dict[str, Any]:
+def served_version(model: dict[str, Any]) -> str:
+    """The served model's version, from the handler's model block (the archive's metadata)."""
+    return str(model["version"])
+
+
+def metadata(model_name: str, model: dict[str, Any]) -> dict[str, Any]:
+    """v2 metadata of what is served: `model` is the handler's description (version, engine, outputs)."""
+    outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]}]
+    if "embedding" in (model.get("outputs") or []):  # archives built before embeddings have none
+        outputs.append({"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, EMBEDDING_SIZE]})
     return {
         "name": model_name,
-        "versions": ["1"],
-        "platform": "torchserve_onnxruntime",
+        "versions": [served_version(model)],
+        "platform": f"torchserve_{model['engine']}",  # the handler's engine: onnx, onnx-int8, eager, ...
         "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [
-            {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]},
-            {"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, EMBEDDING_SIZE]},
-        ],
+        "outputs": outputs,
     }
 
 
@@ -162,7 +168,7 @@ NOT_FOUND = {404: {"description": "Unknown model"}}
 @router.get("/models/{model_name}", summary="Model metadata", responses=NOT_FOUND)
 async def model_metadata(request: Request, model_name: str, _: Authenticated) -> dict:
     expect_model(request, model_name)
-    return metadata(model_name)
+    return metadata(model_name, await upstream_of(request).model_info())
 
 
 @router.get("/models/{model_name}/ready", summary="The model is ready", responses=NOT_FOUND)
@@ -208,7 +214,7 @@ async def infer(request: Request, model_name: str, _: Authenticated) -> Response
     encoded = [encode_output(output, results) for output in outputs]
     response_json = {
         "model_name": model_name,
-        "model_version": "1",
+        "model_version": served_version(results[0]["model"]),
         "id": request_json.get("id", request.state.request_id),
         "outputs": [tensor for tensor, _ in encoded],
     }

@@ -13,7 +13,8 @@ from pathlib import Path
 from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
 from modelserver.quantize import Thresholds
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, ready_workers
+from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, port_in_use, ready_workers
+from modelserver.watchdog import Watchdog
 
 DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
 
@@ -106,50 +107,61 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """TorchServe in the foreground; Ctrl-C or SIGTERM stops it, and it dies with this process whatever kills it."""
     server = TorchServe(args.workdir, args.model_store, ports_from(args))
     signal.signal(signal.SIGTERM, _interrupt)
-    server.start()
-    try:
-        waited = server.wait_ready(args.timeout)
-        print(f"TorchServe ready in {waited:.1f}s: inference {server.inference_url}, keys in {server.key_file}")
-        assert server.process is not None
-        return server.process.wait()
-    except TorchServeError as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        server.stop()
+    with Watchdog() as watchdog:
+        try:
+            server.start()
+            assert server.process is not None
+            watchdog.watch(server.process.pid)
+            waited = server.wait_ready(args.timeout)
+            print(f"TorchServe ready in {waited:.1f}s: inference {server.inference_url}, keys in {server.key_file}",
+                  flush=True)  # fmt: skip
+            return server.process.wait()
+        except TorchServeError as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            server.stop()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """TorchServe and the gateway together; Ctrl-C (or SIGTERM) stops both."""
+    """TorchServe and the gateway together; Ctrl-C (or SIGTERM) stops both, and both die with this process
+    whatever kills it."""
     from gateway.auth import key_hash
 
     signal.signal(signal.SIGTERM, _interrupt)
     api_key = os.environ.get("API_KEY") or "ica_" + secrets.token_urlsafe(24)
     port = int(os.environ.get("GATEWAY_PORT", "8000"))
+    if port_in_use(port):
+        return _fail(f"port {port} (gateway) already in use by another program; stop it, or set GATEWAY_PORT")
     server = TorchServe(args.workdir, args.model_store, ports_from(args))
     gateway = GatewayProcess(None, gateway_env(server, [key_hash(api_key)]), port, "/readyz", args.timeout)
     url = gateway.url
-    try:
-        server.start()
-        gateway.start()  # starts up while TorchServe loads the model
-        server.wait_ready(args.timeout)
-        gateway.wait_ready()
-        print(f"\nimage-classification-api is ready at {url}  (docs: {url}/docs)")
-        print(f"API key: {api_key}" + ("" if os.environ.get("API_KEY") else "  (generated; set API_KEY to choose)"))
-        print(f"Try:     curl -H 'X-API-Key: {api_key}' -F file=@cat.jpg '{url}/v1/predict?top_k=3'")
-        print("Ctrl-C stops both.", flush=True)
-        assert gateway.process is not None
-        return gateway.process.wait()
-    except (TorchServeError, ServerProcessError) as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        gateway.stop()
-        server.stop()
+    with Watchdog() as watchdog:
+        try:
+            server.start()
+            assert server.process is not None
+            watchdog.watch(server.process.pid)
+            gateway.start()  # starts up while TorchServe loads the model
+            assert gateway.process is not None
+            watchdog.watch(gateway.process.pid)
+            server.wait_ready(args.timeout)
+            gateway.wait_ready()
+            print(f"\nimage-classification-api is ready at {url}  (docs: {url}/docs)")
+            print(f"API key: {api_key}" + ("" if os.environ.get("API_KEY") else "  (generated; set API_KEY to choose)"))
+            print(f"Try:     curl -H 'X-API-Key: {api_key}' -F file=@cat.jpg '{url}/v1/predict?top_k=3'")
+            print("Ctrl-C stops both.", flush=True)
+            return gateway.process.wait()
+        except (TorchServeError, ServerProcessError) as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            gateway.stop()
+            server.stop()
 
 
 def cmd_ready(args: argparse.Namespace) -> int:

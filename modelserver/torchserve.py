@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,15 +18,20 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import httpx
+
+from modelserver.watchdog import signal_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "config.properties"
 MODEL_NAME = "resnet50"
 KEY_FILE = "key_file.json"
+PID_FILE = ".model_server.pid"  # TorchServe's launcher writes the frontend's pid there, in $TMPDIR
+FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"
+BIN_DIR = Path(sys.executable).parent
 
 
 class TorchServeError(Exception):
@@ -61,12 +67,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def worker_socket(port: int) -> Path:
+    """Where a TorchServe worker listens: a Unix socket named after its port (it deletes what is there)."""
+    return Path(f"/tmp/.ts.sock.{port}")  # noqa: S108 TorchServe's path
+
+
 def free_worker_port(workers: int = 4) -> int:
-    """A base for TorchServe's worker sockets (/tmp/.ts.sock.<port>) that no other run uses."""
+    """A base for TorchServe's worker sockets that no other run uses."""
     while True:
         base = 20000 + secrets.randbelow(40000)
-        if not any(Path(f"/tmp/.ts.sock.{base + i}").exists() for i in range(workers)):  # noqa: S108 TorchServe's path
+        if not any(worker_socket(base + i).exists() for i in range(workers)):
             return base
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether another program holds TCP `port` on `host` (binding it fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no owner
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def worker_socket_in_use(port: int) -> bool:
+    """Whether a live worker listens on the socket for `port` (a file left by a dead one does not count)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(worker_socket(port)))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,15 @@ class Ports:
     def free(cls) -> Ports:
         """Free loopback ports, for an instance beside others (tests, benchmarks)."""
         return cls(free_port(), free_port(), free_port(), free_port(), free_port(), free_worker_port())
+
+    def in_use(self, workers: int = 4) -> list[str]:
+        """'<port> (<name>)' for each port another program holds: TCP on loopback, and the first `workers`
+        worker sockets."""
+        busy = [f"{getattr(self, f.name)} ({f.name.replace('_', ' ')})" for f in fields(self)
+                if f.name != "worker" and port_in_use(getattr(self, f.name))]  # fmt: skip
+        busy += [f"{self.worker + i} (worker socket {worker_socket(self.worker + i)})" for i in range(workers)
+                 if worker_socket_in_use(self.worker + i)]  # fmt: skip
+        return busy
 
     def overrides(self, host: str = "127.0.0.1") -> dict[str, str]:
         return {
@@ -158,23 +199,51 @@ class TorchServe:
     def log_file(self) -> Path:
         return self.workdir / "torchserve.out"
 
+    @property
+    def tmp_dir(self) -> Path:
+        """TorchServe's TMPDIR. Its launcher keeps a pid file there and refuses to start while another
+        instance's process is alive: a private TMPDIR lets several instances (tests, ops) run side by side."""
+        return self.workdir / "tmp"
+
+    @property
+    def stop_command(self) -> str:
+        """The shell command that stops an instance started from this workdir (TorchServe's own --stop,
+        pointed at the private TMPDIR where its pid file is)."""
+        return f"TMPDIR={shlex.quote(str(self.tmp_dir))} {shlex.quote(str(BIN_DIR / 'torchserve'))} --stop"
+
     def keys(self) -> dict[str, str]:
         return read_keys(self.key_file)
 
+    def running_pid(self) -> int | None:
+        """The pid of a TorchServe frontend started from this workdir that is still alive, if any."""
+        try:
+            pid = int((self.tmp_dir / PID_FILE).read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if FRONTEND_CLASS in cmdline else None
+
+    def refuse_conflicts(self) -> None:
+        """Raise TorchServeError, before anything is touched, if an instance from this workdir still runs or
+        another program holds one of the ports."""
+        if (pid := self.running_pid()) is not None:
+            raise TorchServeError(f"TorchServe started from {self.workdir} earlier is still running (pid {pid}); "
+                                  f"stop it with:\n  {self.stop_command}")  # fmt: skip
+        if busy := self.ports.in_use():
+            raise TorchServeError(f"port {', '.join(busy)} already in use by another program; stop it, or choose "
+                                  "other ports (--inference-port, --management-port, ... --worker-port)")  # fmt: skip
+
     def start(self) -> None:
+        self.refuse_conflicts()  # never take over the key file, ports or worker sockets of a running instance
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.properties"
         config.write_text(render_config(BASE_CONFIG.read_text(), {**self.ports.overrides(), **self.extra_config}))
         self.key_file.unlink(missing_ok=True)
-        bin_dir = str(Path(sys.executable).parent)
-        # TorchServe's launcher keeps a pid file in $TMPDIR and refuses to start while another instance's
-        # process is alive: a private TMPDIR lets several instances (tests, ops) run side by side.
-        private_tmp = self.workdir / "tmp"
-        private_tmp.mkdir(exist_ok=True)
+        self.tmp_dir.mkdir(exist_ok=True)
         env = {
             **os.environ,
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-            "TMPDIR": str(private_tmp),
+            "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+            "TMPDIR": str(self.tmp_dir),
         }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
@@ -221,20 +290,11 @@ class TorchServe:
         if self.process is None:
             return
         group = self.process.pid
-        _signal_group(group, signal.SIGTERM)
+        signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _signal_group(group, 0):
+        while time.monotonic() < deadline and signal_group(group, 0):
             self.process.poll()  # reap the launcher so it does not keep the group alive as a zombie
             time.sleep(0.2)
-        _signal_group(group, signal.SIGKILL)
+        signal_group(group, signal.SIGKILL)
         self.process.wait()
         self.process = None
-
-
-def _signal_group(group: int, sig: int) -> bool:
-    """Send `sig` to a process group; False if the group no longer exists."""
-    try:
-        os.killpg(group, sig)
-    except ProcessLookupError:
-        return False
-    return True

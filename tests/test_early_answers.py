@@ -21,6 +21,7 @@ from support import Gateway, free_port, gateway_env
 from gateway.auth import key_hash
 from gateway.problems import TYPE_BASE
 from gateway.protocol import DRAIN_BYTES
+from gateway.settings import Settings
 from modelserver.gateway_process import Upstream
 
 # Every key gets one request per gateway process, then 429 for 11 days: one key for each use.
@@ -28,6 +29,8 @@ KEYS = {use: f"ica_early-answers-{use}" for use in ("413", "415", "limited")}
 LIMITED = KEYS["limited"]
 UPLOAD = b"\xff\xd8\xff" + bytes(400_000)  # a JPEG's magic, then junk: 422 if it ever gets past the limit
 CLIENTS = 100
+# uvicorn's multi-process mode, as long as the gateway has a `workers` setting
+WORKER_COUNTS = [1, 2] if "workers" in Settings.model_fields else [1]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ async def flood(gateway: Gateway, multipart: bool) -> tuple[Counter, list[httpx.
     return failures, [result for result in results if isinstance(result, httpx.Response)]
 
 
-@pytest.mark.parametrize("early_gateway", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
+@pytest.mark.parametrize("early_gateway", WORKER_COUNTS, indirect=True, ids=lambda n: f"{n}-worker")
 @pytest.mark.parametrize("multipart", [False, True], ids=["raw-body", "multipart"])
 def test_every_rate_limited_upload_gets_its_429(early_gateway: Gateway, multipart: bool) -> None:
     left = exhaust(early_gateway)

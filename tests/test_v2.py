@@ -14,6 +14,8 @@ from support import Gateway, post
 from testmodel import LABELS, PHOTOS, PROB_TOLERANCE, Reference, max_difference, photo, picture
 from tritonclient.utils import InferenceServerException
 
+from gateway.v2 import metadata
+
 
 @pytest.fixture(scope="module")
 def client(gateway: Gateway) -> triton.InferenceServerClient:
@@ -26,7 +28,7 @@ def images_input(images: list[bytes], binary: bool = True) -> triton.InferInput:
     return tensor
 
 
-def test_health_and_metadata(client: triton.InferenceServerClient, api_key: str) -> None:
+def test_health_and_metadata(client: triton.InferenceServerClient, gateway: Gateway, api_key: str) -> None:
     auth = {"X-API-Key": api_key}
     assert client.is_server_live()
     assert client.is_server_ready()
@@ -34,6 +36,17 @@ def test_health_and_metadata(client: triton.InferenceServerClient, api_key: str)
     meta = client.get_model_metadata("resnet50", headers=auth)
     assert meta["inputs"] == [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
     assert meta["outputs"][0]["name"] == "probabilities" and meta["outputs"][0]["shape"] == [-1, 1000]
+    # What is served, as TorchServe's worker describes it (/v1/models): the archive's version and engine.
+    (served,) = httpx.get(f"{gateway.url}/v1/models", headers=auth, timeout=30).json()["models"]
+    assert served["version"] == "1.0" and served["engine"] == "onnx"  # the session archive's, independently known
+    assert meta["versions"] == [served["version"]] and meta["platform"] == f"torchserve_{served['engine']}"
+
+
+@pytest.mark.parametrize("engine", ["eager", "onnx-int8"])
+def test_metadata_follows_the_served_engine_and_version(engine: str) -> None:
+    """The platform is derived from whatever engine the worker reports, not chosen from a fixed list."""
+    meta = metadata("resnet50", {"version": "2.3", "engine": engine, "weights": "x"})
+    assert meta["versions"] == ["2.3"] and meta["platform"] == f"torchserve_{engine}"
 
 
 def test_infer_probabilities_binary(
@@ -46,6 +59,7 @@ def test_infer_probabilities_binary(
                           headers={"X-API-Key": api_key})  # fmt: skip
     probabilities = result.as_numpy("probabilities")
     assert probabilities.shape == (3, 1000) and probabilities.dtype == np.float32
+    assert result.get_response()["model_version"] == "1.0"  # the session archive's version
     model = Reference(seeing_model_dir)
     for name, data, row in zip(names, images, probabilities, strict=True):
         assert LABELS[int(np.argmax(row))] == PHOTOS[name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,9 +29,18 @@ INFRA = REPO / "infra"
 TERRAFORM = shutil.which("terraform")
 REGION = "us-east-1"
 
+# CI (GitHub sets CI=true) installs terraform: there a missing binary fails these tests instead of skipping them.
+REQUIRED = bool(os.environ.get("CI"))
 pytestmark = pytest.mark.skipif(
-    TERRAFORM is None, reason="the `terraform` binary is not on PATH; install Terraform >= 1.11 to run infra tests"
+    TERRAFORM is None and not REQUIRED,
+    reason="the `terraform` binary is not on PATH; install Terraform >= 1.11 to run infra tests",
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def terraform_installed() -> None:
+    assert TERRAFORM is not None, "CI is set but `terraform` is not on PATH (.github/workflows/ci.yml installs it)"
+
 
 PLUGIN_DIR_CANDIDATES = (
     "/opt/tf-plugins",
@@ -268,7 +278,7 @@ def test_provider_pinned_and_no_registry_modules(workdir: Path) -> None:
     assert not (workdir / ".terraform" / "modules").exists(), "infra/ must not use registry modules"
 
 
-def test_every_variable_is_described_and_inputs_validated(plan: dict[str, Any]) -> None:
+def test_every_variable_is_described_and_secrets_are_sensitive(plan: dict[str, Any]) -> None:
     variables = plan["configuration"]["root_module"]["variables"]
     missing = [name for name, v in variables.items() if not v.get("description")]
     assert not missing, f"variables without description: {missing}"
@@ -468,10 +478,76 @@ def test_runtime_config_is_securestring(plan: dict[str, Any]) -> None:
     assert params["/image-classification-api/prod/gateway_api_key_hashes"]["value"] == ",".join(KEY_HASHES)
 
 
-def test_invalid_key_hash_is_rejected(workdir: Path, tf_env: dict[str, str]) -> None:
-    proc = tf_plan(workdir, tf_env, "-refresh=false", '-var=gateway_api_key_hashes=["not-a-sha256"]', check=False)
+# One value per validated variable that its `validation` block must refuse (HCL, as `-var` takes it).
+INVALID = {
+    "project_name": "X",
+    "environment": "Prod!",
+    "aws_region": "useast1",
+    "aws_endpoint_url": "ftp://127.0.0.1",
+    "vpc_cidr": "10.0.0.0/8",
+    "availability_zones": '["us-east-1a"]',
+    "ami_ssm_parameter": "/custom/ami",
+    "ami_id": "ami-xyz",
+    "instance_type": "huge",
+    "root_volume_size_gb": "10",
+    "asg_min_size": "51",
+    "asg_max_size": "0",
+    "asg_desired_capacity": "100",
+    "cpu_target_utilization": "95",
+    "health_check_grace_period": "30",
+    "wait_for_capacity_timeout": "5 minutes",
+    "compose_file_path": " ",
+    "compose_version": "1.29.2",
+    "gateway_port": "80",
+    "gateway_api_key_hashes": '["not-a-sha256"]',
+    "serve_image": "Not An Image",
+    "gateway_image": "Not An Image",
+    "log_retention_days": "2",
+    "stage_name": "bad stage",
+    "api_throttle_rate_limit": "0",
+    "api_throttle_burst_limit": "0",
+    "api_quota_limit": "0",
+    "api_quota_period": "YEAR",
+    "stage_throttle_rate_limit": "0",
+    "stage_throttle_burst_limit": "0",
+    "api_integration_timeout_ms": "30000",
+}
+
+
+def validation_messages() -> dict[str, list[str]]:
+    """variable name -> the error_message of each of its validation blocks, read from infra/variables.tf."""
+    messages: dict[str, list[str]] = {}
+    name = None
+    for line in (INFRA / "variables.tf").read_text().splitlines():
+        if match := re.match(r'^variable "(\w+)"', line):
+            name = match.group(1)
+        elif match := re.match(r'^\s*error_message\s*=\s*"(.*)"\s*$', line):
+            assert name is not None
+            messages.setdefault(name, []).append(match.group(1).replace('\\"', '"'))
+    return messages
+
+
+# Validations that compare with another variable are not evaluated while that one is invalid too: each of
+# these gets a plan of its own, beside valid defaults; all the others share one plan.
+DEPENDENT = ["asg_max_size", "asg_desired_capacity"]
+
+
+def test_every_validated_variable_has_a_bad_value_here() -> None:
+    assert set(validation_messages()) == set(INVALID), "give every validated variable a bad value in INVALID"
+
+
+@pytest.mark.parametrize("group", ["independent", *DEPENDENT])
+def test_input_validations_refuse_bad_values(workdir: Path, tf_env: dict[str, str], group: str) -> None:
+    """Each variable's `validation` block, exercised: a plan with a bad value for each validated variable
+    fails with every one of their error messages (a validation that lets its bad value through is named)."""
+    names = [name for name in INVALID if name not in DEPENDENT] if group == "independent" else [group]
+    proc = tf_plan(workdir, tf_env, "-refresh=false", *(f"-var={name}={INVALID[name]}" for name in names),
+                   check=False)  # fmt: skip
     assert proc.returncode != 0
-    assert "64-character SHA-256 hex digests" in " ".join(proc.stderr.split()), proc.stderr
+    errors = " ".join(proc.stderr.split())
+    messages = validation_messages()
+    missed = [name for name in names for text in messages[name] if " ".join(text.split()) not in errors]
+    assert not missed, f"these validations let their bad value through: {missed}\n{proc.stderr[-3000:]}"
 
 
 def test_tfvars_example_passes_validation(workdir: Path, tf_env: dict[str, str]) -> None:
