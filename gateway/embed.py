@@ -9,10 +9,10 @@ base64 (exact, and about a quarter of the size).
 from __future__ import annotations
 
 import base64
+import struct
 import time
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 
 from gateway import schemas
@@ -29,8 +29,13 @@ UPSTREAM = {"X-Output": "embedding"}
 def vector(result: dict[str, Any], encoding: str) -> dict[str, Any]:
     """The handler's base64 float32 vector, as the client asked for it."""
     raw = result["embedding"]
-    values = np.frombuffer(base64.b64decode(raw), dtype="<f4")
-    return {"embedding": values.tolist() if encoding == "json" else raw, "dimensions": int(values.size)}
+    values = floats(base64.b64decode(raw))
+    return {"embedding": values if encoding == "json" else raw, "dimensions": len(values)}
+
+
+def floats(raw: bytes) -> list[float]:
+    """float32 little-endian bytes → Python floats (exact)."""
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 async def embed_one(request: Request, image: CheckedImage, encoding: str) -> tuple[dict[str, Any], float]:

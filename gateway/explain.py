@@ -17,10 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from gateway import schemas
 from gateway.answers import MAX_TOP_K, AnswerOptions, shape
 from gateway.auth import authenticate
-from gateway.overlay import MAX_SIDE, render
 from gateway.routes import classify, model_block, single_image, single_route, timing_ms
 
 router = APIRouter()
+MAX_SIDE = 1024  # the PNG's longer side at most
 Authenticated = Annotated[str, Depends(authenticate)]
 
 
@@ -74,7 +74,9 @@ async def explain(request: Request, _: Authenticated, options: Options) -> Any:
     geometry = result["geometry"]
     if options.format == "png":
         [chosen] = explained(result, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
-        png = await run_in_threadpool(render, image.data, chosen["cam"], geometry)
+        from gateway.overlay import render  # NumPy, only for this form
+
+        png = await run_in_threadpool(render, image.data, chosen["cam"], geometry, MAX_SIDE)
         headers = {"X-Explained-Class-Id": str(chosen["class_id"]), "X-Explained-Label": chosen["label"]}
         return Response(png, media_type="image/png", headers=headers)
     left, top, right, bottom = geometry["crop"]

@@ -1,9 +1,10 @@
-"""The explanation as a picture: the upright image, at most MAX_SIDE px, with a class activation map over it.
+"""The explanation as a picture: the upright image, at most max_side px, with a class activation map over it.
 
 The handler's 7x7 grid covers the model's input crop, whose box in the original's pixels comes with it.
 The grid is upsampled bilinearly (cell centres at the centres of the crop's 7x7 cells, clamped at its
 edges) onto that box in the output's pixels; outside the box the model saw nothing and the image is left
-as it is. Colours: blue (none) through green and yellow to red (the map's maximum).
+as it is. Colours: blue (none) through green and yellow to red (the map's maximum). Only /v1/explain's PNG
+form imports this module (and NumPy); the rest of the gateway does without.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import math
 import numpy as np
 from PIL import Image, ImageOps
 
-MAX_SIDE = 1024
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: a 1024 px overlay in a few ms instead of tens
 
 
-def output_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """The overlay's size: the original's, scaled down (aspect kept) so that neither side exceeds max_side."""
     scale = min(1.0, max_side / max(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
@@ -66,7 +66,7 @@ def upright_thumbnail(data: bytes, size: tuple[int, int]) -> Image.Image:
     return img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)
 
 
-def render(data: bytes, cam: list[list[float]], geometry: dict, max_side: int = MAX_SIDE) -> bytes:
+def render(data: bytes, cam: list[list[float]], geometry: dict, max_side: int) -> bytes:
     """PNG bytes of the image `data` with `cam` laid over the crop box of `geometry` (the handler's)."""
     width, height = geometry["width"], geometry["height"]
     size = output_size(width, height, max_side)

@@ -22,10 +22,10 @@ import json
 import struct
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.auth import authenticate
+from gateway.embed import floats
 from gateway.problems import Problem
 from gateway.routes import classify, readyz, settings_of, upstream_of
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
@@ -130,7 +130,7 @@ def encode_output(output: dict[str, Any], results: list[dict[str, Any]]) -> tupl
     binary = bool((output.get("parameters") or {}).get("binary_data"))
     if output["name"] == EMBEDDING_NAME:
         raw = b"".join(base64.b64decode(result["embedding"]) for result in results)
-        values = np.frombuffer(raw, dtype="<f4").tolist()
+        values = floats(raw)
         tensor = {"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [len(results), EMBEDDING_SIZE]}
     elif k is None:
         values: list[Any] = [0.0] * (len(results) * LABELS)
