@@ -54,7 +54,7 @@ from handlers.imaging import decode, preprocess
 from modelserver.archive import ENGINE_DEFAULTS
 from modelserver.gateway_process import Upstream
 from modelserver.mar import archive_info
-from modelserver.torchserve import REPO_ROOT, TorchServe
+from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
 
 RESULTS = REPO_ROOT / "bench" / "results"
 GATEWAY_HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
@@ -144,7 +144,7 @@ def archives(mar: Path, tmpdir: Path) -> dict[str, Path]:
 
 
 def cold_start(model_store: Path, workdir: Path, image: bytes) -> float:
-    server = TorchServe(workdir, model_store, servers.ports(9))
+    server = TorchServe(workdir, model_store, Ports.free())
     started = time.perf_counter()
     server.start()
     try:
@@ -271,18 +271,19 @@ def main(argv: list[str] | None = None) -> int:
         for n, (contender, workers) in enumerate((("stock handler", None), ("stock handler, 1 worker", 1))):
             store = peer.build_stock_archive(model_dirs["onnx"], tmpdir / f"peer_store{n}", tmpdir / f"peer_build{n}",
                                              workers)  # fmt: skip
-            with servers.torchserve(store, tmpdir / f"ts-peer{n}", 1) as stock:
+            with servers.torchserve(store, tmpdir / f"ts-peer{n}") as stock:
                 headers = {"Authorization": f"Bearer {stock.keys()['inference']}"}
                 rows += measure("peer", contender, f"{stock.inference_url}/predictions/resnet50", headers, images,
                                 levels, seconds, CpuMeter(stock.process.pid), profile_dir)  # fmt: skip
         for n, engine in enumerate(ENGINES):
             print(f"3-4. ours, {engine}: direct, then through the gateway" + (", large photos" if n == 0 else ""))
-            with servers.torchserve(stores[engine], tmpdir / f"ts-{engine}", 2) as ours:
+            with servers.torchserve(stores[engine], tmpdir / f"ts-{engine}") as ours:
                 headers = {"Authorization": f"Bearer {ours.keys()['inference']}"}
                 rows += measure("direct", engine, f"{ours.inference_url}/predictions/resnet50", headers, images,
                                 levels, seconds, CpuMeter(ours.process.pid), profile_dir)  # fmt: skip
-                with servers.gateway(ours, 18190) as gateway:
-                    url = "http://127.0.0.1:18190/v1/predict"
+                port = free_port()
+                with servers.gateway(ours, port) as gateway:
+                    url = f"http://127.0.0.1:{port}/v1/predict"
                     meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
                     rows += measure("gateway", engine, url, GATEWAY_HEADERS, images, levels, seconds, meter,
                                     profile_dir)  # fmt: skip
@@ -293,13 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         print("5. gateway overhead (instant stub backend vs bare Starlette)", flush=True)
         key_file = tmpdir / "stub_keys.json"
         key_file.write_text(json.dumps({k: {"key": "stub"} for k in ("inference", "management", "API")}))
-        stub = Upstream("http://127.0.0.1:18180", "http://127.0.0.1:18180", key_file)
-        with servers.torchserve_stub(18180) as stub_server, servers.gateway(stub, 18191) as gateway:
+        stub_port, gateway_port, bare_port = free_port(), free_port(), free_port()
+        stub = Upstream(f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{stub_port}", key_file)
+        with servers.torchserve_stub(stub_port) as stub_server, servers.gateway(stub, gateway_port) as gateway:
             meter = CpuMeter(gateway=gateway.process.pid, stub=stub_server.process.pid)
-            rows += measure("overhead", "gateway + stub", "http://127.0.0.1:18191/v1/predict", GATEWAY_HEADERS,
-                            images, levels, seconds, meter, profile_dir)  # fmt: skip
-        with servers.uvicorn_app("bench.stubs:bare", 18181) as bare:
-            rows += measure("overhead", "bare starlette", "http://127.0.0.1:18181/v1/predict", GATEWAY_HEADERS,
+            rows += measure("overhead", "gateway + stub", f"http://127.0.0.1:{gateway_port}/v1/predict",
+                            GATEWAY_HEADERS, images, levels, seconds, meter, profile_dir)  # fmt: skip
+        with servers.uvicorn_app("bench.stubs:bare", bare_port) as bare:
+            rows += measure("overhead", "bare starlette", f"http://127.0.0.1:{bare_port}/v1/predict", GATEWAY_HEADERS,
                             images, levels, seconds, CpuMeter(bare=bare.process.pid), profile_dir)  # fmt: skip
         insight_rows = insight.run(stores["onnx"], model_dirs["onnx"], images, seconds, tmpdir)
         rows += insight_rows

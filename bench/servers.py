@@ -15,13 +15,9 @@ BENCH_KEY = "ica_bench-key"
 QUIET = Path(os.devnull)  # the servers' logs are not part of the results
 
 
-def ports(offset: int) -> Ports:
-    base = 18100 + 10 * offset
-    return Ports(base, base + 1, base + 2, base + 3, base + 4, 29100 + 10 * offset)
-
-
-def torchserve(model_store: Path, workdir: Path, offset: int) -> AbstractContextManager[TorchServe]:
-    return TorchServe(workdir, model_store, ports(offset)).running(240)
+def torchserve(model_store: Path, workdir: Path) -> AbstractContextManager[TorchServe]:
+    """On free loopback ports: benchmarks and tests of other checkouts may run beside it."""
+    return TorchServe(workdir, model_store, Ports.free()).running(240)
 
 
 def gateway(upstream: TorchServe | Upstream, port: int) -> GatewayProcess:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, (engine, name, config) in enumerate(candidates):
             store = Path(tmp) / f"store{n}"
             build(weights, config, store / "resnet50.mar", WAIVED)
-            with servers.torchserve(store, Path(tmp) / f"ts{n}", 3 + n) as server:
+            with servers.torchserve(store, Path(tmp) / f"ts{n}") as server:
                 headers = {"Authorization": f"Bearer {server.keys()['inference']}"}
                 one, eight = measure("defaults", name, f"{server.inference_url}/predictions/resnet50", headers,
                                      images, (1, 8), args.seconds, CpuMeter(server.process.pid))  # fmt: skip
