@@ -32,7 +32,7 @@ from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
 from handlers.engines import ONNX_FILE, OUTPUTS, load_engine
 from handlers.imaging import decode, preprocess
-from modelserver.torchserve import REPO_ROOT
+from modelserver.torchserve import REPO_ROOT, free_port
 
 HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
 TARGETS = {"explain_json_p50_vs_predict_p50_c1": 1.2, "embed_c8_vs_predict_c8": 0.95}
@@ -150,9 +150,10 @@ def run(model_store: Path, model_dir: Path, images: list[bytes], seconds: float,
     print("7a. fetching the map and the pooled vector from the same graph (in process, ONNX fp32)", flush=True)
     rows = bench_fetch(model_dir, images[0], seconds, 2, tmpdir)
     print("7b. predict vs explain vs embed, served (TorchServe + gateway, fp32)", flush=True)
-    with servers.torchserve(model_store, tmpdir / "ts-insight", 8) as ours, servers.gateway(ours, 18192) as gateway:
+    port = free_port()
+    with servers.torchserve(model_store, tmpdir / "ts-insight") as ours, servers.gateway(ours, port) as gateway:
         meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
-        rows += bench_served("http://127.0.0.1:18192", images, seconds, meter)
+        rows += bench_served(f"http://127.0.0.1:{port}", images, seconds, meter)
     return rows
 
 
