@@ -14,6 +14,8 @@ engine is fast depends on it, so compare only ratios measured in one run.
 4. gateway   our gateway in front of (3), for each engine
 5. overhead  the gateway in front of an instant stub backend vs a bare Starlette endpoint reading the upload
 6. large     p50 latency through the gateway (fp32), 12 MP JPEG vs 0.5 MP JPEG
+7. insight   explanations and embeddings against predictions (fp32; bench/insight.py): fetching the map
+             and pooled vector vs the logits alone in process; explain p50 and embed throughput served
 plus cold start (TorchServe process start to first successful prediction, fp32 archive).
 Concurrency sweep 1, 4, 8, 16. The INT8 archive is built from the fp32 archive's weights with the default
 calibration set; for untrained (random) weights its accuracy gate is waived: speed does not depend on the
@@ -43,7 +45,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench import cpu, peer, servers
+from bench import cpu, insight, peer, servers
 from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
 from handlers.engines import load_engine
@@ -301,10 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         with servers.uvicorn_app("bench.stubs:bare", bare_port) as bare:
             rows += measure("overhead", "bare starlette", f"http://127.0.0.1:{bare_port}/v1/predict", GATEWAY_HEADERS,
                             images, levels, seconds, CpuMeter(bare=bare.process.pid), profile_dir)  # fmt: skip
+        insight_rows = insight.run(stores["onnx"], model_dirs["onnx"], images, seconds, tmpdir)
+        rows += insight_rows
         print("cold start", flush=True)
         cold = cold_start(stores["onnx"], tmpdir / "ts-cold", images[0])
     large_p50 = {name: row.p50_ms for name, row in large_rows.items()}
-    summary = {**ratios(rows, large_p50), "cold_start_s": cold}
+    summary = {**ratios(rows, large_p50), **insight.summary(insight_rows), "cold_start_s": cold}
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
         "when": stamp,
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "weights": meta["weights"],
         "seconds_per_point": seconds,
         "summary": summary,
-        "targets": verdicts(summary, machine),
+        "targets": verdicts(summary, machine) + insight.verdicts(summary),
         "rows": [asdict(r) for r in rows],
     }
     out = RESULTS / f"{stamp}.json"

@@ -1,4 +1,5 @@
-"""`imgcls classify PATH...`: classify files and folders through the gateway. See docs/client.md.
+"""`imgcls classify PATH...` / `imgcls embed PATH... -o V.npy`: classify files and folders, or embed them,
+through the gateway. See README, "Batch client".
 
 Exit status: 0 all ok, 1 some file failed, 2 usage error or a fatal answer (bad API key), 130 interrupted.
 """
@@ -30,12 +31,8 @@ def positive(kind: type = int, low: float = 1, high: float | None = None):  # no
     return parse
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="imgcls", description="Batch image classification through the gateway.")
-    p.add_argument("--version", action="version", version=f"imgcls {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("classify", help="classify files and folders; one result per file",
-                       description="Classify files and folders; one JSONL/CSV record per file.")  # fmt: skip
+def add_common(c: argparse.ArgumentParser) -> None:
+    """The options `classify` and `embed` share: inputs, the gateway, concurrency, retries, progress."""
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into subfolders")
     c.add_argument("--glob", help="only files in folders whose name matches, e.g. '*.jpg' (default: all files)")
@@ -45,14 +42,11 @@ def parser() -> argparse.ArgumentParser:
                    help="API key (env IMGCLS_API_KEY; prefer the variable: arguments show in ps)")  # fmt: skip
     c.add_argument("--apigw-key", default=os.environ.get("IMGCLS_APIGW_KEY"),
                    help="Amazon API Gateway key, sent as x-api-key (env IMGCLS_APIGW_KEY)")  # fmt: skip
-    c.add_argument("-k", "--top-k", type=positive(int, 1, 20), default=5, help="classes per image, 1-20 (5)")
-    c.add_argument("--min-score", type=positive(float, 0.0, 1.0), help="drop predictions scoring below this")
     c.add_argument("-c", "--concurrency", type=positive(int, 1, 256), default=4, help="requests in flight (4)")
     c.add_argument("-b", "--batch-size", type=positive(int, 1, 256), default=8,
-                   help="files per /v1/predict/batch request; 1 uses /v1/predict (8; gateway max 32)")  # fmt: skip
+                   help="files per batch request; 1 sends one file per request (8; gateway max 32)")  # fmt: skip
     c.add_argument("--retries", type=positive(int, 0), default=5, help="retries on 429/503/504 and network errors (5)")
     c.add_argument("--timeout", type=positive(float, 0.1), default=60.0, help="seconds per request (60)")
-    c.add_argument("-o", "--output", help="results file, .jsonl or .csv (default: JSONL on stdout)")
     c.add_argument("--resume", action="store_true", help="skip files already in --output and append to it")
     c.add_argument("--max-file-bytes", type=positive(int, 1), default=8 * 1024 * 1024,
                    help="fail larger files without reading them (8 MiB, the gateway's limit)")  # fmt: skip
@@ -61,29 +55,59 @@ def parser() -> argparse.ArgumentParser:
                           help="show the progress bar (default: when stderr is a terminal)")  # fmt: skip
     progress.add_argument("--no-progress", dest="progress", action="store_false")
     c.add_argument("-v", "--verbose", action="store_true", help="log retries and failures to stderr")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imgcls", description="Batch image classification through the gateway.")
+    p.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("classify", help="classify files and folders; one result per file",
+                       description="Classify files and folders; one JSONL/CSV record per file.")  # fmt: skip
+    add_common(c)
+    c.add_argument("-k", "--top-k", type=positive(int, 1, 20), default=5, help="classes per image, 1-20 (5)")
+    c.add_argument("--min-score", type=positive(float, 0.0, 1.0), help="drop predictions scoring below this")
+    c.add_argument("-o", "--output", help="results file, .jsonl or .csv (default: JSONL on stdout)")
+    c.add_argument("--explain", metavar="DIR",
+                   help="also write each image's explanation (/v1/explain PNG: where the model saw its top class) "
+                        "into DIR, named after the file's path; the record's `explanation` says where")  # fmt: skip
+    e = sub.add_parser("embed", help="embeddings of files and folders, to .npy plus a paths file",
+                       description="L2-normalised 2048-d embeddings (/v1/embed) to OUTPUT.npy (float32, one row "
+                                   "per file) and OUTPUT.paths.txt (row i's path on line i). --resume continues "
+                                   "after the rows already written; failed files are not written, so a resumed "
+                                   "run sends them again.")  # fmt: skip
+    add_common(e)
+    e.add_argument("-o", "--output", required=True, help="the vectors file, .npy")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    embed = args.command == "embed"
     if not args.api_key:
         p.error("no API key: set IMGCLS_API_KEY or pass --api-key")
     if absent := missing(args.paths):
         p.error(f"no such file or folder: {', '.join(absent)}")
     if args.resume and not args.output:
         p.error("--resume needs --output")
-    try:
-        format_of(args.output)
-    except OutputError as exc:
-        p.error(str(exc))
+    if embed and not args.output.endswith(".npy"):
+        p.error("embed writes .npy: give --output a .npy name")
+    if not embed:
+        try:
+            format_of(args.output)
+        except OutputError as exc:
+            p.error(str(exc))
+    explain_dir = None if embed else args.explain
+    if explain_dir:
+        os.makedirs(explain_dir, exist_ok=True)
     opts = Options(
         paths=args.paths, url=args.url, api_key=args.api_key, apigw_key=args.apigw_key, recursive=args.recursive,
         glob=args.glob,
-        top_k=args.top_k, min_score=args.min_score, concurrency=args.concurrency, batch_size=args.batch_size,
+        top_k=5 if embed else args.top_k, min_score=None if embed else args.min_score,
+        concurrency=args.concurrency, batch_size=args.batch_size,
         retries=args.retries, timeout=args.timeout, output=args.output, resume=args.resume,
         progress=sys.stderr.isatty() if args.progress is None else args.progress, verbose=args.verbose,
-        max_file_bytes=args.max_file_bytes,
+        max_file_bytes=args.max_file_bytes, embed=embed, explain_dir=explain_dir,
     )  # fmt: skip
     try:
         summary = run(opts)

@@ -1,4 +1,5 @@
-"""Result writers (JSON Lines or CSV, chosen by the output file's suffix) and the resume set.
+"""Result writers (JSON Lines or CSV, chosen by the output file's suffix; embeddings as .npy plus a paths
+file) and the resume set.
 
 Each record is written as one whole line and flushed at once, so an interrupted run leaves a valid file
 holding every result that had arrived. `--resume` reads the paths back from that file.
@@ -6,13 +7,17 @@ holding every result that had arrived. `--resume` reads the paths back from that
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 CSV_FIELDS = ["path", "status", "top1_label", "top1_score", "error", "request_id"]
@@ -130,3 +135,69 @@ class Writer:
     def close(self) -> None:
         if self._file is not sys.stdout:
             self._file.close()
+
+
+class VectorWriter:
+    """Embeddings as `NAME.npy` (float32, one row per file) plus `NAME.paths.txt` (row i's path on line i).
+
+    Each vector is appended and the .npy header's row count rewritten, then its path line; both flushed at
+    once, so an interrupted run leaves a valid pair. `resume` keeps the rows whose path was written (a row
+    written without its path is cut) and appends. Failed files are not written: a resumed run sends them again.
+    """
+
+    HEADER_BYTES = 128  # the .npy header, reserved whole so that the row count can grow in place
+
+    def __init__(self, path: str | Path, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.paths_file = paths_file_of(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows, self.dims = 0, 0
+        if resume and self.path.exists() and self.paths_file.exists():
+            _drop_partial_line(self.paths_file)
+            self.rows = len(self.paths_file.read_text(encoding="utf-8").splitlines())
+            self.dims = int(np.load(self.path, mmap_mode="r").shape[1]) if self.rows else 0
+            self._file = self.path.open("r+b")
+            self._file.truncate(self.HEADER_BYTES + self.rows * self.dims * 4)
+            self._paths = self.paths_file.open("a", encoding="utf-8")
+        else:
+            self._file = self.path.open("w+b")
+            self._paths = self.paths_file.open("w", encoding="utf-8")
+        self._write_header()
+
+    def _write_header(self) -> None:
+        described = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({self.rows}, {self.dims}), }}"
+        header = described.ljust(self.HEADER_BYTES - 11) + "\n"
+        self._file.seek(0)
+        self._file.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1"))
+        self._file.seek(0, os.SEEK_END)
+        self._file.flush()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if record["status"] != "ok":
+            return
+        vector = np.frombuffer(base64.b64decode(record["embedding"]), dtype="<f4")
+        if self.dims and vector.size != self.dims:
+            raise OutputError(f"{record['path']}: {vector.size} dimensions, the file has {self.dims}")
+        self.dims = vector.size
+        self._file.write(vector.tobytes())
+        self.rows += 1
+        self._write_header()
+        self._paths.write(record["path"] + "\n")
+        self._paths.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self._paths.close()
+
+
+def paths_file_of(vectors: Path) -> Path:
+    return vectors.with_suffix(".paths.txt")
+
+
+def vector_done_paths(path: str | Path) -> set[str]:
+    """The paths whose vectors an earlier run wrote (after cutting a half-written last line)."""
+    paths = paths_file_of(Path(path))
+    if not paths.exists():
+        return set()
+    _drop_partial_line(paths)
+    return set(paths.read_text(encoding="utf-8").splitlines())

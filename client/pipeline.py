@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from client import __version__
 from client.inputs import iter_inputs
-from client.output import Writer, done_paths
+from client.output import VectorWriter, Writer, done_paths, vector_done_paths
 from client.sender import Fatal, RetryPolicy, Sender
 
 
@@ -45,6 +46,8 @@ class Options:
     verbose: bool = False
     max_file_bytes: int = 8 * 1024 * 1024
     backoff_s: float = 0.5
+    embed: bool = False  # embeddings to .npy instead of classes
+    explain_dir: str | None = None  # classify: also write each image's /v1/explain PNG here
 
 
 @dataclass
@@ -88,7 +91,8 @@ class Run:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.summary = Summary()
-        self.done = done_paths(opts.output) if opts.resume and opts.output else set()
+        done = vector_done_paths if opts.embed else done_paths
+        self.done = done(opts.output) if opts.resume and opts.output else set()
         self.bar = tqdm(total=None, unit="img", file=sys.stderr, disable=not opts.progress, dynamic_ncols=True,
                         smoothing=0.1, mininterval=0.5)  # fmt: skip
 
@@ -135,7 +139,12 @@ class Run:
 
     async def work(self) -> None:
         opts = self.opts
-        writer = Writer(opts.output, resume=opts.resume)
+        writer: Writer | VectorWriter
+        if opts.embed:
+            assert opts.output is not None  # the CLI requires it
+            writer = VectorWriter(opts.output, resume=opts.resume)
+        else:
+            writer = Writer(opts.output, resume=opts.resume)
         queue: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=opts.concurrency)
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
         timeout = httpx.Timeout(opts.timeout, connect=min(10.0, opts.timeout))
@@ -147,7 +156,7 @@ class Run:
             async with httpx.AsyncClient(base_url=opts.url, limits=limits, timeout=timeout, headers=headers) as http:
                 sender = Sender(http, opts.top_k, opts.min_score, batch=opts.batch_size > 1,
                                 policy=RetryPolicy(opts.retries, opts.backoff_s), max_file_bytes=opts.max_file_bytes,
-                                log=self.log, concurrency=opts.concurrency)  # fmt: skip
+                                log=self.log, concurrency=opts.concurrency, embed=opts.embed)  # fmt: skip
                 try:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self.produce(queue))
@@ -177,9 +186,12 @@ class Run:
         for _ in range(self.opts.concurrency):
             await queue.put(None)
 
-    async def consume(self, queue: asyncio.Queue[list[str] | None], sender: Sender, writer: Writer) -> None:
+    async def consume(self, queue: asyncio.Queue[list[str] | None], sender: Sender,
+                      writer: Writer | VectorWriter) -> None:  # fmt: skip
         while (batch := await queue.get()) is not None:
             for record in await sender.classify(batch):
+                if self.opts.explain_dir and record["status"] == "ok":
+                    await self.explain(sender, record)
                 writer.write(record)
                 if record["status"] == "ok":
                     self.summary.ok += 1
@@ -187,6 +199,18 @@ class Run:
                     self.summary.failed += 1
                     self.log(f"failed: {record['path']}: {record['error']['detail']}")
             self.bar.update(len(batch))
+
+    async def explain(self, sender: Sender, record: dict[str, Any]) -> None:
+        """Write the file's explanation PNG into --explain DIR; the record says where, or why not."""
+        assert self.opts.explain_dir is not None
+        answer = await sender.explanation(record["path"])
+        if isinstance(answer, dict):
+            record["explanation_error"] = answer
+            self.log(f"no explanation for {record['path']}: {answer['detail']}")
+            return
+        target = Path(self.opts.explain_dir) / (record["path"].lstrip("/").replace("/", "__") + ".png")
+        await asyncio.to_thread(target.write_bytes, answer)
+        record["explanation"] = str(target)
 
 
 def run(opts: Options) -> Summary:

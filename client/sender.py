@@ -1,4 +1,5 @@
-"""HTTP to the gateway: one file per `/v1/predict`, or several per `/v1/predict/batch`, with retries.
+"""HTTP to the gateway: one file per `/v1/predict`, or several per `/v1/predict/batch`, with retries
+(`/v1/embed` and `/v1/embed/batch` for embeddings, the same way).
 
 Retried (exponential backoff with jitter, never sooner than `Retry-After`): HTTP 429, 503 and 504,
 connection errors and timeouts, and, inside a batch answer, the files whose own error is 503 or 504.
@@ -85,8 +86,8 @@ def error_of(problem: dict[str, Any], status: int | None = None) -> dict[str, An
     return error
 
 
-def ok(path: str, predictions: list[dict[str, Any]], request_id: str | None) -> dict[str, Any]:
-    return {"path": path, "status": "ok", "predictions": predictions, "request_id": request_id}
+def ok(path: str, field: str, answer: Any, request_id: str | None) -> dict[str, Any]:
+    return {"path": path, "status": "ok", field: answer, "request_id": request_id}
 
 
 def failed(path: str, error: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
@@ -166,11 +167,16 @@ class Sender:
         max_file_bytes: int = 8 * 1024 * 1024,
         log: Callable[[str], None] = lambda _: None,
         concurrency: int = 4,
+        embed: bool = False,
     ) -> None:
         self.client = client
         self.params: dict[str, Any] = {"top_k": top_k}
         if min_score is not None:
             self.params["min_score"] = min_score
+        # what is asked for, and the member of the answer that holds it
+        self.route, self.field = ("/v1/embed", "embedding") if embed else ("/v1/predict", "predictions")
+        if embed:
+            self.params = {"encoding": "base64"}
         self.batch = batch
         self.policy = policy or RetryPolicy()
         self.max_file_bytes = max_file_bytes
@@ -232,10 +238,10 @@ class Sender:
             if self.batch:
                 files = [("files", (os.path.basename(p), data, "application/octet-stream"))
                          for p, data in zip(paths, contents, strict=True)]  # fmt: skip
-                response = await self.client.post("/v1/predict/batch", params=self.params, files=files)
+                response = await self.client.post(f"{self.route}/batch", params=self.params, files=files)
             else:
                 headers = {"Content-Type": "application/octet-stream"}
-                response = await self.client.post("/v1/predict", params=self.params, headers=headers,
+                response = await self.client.post(self.route, params=self.params, headers=headers,
                                                   content=contents[0])  # fmt: skip
         except httpx.TimeoutException as exc:
             return Attempt({}, everyone, client_error("timeout", f"no answer in time ({type(exc).__name__})"))
@@ -258,18 +264,18 @@ class Sender:
             body = None
         request_id = body.get("request_id", request_id) if isinstance(body, dict) else request_id
         if not self.batch:
-            if not isinstance(body, dict) or not isinstance(body.get("predictions"), list):
-                error = client_error("bad-response", "no predictions in the answer", 200)
+            if not isinstance(body, dict) or not isinstance(body.get(self.field), list | str):
+                error = client_error("bad-response", f"no {self.field} in the answer", 200)
                 return Attempt({0: failed(paths[0], error, request_id)}, [])
-            return Attempt({0: ok(paths[0], body["predictions"], request_id)}, [])
+            return Attempt({0: ok(paths[0], self.field, body[self.field], request_id)}, [])
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list) or len(results) != len(paths):
             error = client_error("bad-response", f"expected {len(paths)} results in input order", 200)
             return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
         attempt = Attempt({}, [], request_id=request_id)
         for i, (path, result) in enumerate(zip(paths, results, strict=True)):
-            if isinstance(result.get("predictions"), list):
-                attempt.records[i] = ok(path, result["predictions"], request_id)
+            if isinstance(result.get(self.field), list | str):
+                attempt.records[i] = ok(path, self.field, result[self.field], request_id)
                 continue
             error = error_of(result.get("error") or {})
             if error["status"] in RETRYABLE:
@@ -279,3 +285,16 @@ class Sender:
             else:
                 attempt.records[i] = failed(path, error, request_id)
         return attempt
+
+    async def explanation(self, path: str) -> bytes | dict[str, Any]:
+        """The PNG of `/v1/explain` (the top class's map over the image) for one file, or its error; not retried."""
+        [content] = await asyncio.to_thread(read_files, [path], self.max_file_bytes)
+        if isinstance(content, dict):
+            return content
+        try:
+            async with self.window:
+                response = await self.client.post("/v1/explain", params={"format": "png"}, content=content,
+                                                  headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        except httpx.HTTPError as exc:
+            return client_error("connection-error", f"{type(exc).__name__}: {exc}")
+        return response.content if response.status_code == 200 else problem_of(response)

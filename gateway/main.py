@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gateway import demo, logs, routes, v2
+from gateway import demo, embed, explain, logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
@@ -42,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.metrics = Metrics()
     app.include_router(routes.router)
+    app.include_router(explain.router)
+    app.include_router(embed.router)
     app.include_router(v2.router)
     app.include_router(demo.router)
 

@@ -25,6 +25,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "invalid-request": (422, "Invalid request"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "output-unavailable": (501, "The served model does not give this output"),
     "model-unavailable": (503, "The model is not ready"),
     "upstream-timeout": (504, "The model did not answer in time"),
     "upstream-error": (502, "The model server failed"),

@@ -1,4 +1,5 @@
-"""The public API: /v1/predict, /v1/predict/batch, /v1/models, /healthz, /readyz, /metrics.
+"""The public API: /v1/predict, /v1/predict/batch, /v1/models, /healthz, /readyz, /metrics
+(/v1/explain and /v1/embed live in gateway/explain.py and gateway/embed.py, on this module's helpers).
 
 A request's path: this module → validation.py (caps, sniffing, header check) → upstream.py (TorchServe)
 → handlers/image_handler.py inside the TorchServe worker.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -69,27 +71,48 @@ def model_block(result: dict[str, Any]) -> dict[str, Any]:
     return {key: model.get(key) for key in ("name", "version", "weights", "untrained")}
 
 
-async def classify(request: Request, image: CheckedImage, top_k: int) -> tuple[dict[str, Any], float]:
+async def classify(request: Request, image: CheckedImage, top_k: int,
+                   extra_headers: dict[str, str] | None = None) -> tuple[dict[str, Any], float]:  # fmt: skip
     """Send one checked image upstream; the handler's answer and the upstream seconds."""
     metrics = request.app.state.metrics
     started = time.perf_counter()
     try:
-        result = await upstream_of(request).predict(image.data, top_k, request.state.request_id)
+        result = await upstream_of(request).predict(image.data, top_k, request.state.request_id, extra_headers)
     finally:
         metrics.upstream_latency.observe(time.perf_counter() - started)
     return result, time.perf_counter() - started
 
 
-@router.post(
-    "/v1/predict",
-    response_model=schemas.Prediction,
-    responses=schemas.ERRORS,
-    openapi_extra=schemas.SINGLE_BODY,
-    summary="Classify one image",
-    description="Send the image as multipart field `file`, or as the raw body with an `image/*` type.",
-)
+def single_route(on: APIRouter, path: str, response_model: type, summary: str, description: str,
+                 responses: dict | None = None) -> Callable:  # fmt: skip
+    """The decorator of a one-image route: multipart `file` or the raw body."""
+    return on.post(path, response_model=response_model, responses=responses or schemas.ERRORS,
+                   openapi_extra=schemas.SINGLE_BODY, summary=summary, description=description)  # fmt: skip
+
+
+@single_route(router, "/v1/predict", schemas.Prediction, "Classify one image",
+              "Send the image as multipart field `file`, or as the raw body with an `image/*` type.")  # fmt: skip
 async def predict(request: Request, _: Authenticated, options: Options) -> dict:
     started = time.perf_counter()
+    image = await single_image(request)
+    result, upstream_s = await classify(request, image, options.upstream_top_k)
+    request.app.state.metrics.images.labels("classified").inc()
+    predictions, decision = shape(result, options)
+    return {
+        "request_id": request.state.request_id,
+        "model": model_block(result),
+        "predictions": predictions,
+        "decision": decision,
+        "timing_ms": timing_ms(started, upstream_s),
+    }
+
+
+def timing_ms(started: float, upstream_s: float) -> dict[str, float]:
+    return {"total": round((time.perf_counter() - started) * 1000, 2), "upstream": round(upstream_s * 1000, 2)}
+
+
+async def single_image(request: Request) -> CheckedImage:
+    """The one image of a request: multipart field `file`, or the raw body with an image/* type; checked."""
     settings = settings_of(request)
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
@@ -107,29 +130,19 @@ async def predict(request: Request, _: Authenticated, options: Options) -> dict:
             "unsupported-media-type",
             "send multipart/form-data with a field 'file', or the image as the body with an image/* type",
         )
-    image = check_image(data, settings)
-    result, upstream_s = await classify(request, image, options.upstream_top_k)
-    request.app.state.metrics.images.labels("classified").inc()
-    predictions, decision = shape(result, options)
-    return {
-        "request_id": request.state.request_id,
-        "model": model_block(result),
-        "predictions": predictions,
-        "decision": decision,
-        "timing_ms": {
-            "total": round((time.perf_counter() - started) * 1000, 2),
-            "upstream": round(upstream_s * 1000, 2),
-        },
-    }
+    return check_image(data, settings)
 
 
-async def batch_item(request: Request, upload: UploadFile | str, options: AnswerOptions) -> dict:
+ItemWork = Callable[[CheckedImage], Awaitable[dict[str, Any]]]
+
+
+async def batch_item(request: Request, upload: UploadFile | str, work: ItemWork) -> dict:
+    """One file of a batch: checked, then `work` (which asks upstream); a Problem becomes its `error`."""
     settings = settings_of(request)
     metrics = request.app.state.metrics
     filename = upload.filename if isinstance(upload, UploadFile) else None
     try:
-        image = check_image(await file_bytes(upload, settings.max_upload_bytes, "files"), settings)
-        result, _ = await classify(request, image, options.upstream_top_k)
+        answer = await work(check_image(await file_bytes(upload, settings.max_upload_bytes, "files"), settings))
     except Problem as problem:
         outcome = "rejected" if problem.status < 500 else "failed"
         metrics.images.labels(outcome).inc()
@@ -137,20 +150,12 @@ async def batch_item(request: Request, upload: UploadFile | str, options: Answer
             metrics.rejected.labels(problem.slug).inc()
         return {"filename": filename, "error": problem.body(request.state.request_id)}
     metrics.images.labels("classified").inc()
-    predictions, decision = shape(result, options)
-    return {"filename": filename, "model": model_block(result), "predictions": predictions, "decision": decision}
+    return {"filename": filename, **answer}
 
 
-@router.post(
-    "/v1/predict/batch",
-    response_model=schemas.BatchPrediction,
-    response_model_exclude_unset=True,
-    responses=schemas.ERRORS,
-    openapi_extra=schemas.BATCH_BODY,
-    summary="Classify several images",
-    description="Repeated multipart field `files`. Results come in input order; a bad file never fails the others.",
-)
-async def predict_batch(request: Request, _: Authenticated, options: Options) -> dict:
+async def run_batch(request: Request, work: ItemWork) -> dict:
+    """A multipart batch (repeated field `files`), each file through `work`, concurrently; results in order.
+    The model block of the first answer is lifted to the top."""
     settings = settings_of(request)
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise Problem("unsupported-media-type", "send multipart/form-data with one or more fields 'files'")
@@ -160,18 +165,36 @@ async def predict_batch(request: Request, _: Authenticated, options: Options) ->
     uploads = form.getlist("files")
     if not uploads:
         raise Problem("invalid-request", "the multipart body has no field named 'files'")
-    results = await asyncio.gather(*(batch_item(request, upload, options) for upload in uploads))
+    results = await asyncio.gather(*(batch_item(request, upload, work) for upload in uploads))
     models = [r["model"] for r in results if "model" in r]
     for result in results:
         result.pop("model", None)
     return {"request_id": request.state.request_id, "model": models[0] if models else None, "results": results}
 
 
+def batch_route(on: APIRouter, path: str, response_model: type, summary: str) -> Callable:
+    """The decorator of a batch route: multipart `files`, results in input order."""
+    return on.post(path, response_model=response_model, response_model_exclude_unset=True, responses=schemas.ERRORS,
+                   openapi_extra=schemas.BATCH_BODY, summary=summary,
+                   description="Repeated multipart field `files`. Results come in input order; a bad file never "
+                               "fails the others.")  # fmt: skip
+
+
+@batch_route(router, "/v1/predict/batch", schemas.BatchPrediction, "Classify several images")
+async def predict_batch(request: Request, _: Authenticated, options: Options) -> dict:
+    async def work(image: CheckedImage) -> dict[str, Any]:
+        result, _ = await classify(request, image, options.upstream_top_k)
+        predictions, decision = shape(result, options)
+        return {"model": model_block(result), "predictions": predictions, "decision": decision}
+
+    return await run_batch(request, work)
+
+
 @router.get("/v1/models", response_model=schemas.Models, responses=schemas.ERRORS, summary="What is served")
 async def models(request: Request, _: Authenticated) -> dict:
     info = await upstream_of(request).model_info()
     readiness = await upstream_of(request).readiness()
-    fields = ("name", "version", "weights", "untrained", "labels", "engine", "int8_gate")
+    fields = ("name", "version", "weights", "untrained", "labels", "engine", "int8_gate", "outputs")
     return {"models": [{**{k: info.get(k) for k in fields}, "workers_ready": readiness.workers_ready}]}
 
 

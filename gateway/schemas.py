@@ -88,7 +88,63 @@ class ModelInfo(BaseModel):
         description="for the onnx-int8 engine: INT8 against fp32 on images held apart from calibration, as "
         "measured by the build (top1_agreement, top5_overlap, max_prob_diff, thresholds); null for fp32",
     )
+    outputs: list[str] | None = Field(
+        None, description="what the model gives besides scores: embedding (/v1/embed), cam (/v1/explain)"
+    )
     workers_ready: int
+
+
+class ClassMap(BaseModel):
+    class_id: int = Field(ge=0, le=999)
+    label: str
+    score: float = Field(ge=0, le=1)
+    cam: list[list[float]] = Field(description="7x7 class activation map (rows top to bottom), >= 0, unnormalised")
+
+
+class Size(BaseModel):
+    width: int
+    height: int
+
+
+class Box(BaseModel):
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+class Explanation(BaseModel):
+    request_id: str
+    model: ModelBlock
+    predictions: list[Ranked] = Field(description="scores in descending order")
+    decision: Decision
+    explanations: list[ClassMap] = Field(description="one per prediction, in the same order (then class_id's)")
+    image: Size = Field(description="the image as the model saw it: upright (EXIF orientation applied)")
+    crop: Box = Field(description="the model's input crop, which the grids cover, in the image's pixels")
+    timing_ms: Timing
+
+
+class Embedding(BaseModel):
+    request_id: str
+    model: ModelBlock
+    encoding: str = Field(description="json: embedding is a list of floats; base64: float32 little-endian bytes")
+    embedding: list[float] | str = Field(description="L2-normalised: dot products are cosine similarities")
+    dimensions: int
+    timing_ms: Timing
+
+
+class BatchEmbeddingResult(BaseModel):
+    filename: str | None
+    embedding: list[float] | str | None = None
+    dimensions: int | None = None
+    error: dict[str, Any] | None = Field(None, description="a problem object, as for a single request")
+
+
+class BatchEmbedding(BaseModel):
+    request_id: str
+    model: ModelBlock | None = Field(None, description="absent when no file could be embedded")
+    encoding: str
+    results: list[BatchEmbeddingResult] = Field(description="one per file, in input order")
 
 
 class Models(BaseModel):

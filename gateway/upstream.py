@@ -35,7 +35,9 @@ from gateway.settings import Settings
 
 logger = logging.getLogger("gateway.upstream")
 
-ITEM_CODES_AS_REQUEST_ERRORS = {"bad_top_k"}
+# the handler's per-item error codes that are not about the image → the problem type they become
+ITEM_CODE_PROBLEMS = {"bad_top_k": "invalid-request", "bad_output": "invalid-request",
+                      "unsupported_output": "output-unavailable"}  # fmt: skip
 
 
 class KeySource:
@@ -140,10 +142,12 @@ class TorchServeClient:
         async with self.session.request(method, url, headers=headers, **kwargs) as response:
             return Answer(response.status, await response.read())
 
-    async def predict(self, image: bytes, top_k: int, request_id: str) -> dict[str, Any]:
-        """The handler's 200 body for one image, or a Problem."""
+    async def predict(self, image: bytes, top_k: int, request_id: str,
+                      extra_headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        """The handler's 200 body for one image, or a Problem. `extra_headers` ask for more (X-Output)."""
         url = f"{self.settings.inference_url}/predictions/{self.settings.model_name}"
-        headers = {"X-Top-K": str(top_k), "X-Request-ID": request_id, "Content-Type": "application/octet-stream"}
+        headers = {"X-Top-K": str(top_k), "X-Request-ID": request_id, "Content-Type": "application/octet-stream",
+                   **(extra_headers or {})}  # fmt: skip
         try:
             async with asyncio.timeout(self.settings.queue_timeout_s):
                 await self.slots.acquire()
@@ -182,8 +186,7 @@ class TorchServeClient:
         if status == 422 and isinstance(body, dict) and isinstance(body.get("error"), dict):
             code = str(body["error"].get("code", "undecodable"))
             detail = str(body["error"].get("detail", "the image cannot be decoded"))
-            slug = "invalid-request" if code in ITEM_CODES_AS_REQUEST_ERRORS else "invalid-image"
-            raise Problem(slug, detail, code=code)
+            raise Problem(ITEM_CODE_PROBLEMS.get(code, "invalid-image"), detail, code=code)
         if status in (404, 503):  # model not loaded, no worker, or the job queue is full
             raise self.unavailable("the model has no free worker; retry shortly")
         if status == 413:

@@ -7,7 +7,8 @@
 Input: one BYTES tensor of encoded images, shape [N] (N = batch, at most GATEWAY_MAX_BATCH_FILES), as
 base64 strings in JSON, or raw with the binary-data extension (`Inference-Header-Content-Length`; each
 element a 4-byte little-endian length and the bytes). Output `probabilities` (FP32 [N, 1000]) or, with the
-`classification` parameter k, BYTES [N, k] of Triton-style "score:index:label" strings. Binary outputs are
+`classification` parameter k, BYTES [N, k] of Triton-style "score:index:label" strings; output `embedding`
+(FP32 [N, 2048]): the L2-normalised embeddings of /v1/embed, from the same forward pass. Binary outputs are
 sent when asked for (`binary_data`). Same auth, validation, limits and error mapping as /v1; errors come
 in the protocol's `{"error": "..."}` shape.
 """
@@ -24,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.auth import authenticate
+from gateway.embed import floats
 from gateway.problems import Problem
 from gateway.routes import classify, readyz, settings_of, upstream_of
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
@@ -33,7 +35,9 @@ Authenticated = Annotated[str, Depends(authenticate)]
 HEADER_LENGTH = "inference-header-content-length"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+EMBEDDING_NAME = "embedding"
 LABELS = 1000
+EMBEDDING_SIZE = 2048
 
 
 def served_version(model: dict[str, Any]) -> str:
@@ -42,13 +46,16 @@ def served_version(model: dict[str, Any]) -> str:
 
 
 def metadata(model_name: str, model: dict[str, Any]) -> dict[str, Any]:
-    """v2 metadata of what is served: `model` is the handler's description (version, engine)."""
+    """v2 metadata of what is served: `model` is the handler's description (version, engine, outputs)."""
+    outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]}]
+    if "embedding" in (model.get("outputs") or []):  # archives built before embeddings have none
+        outputs.append({"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, EMBEDDING_SIZE]})
     return {
         "name": model_name,
         "versions": [served_version(model)],
         "platform": f"torchserve_{model['engine']}",  # the handler's engine: onnx, onnx-int8, eager, ...
         "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]}],
+        "outputs": outputs,
     }
 
 
@@ -102,14 +109,15 @@ def bytes_elements(tensor: dict[str, Any], tail: bytes) -> list[bytes]:
 
 def requested_outputs(request_json: dict[str, Any]) -> list[dict[str, Any]]:
     outputs = request_json.get("outputs") or [{"name": OUTPUT_NAME}]
-    if not isinstance(outputs, list) or any(not isinstance(o, dict) or o.get("name") != OUTPUT_NAME for o in outputs):
-        raise bad(f"the only output is {OUTPUT_NAME!r}")
+    names = (OUTPUT_NAME, EMBEDDING_NAME)
+    if not isinstance(outputs, list) or any(not isinstance(o, dict) or o.get("name") not in names for o in outputs):
+        raise bad(f"the outputs are {OUTPUT_NAME!r} and {EMBEDDING_NAME!r}")
     return outputs
 
 
 def classification_k(output: dict[str, Any]) -> int | None:
     k = (output.get("parameters") or {}).get("classification")
-    if k is None:
+    if k is None or output["name"] == EMBEDDING_NAME:
         return None
     if not isinstance(k, int) or not 1 <= k <= LABELS:
         raise bad(f"classification must be an integer from 1 to {LABELS}")
@@ -120,7 +128,11 @@ def encode_output(output: dict[str, Any], results: list[dict[str, Any]]) -> tupl
     """One output tensor as JSON, plus its binary form when the client asked for binary data."""
     k = classification_k(output)
     binary = bool((output.get("parameters") or {}).get("binary_data"))
-    if k is None:
+    if output["name"] == EMBEDDING_NAME:
+        raw = b"".join(base64.b64decode(result["embedding"]) for result in results)
+        values = floats(raw)
+        tensor = {"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [len(results), EMBEDDING_SIZE]}
+    elif k is None:
         values: list[Any] = [0.0] * (len(results) * LABELS)
         for row, result in enumerate(results):
             for p in result["predictions"]:
@@ -184,7 +196,9 @@ async def infer(request: Request, model_name: str, _: Authenticated) -> Response
     if not 1 <= len(images) <= settings.max_batch_files:
         raise bad(f"send 1 to {settings.max_batch_files} images")
     outputs = requested_outputs(request_json)
-    top_k = max((classification_k(o) or LABELS) for o in outputs)
+    wanted = {o["name"] for o in outputs}
+    top_k = max([(classification_k(o) or LABELS) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
+    extra_headers = {"X-Output": "embedding"} if EMBEDDING_NAME in wanted else None
     checked = []
     for index, data in enumerate(images):
         if len(data) > settings.max_upload_bytes:
@@ -194,7 +208,7 @@ async def infer(request: Request, model_name: str, _: Authenticated) -> Response
         except Problem as problem:
             problem.detail = f"image {index}: {problem.detail}"
             raise
-    answers = await asyncio.gather(*(classify(request, image, top_k) for image in checked))
+    answers = await asyncio.gather(*(classify(request, image, top_k, extra_headers) for image in checked))
     results = [result for result, _ in answers]
     request.app.state.metrics.images.labels("classified").inc(len(results))
     encoded = [encode_output(output, results) for output in outputs]

@@ -4,6 +4,9 @@ ONNX Runtime fp32 is the default (its accuracy is the published one); `onnx-int8
 quantised copy the build makes (`model.int8.onnx`, checked against fp32 by the build's accuracy gate),
 several times faster on CPUs with AVX-512 VNNI; PyTorch eager is kept selectable for parity checks.
 torch is imported only by the eager engine, so the ONNX paths do not pay for it.
+
+Besides the logits, each engine gives layer4's feature map and the pooled vector (OUTPUTS) through
+`run_outputs`, for class activation maps and embeddings; `run` fetches the logits alone.
 """
 
 from __future__ import annotations
@@ -18,12 +21,18 @@ INT8_ONNX_FILE = "model.int8.onnx"
 STATE_DICT_FILE = "resnet50.pth"
 ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": INT8_ONNX_FILE}
 ENGINES = (*ONNX_FILES, "eager")
+# The graph's outputs: logits (N, 1000), layer4's map (N, 2048, 7, 7), its global average (N, 2048).
+OUTPUTS = ("logits", "features", "pooled")
+FC_WEIGHT_FILE = "fc_weight.npy"  # the final layer's weight (1000, 2048) float32, for class activation maps
 
 
 class Engine(Protocol):
     name: str
+    outputs: tuple[str, ...]  # the names run_outputs can fetch
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]: ...
 
 
 class OnnxEngine:
@@ -45,17 +54,24 @@ class OnnxEngine:
             str(model_dir / ONNX_FILES[name]), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._input = self._session.get_inputs()[0].name
+        self.outputs = tuple(output.name for output in self._session.get_outputs())
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: batch})[0]
+        return self._session.run(["logits"], {self._input: batch})[0]
+
+    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        return self._session.run(names, {self._input: batch})
 
 
 class EagerEngine:
     name = "eager"
+    outputs = OUTPUTS
 
     def __init__(self, model_dir: Path, threads: int) -> None:
         import torch
         from torchvision.models import resnet50
+
+        from handlers.resnet_outputs import ResNetWithMaps
 
         torch.set_num_threads(threads)
         self._torch = torch
@@ -63,10 +79,16 @@ class EagerEngine:
         state_dict = torch.load(model_dir / STATE_DICT_FILE, map_location="cpu", weights_only=True)
         self._model.load_state_dict(state_dict, strict=True)
         self._model.eval()
+        self._with_maps = ResNetWithMaps(self._model).eval()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
             return self._model(self._torch.from_numpy(batch)).numpy()
+
+    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        with self._torch.inference_mode():
+            produced = dict(zip(OUTPUTS, self._with_maps(self._torch.from_numpy(batch)), strict=True))
+        return [produced[name].numpy() for name in names]
 
 
 def load_engine(kind: str, model_dir: Path, threads: int, spinning: bool = True) -> Engine:

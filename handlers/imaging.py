@@ -95,13 +95,17 @@ def resized_size(width: int, height: int, short_side: int = RESIZE_SIZE) -> tupl
     return int(short_side * width / height), short_side
 
 
+def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of torchvision's CenterCrop(224) in an image of this (resized) size."""
+    top = int(round((height - CROP_SIZE) / 2.0))
+    left = int(round((width - CROP_SIZE) / 2.0))
+    return left, top, left + CROP_SIZE, top + CROP_SIZE
+
+
 def preprocess(img: Image.Image) -> np.ndarray:
     """An RGB image → a normalised float32 array of shape (3, 224, 224)."""
     resized = img.resize(resized_size(*img.size), Image.Resampling.BILINEAR)
-    width, height = resized.size
-    top = int(round((height - CROP_SIZE) / 2.0))
-    left = int(round((width - CROP_SIZE) / 2.0))
-    cropped = resized.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))
+    cropped = resized.crop(crop_box(*resized.size))
     chw = np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1)
     scaled = chw.astype(np.float32) / np.float32(255.0)
     return (scaled - MEAN) / STD

@@ -20,11 +20,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 import yaml
 
-from handlers.engines import ENGINES, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
+from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import JPEG_DRAFT_CHOICES
 from modelserver import onnx_export
@@ -129,6 +130,7 @@ def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options
     payload = root / "payload"
     payload.mkdir(parents=True)
     torch.save(weights.model.state_dict(), payload / STATE_DICT_FILE)
+    np.save(payload / FC_WEIGHT_FILE, weights.model.fc.weight.detach().numpy().astype(np.float32))
     onnx_export.export(weights.model, payload / ONNX_FILE)
     onnx_diff = onnx_export.verify(weights.model, payload / ONNX_FILE)
     gate = None

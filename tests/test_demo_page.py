@@ -11,7 +11,7 @@ import httpx
 import pytest
 from imagegen import jpeg
 from support import Gateway
-from testmodel import photo
+from testmodel import photo, picture
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL_HINT = "Chromium is missing: install Debian's package (`sudo apt-get install chromium`) or set CHROMIUM_PATH"
@@ -86,3 +86,47 @@ def test_wrong_key_shows_the_problem_detail(page, tmp_path: Path) -> None:
     assert "valid API key" in page.inner_text("#error")
     assert page.locator("#results li").count() == 0
     assert [p for p in problems if "401" not in p] == []  # the browser logs the failed fetch itself
+
+
+PAINTED_BOX = """() => {
+  const canvas = document.getElementById("overlay");
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let box = [canvas.width, canvas.height, -1, -1];
+  for (let i = 3; i < data.length; i += 4) {
+    if (data[i] === 0) continue;
+    const x = ((i - 3) / 4) % canvas.width, y = Math.floor((i - 3) / 4 / canvas.width);
+    box = [Math.min(box[0], x), Math.min(box[1], y), Math.max(box[2], x), Math.max(box[3], y)];
+  }
+  return box;
+}"""
+
+
+def test_the_overlay_shows_where_the_model_looked(page, gateway: Gateway, api_key: str, tmp_path: Path) -> None:
+    page, problems = page
+    data = photo("chelsea")
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(data)
+    page.fill("#key", api_key)
+    page.set_input_files("#file", str(image))
+    page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
+    first = page.locator("#results li").nth(0)
+    assert page.get_attribute("#overlay", "data-class-id") == first.get_attribute("data-class-id")
+    assert "chosen" in first.get_attribute("class")
+    assert page.evaluate("[overlay.width, overlay.height]") == list(picture("chelsea").size)
+    assert "tabby" in page.inner_text("#explaining")
+    shown, over = page.locator("#preview").bounding_box(), page.locator("#overlay").bounding_box()
+    assert all(abs(shown[k] - over[k]) < 1 for k in ("x", "y", "width", "height"))  # laid exactly over the preview
+    explained = httpx.post(f"{gateway.url}/v1/explain", content=data, timeout=60,
+                           headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"}).json()  # fmt: skip
+    crop = explained["crop"]
+    left, top, right, bottom = page.evaluate(PAINTED_BOX)
+    assert (left, top) == (int(crop["left"]), int(crop["top"]))  # the map covers the model's crop, no more
+    assert abs(right + 1 - crop["right"]) <= 1 and abs(bottom + 1 - crop["bottom"]) <= 1
+    before = page.evaluate("overlay.toDataURL()")
+    second = page.locator("#results li").nth(1)
+    second.click()
+    assert page.get_attribute("#overlay", "data-class-id") == second.get_attribute("data-class-id")
+    assert "chosen" in second.get_attribute("class") and "chosen" not in (first.get_attribute("class") or "")
+    assert second.locator(".label").inner_text() in page.inner_text("#explaining")
+    assert page.evaluate("overlay.toDataURL()") != before
+    assert problems == []

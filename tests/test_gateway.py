@@ -161,6 +161,7 @@ def test_models(gateway: Gateway, api_key: str) -> None:
         "labels": 1000,
         "engine": "onnx",
         "int8_gate": None,
+        "outputs": ["embedding", "cam"],
         "workers_ready": model["workers_ready"],
     }
     assert model["workers_ready"] >= 1

@@ -122,6 +122,19 @@ def test_served_int8_shows_its_gate_and_evaluates_as_in_process(
     assert (served["top1"], served["top5"], served["per_class"]) == (local["top1"], local["top5"], local["per_class"])
 
 
+def test_served_int8_gives_embeddings_and_says_clearly_it_gives_no_maps(int8_gateway: Gateway) -> None:
+    headers = {"X-API-Key": API_KEY, "Content-Type": "image/jpeg"}
+    (model,) = httpx.get(f"{int8_gateway.url}/v1/models", headers=headers, timeout=30).json()["models"]
+    assert model["outputs"] == ["embedding"]
+    refused = httpx.post(f"{int8_gateway.url}/v1/explain", content=photo("chelsea"), headers=headers, timeout=60)
+    assert refused.status_code == 501 and refused.headers["content-type"].startswith("application/problem+json")
+    problem = refused.json()
+    assert problem["type"].endswith("/output-unavailable") and problem["code"] == "unsupported_output"
+    assert "INT8" in problem["detail"] and problem["request_id"] == refused.headers["x-request-id"]
+    embedded = httpx.post(f"{int8_gateway.url}/v1/embed", content=photo("chelsea"), headers=headers, timeout=60)
+    assert embedded.status_code == 200 and embedded.json()["dimensions"] == 2048
+
+
 def test_the_gate_refuses_int8_calibrated_on_images_unlike_its_traffic(weights: Path, tmp_path: Path) -> None:
     """--calibration DIR holds every 4th image apart: here flat grey images calibrate, the photos gate.
     Activation ranges from flat images clip everything a photo has, and the gate sees it."""

@@ -1,4 +1,6 @@
-// Demo page: classify one image through this gateway. Works under a path prefix (e.g. an API Gateway stage).
+// Demo page: classify one image through this gateway and show where the model saw the chosen class (the
+// class activation map of /v1/explain, drawn over the preview). Works under a path prefix (e.g. an API
+// Gateway stage).
 "use strict";
 (function () {
   const base = location.pathname.endsWith("/") ? location.pathname : location.pathname + "/";
@@ -13,12 +15,56 @@
     $("status").textContent = isError ? "" : message;
   }
 
+  const MAX_SIDE = 1024; // the overlay's resolution, as the PNG form of /v1/explain
+
+  // blue (none) through green and yellow to red (the map's peak), as gateway/overlay.py
+  function colour(v) {
+    const c = (shift) => Math.round(255 * Math.min(1, Math.max(0, 1.5 - Math.abs(4 * v - shift))));
+    return [c(3), c(2), c(1)];
+  }
+
+  // The 7x7 map of `classId` stretched (bilinear) over the model's input crop, in the image's own pixels.
+  function draw(body, classId) {
+    const explanation = body.explanations.find((e) => e.class_id === classId);
+    const canvas = $("overlay");
+    const scale = Math.min(1, MAX_SIDE / Math.max(body.image.width, body.image.height));
+    canvas.width = Math.max(1, Math.round(body.image.width * scale));
+    canvas.height = Math.max(1, Math.round(body.image.height * scale));
+    const rows = explanation.cam.length;
+    const cols = explanation.cam[0].length;
+    const peak = Math.max(...explanation.cam.flat()) || 1;
+    const grid = document.createElement("canvas");
+    grid.width = cols;
+    grid.height = rows;
+    const cells = grid.getContext("2d").createImageData(cols, rows);
+    explanation.cam.flat().forEach((value, i) => {
+      const v = value / peak;
+      cells.data.set([...colour(v), Math.round(255 * (0.25 + 0.4 * v))], 4 * i);
+    });
+    grid.getContext("2d").putImageData(cells, 0, 0);
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.imageSmoothingEnabled = true;
+    const crop = body.crop;
+    ctx.drawImage(grid, crop.left * scale, crop.top * scale, (crop.right - crop.left) * scale,
+      (crop.bottom - crop.top) * scale);
+    canvas.dataset.classId = String(classId);
+    canvas.hidden = false;
+    $("explaining").textContent = "Highlighted: where the model saw \u201c" + explanation.label + "\u201d";
+    $("explaining").hidden = false;
+    for (const item of $("results").children) {
+      item.classList.toggle("chosen", item.dataset.classId === String(classId));
+    }
+  }
+
   function render(body) {
     const list = $("results");
     list.replaceChildren();
     $("untrained").hidden = !(body.model && body.model.untrained);
     for (const p of body.predictions) {
       const item = document.createElement("li");
+      item.dataset.classId = String(p.class_id);
+      item.addEventListener("click", () => draw(body, p.class_id));
       const name = document.createElement("div");
       name.className = "name";
       const label = document.createElement("span");
@@ -38,10 +84,13 @@
       list.append(item);
     }
     show("Top " + body.predictions.length + " in " + Math.round(body.timing_ms.total) + " ms", false);
+    draw(body, body.predictions[0].class_id);
   }
 
   async function classify(file) {
     $("results").replaceChildren();
+    $("overlay").hidden = true;
+    $("explaining").hidden = true;
     const preview = $("preview");
     if (preview.src) URL.revokeObjectURL(preview.src);
     preview.src = URL.createObjectURL(file);
@@ -50,7 +99,7 @@
     const form = new FormData();
     form.append("file", file);
     try {
-      const response = await fetch(base + "v1/predict?top_k=5", {
+      const response = await fetch(base + "v1/explain?top_k=5", {
         method: "POST",
         headers: { "Authorization": "Bearer " + key.value.trim() },
         body: form,

@@ -1,0 +1,83 @@
+"""`imgcls embed` (vectors to .npy plus a paths file, resumable) and `imgcls classify --explain DIR`, run as
+`python -m client.cli` against the session's real gateway + TorchServe (the test model that sees)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagegen import encode
+from PIL import Image
+from support import API_KEY, PYTHON, Gateway, post
+from testmodel import PHOTOS, photo, picture
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = list(PHOTOS)[:6]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    for n, name in enumerate(NAMES):
+        (root / ("sub" if n % 2 else "") / f"{name}.jpg").write_bytes(photo(name))
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    return root
+
+
+def imgcls(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")},
+           "IMGCLS_URL": gateway.url, "IMGCLS_API_KEY": API_KEY}  # fmt: skip
+    return subprocess.run([PYTHON, "-m", "client.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+
+
+def served_embedding(gateway: Gateway, data: bytes) -> np.ndarray:
+    response = post(gateway, API_KEY, "/v1/embed", content=data, headers={"Content-Type": "image/jpeg"})
+    return np.asarray(response.json()["embedding"], dtype=np.float32)
+
+
+def test_embed_writes_vectors_and_paths_and_resumes(gateway: Gateway, folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "vectors.npy"
+    first = imgcls(gateway, "embed", str(folder), "--glob", "*.jpg", "-o", str(out), "--batch-size", "2")
+    assert first.returncode == 1, first.stderr  # broken.jpg failed
+    assert "3 ok, 1 failed" in first.stderr
+    resumed = imgcls(gateway, "embed", str(folder), "-r", "-o", str(out), "--resume", "--batch-size", "4")
+    assert "3 ok, 1 failed, 3 skipped" in resumed.stderr, resumed.stderr
+    vectors = np.load(out)
+    lines = out.with_suffix(".paths.txt").read_text().splitlines()
+    assert vectors.shape == (len(NAMES), 2048) and vectors.dtype == np.float32
+    assert sorted(lines) == sorted(str(p) for p in folder.rglob("*.jpg") if p.name != "broken.jpg")
+    for row, path in zip(vectors, lines, strict=True):
+        assert np.allclose(row, served_embedding(gateway, Path(path).read_bytes()), atol=1e-6)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_needs_an_npy_output(gateway: Gateway, folder: Path) -> None:
+    done = imgcls(gateway, "embed", str(folder), "-o", "vectors.csv")
+    assert done.returncode == 2 and ".npy" in done.stderr
+
+
+def test_classify_explain_writes_the_overlays(gateway: Gateway, folder: Path, tmp_path: Path) -> None:
+    overlays = tmp_path / "why"
+    wide = tmp_path / "wide.jpg"
+    wide.write_bytes(encode(picture("chelsea").resize((1800, 1200)), "JPEG", quality=90))
+    out = tmp_path / "results.jsonl"
+    cat = next(folder.rglob("chelsea.jpg"))
+    done = imgcls(gateway, "classify", str(cat), str(wide), str(folder / "broken.jpg"),
+                  "--explain", str(overlays), "-o", str(out))  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    records = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    for path, size in ((cat, picture("chelsea").size), (wide, (1024, 683))):
+        record = records[str(path)]
+        written = Path(record["explanation"])
+        assert written.parent == overlays and written.name.endswith(".png")
+        assert Image.open(io.BytesIO(written.read_bytes())).size == size
+        assert record["predictions"][0]["label"] == "tabby"
+    assert "explanation" not in records[str(folder / "broken.jpg")]
+    assert len(list(overlays.iterdir())) == 2
