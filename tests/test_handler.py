@@ -9,6 +9,7 @@ import pytest
 from imagegen import in_format, jpeg, png_claiming, stored_with_orientation, truncated_jpeg
 from support import make_context
 from testmodel import (
+    PHOTOS,
     PROB_TOLERANCE,
     TEST_MODEL_FILE,
     Reference,
@@ -123,20 +124,19 @@ def test_all_bad_batch(handler: ImageClassifierHandler, seeing_model_dir: Path) 
     assert [r["error"]["code"] for r in results] == ["undecodable", "empty"]
 
 
-def test_concurrent_decode_gives_the_sequential_answer(model_dir: Path) -> None:
+def test_concurrent_decode_gives_the_sequential_answer(seeing_model_dir: Path) -> None:
     """decode_threads 2 (the default: a batch's images decoded in a thread pool) and 1 (one by one) agree
-    exactly, item by item, bad items included."""
-    items = [{"body": bytearray(jpeg(seed=s))} for s in range(5)] + [{"body": bytearray(b"not an image")}]
+    exactly, item by item, bad items included; the test model tells the photos apart, so a mix-up shows."""
+    names = list(PHOTOS)[:5]
+    items = [{"body": bytearray(photo(name))} for name in names] + [{"body": bytearray(b"not an image")}]
     headers = [{"X-Request-ID": f"r{i}"} for i in range(len(items))]
     answers = []
     for threads in (2, 1):
-        config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-        config["handler"]["decode_threads"] = threads
-        context = make_context(model_dir, headers)
-        context.model_yaml_config = config
+        context = make_context(seeing_model_dir, headers, decode_threads=threads)
         service = ImageClassifierHandler()
         service.initialize(context)
         assert (service.decoders is not None) == (threads > 1)
         answers.append(service.handle(items, context))
+    assert [a["predictions"][0]["label"] for a in answers[0][:5]] == [PHOTOS[name] for name in names]
     assert answers[0] == answers[1]
     assert answers[0][5]["error"]["code"] == "undecodable" and len(answers[0][0]["predictions"]) == 5
