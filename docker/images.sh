@@ -3,12 +3,13 @@
 # gets: python:3.11-slim-bookworm and PyTorch's CPU index. Only where those are unreachable (said so on
 # stderr) does it fall back to a stand-in base made from Debian packages (docker/base-image.sh) and to the
 # CPU torch wheel of a local find-links directory (TORCH_WHEELS, default /opt/wheels), served to the build
-# over loopback. Settings (environment): WEIGHTS (imagenet|random), ENGINE (onnx|onnx-int8|eager), SERVE_IMAGE,
+# over loopback. Settings (environment): WEIGHTS (imagenet|random|PATH of a state dict), ENGINE (onnx|onnx-int8|eager), SERVE_IMAGE,
 # GATEWAY_IMAGE, PYTHON_IMAGE (skip the probe), TORCH_WHEELS, TORCH_WHEELS_PORT (8765). WEIGHTS=imagenet without a way to
 # download.pytorch.org falls back to random weights with a warning, as `make mar` does.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 weights="${WEIGHTS:-imagenet}"
+[ ! -f "$weights" ] || weights="$(realpath "$weights")"  # before the cd: a path relative to the caller
+cd "$(dirname "$0")/.."
 engine="${ENGINE:-onnx}"
 serve_image="${SERVE_IMAGE:-image-classification-api-serve:local}"
 gateway_image="${GATEWAY_IMAGE:-image-classification-api-gateway:local}"
@@ -29,7 +30,19 @@ fi
 
 serve_args=()
 server_pid=""
-trap '[ -z "$server_pid" ] || kill "$server_pid"' EXIT
+staged=""
+trap '[ -z "$server_pid" ] || kill "$server_pid"; [ -z "$staged" ] || rm -rf "$staged"' EXIT
+if [ -f "$weights" ]; then
+  # A state dict, as `make mar WEIGHTS=PATH` takes: staged in the build context under its own name (which the
+  # archive's model block shows), the only .pth that .dockerignore lets through; removed again on exit.
+  staged=model_store/build-weights
+  rm -rf "$staged" && mkdir -p "$staged"
+  cp "$weights" "$staged/"
+  weights="/src/model_store/$(basename "$weights")"
+elif [ "$weights" != imagenet ] && [ "$weights" != random ]; then
+  echo "images: WEIGHTS must be imagenet, random or the path of a state dict file, got '$weights'" >&2
+  exit 2
+fi
 if ! curl -sf --max-time 15 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
   if [ "$weights" = imagenet ]; then
     # Like `make mar`: the official weights live on the same unreachable host.

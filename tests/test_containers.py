@@ -354,23 +354,29 @@ def test_images_run_as_the_same_non_root_uid(dockerfile: Path) -> None:
     assert uid == user_of(SERVE).split(":")[0]
 
 
-def dockerignored(path: str, patterns: list[str]) -> bool:
-    for pattern in patterns:
-        bare = pattern.removeprefix("**/")
-        parts = path.split("/")
+def ignore_pattern_matches(path: str, pattern: str) -> bool:
+    """Docker's rule: the pattern matches the path or one of its parent directories."""
+    parts = path.split("/")
+    if pattern.startswith("**/"):
         candidates = ["/".join(parts[i:j]) for i in range(len(parts)) for j in range(i + 1, len(parts) + 1)]
-        if pattern.startswith("**/"):
-            if any(fnmatch(c, bare) for c in candidates):
-                return True
-        elif any(fnmatch("/".join(parts[:j]), pattern) for j in range(1, len(parts) + 1)):
-            return True
-    return False
+        return any(fnmatch(c, pattern.removeprefix("**/")) for c in candidates)
+    return any(fnmatch("/".join(parts[:j]), pattern) for j in range(1, len(parts) + 1))
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """The last pattern that matches decides; a `!` pattern takes the path back into the context."""
+    ignored = False
+    for pattern in patterns:
+        if ignore_pattern_matches(path, pattern.removeprefix("!")):
+            ignored = not pattern.startswith("!")
+    return ignored
 
 
 def test_dockerignore_keeps_artefacts_out_and_sources_in() -> None:
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [ln for ln in lines if ln and not ln.startswith("#")]
-    assert not [p for p in patterns if p.startswith("!")], "no exceptions: keep the matcher here honest"
+    exceptions = [p for p in patterns if p.startswith("!")]
+    assert exceptions == ["!model_store/.gitkeep", "!model_store/build-weights/*.pth"], exceptions
     for path in (
         ".venv/bin/python",
         "model_store/resnet50.mar",
@@ -382,8 +388,12 @@ def test_dockerignore_keeps_artefacts_out_and_sources_in() -> None:
         ".env",
         "handlers/__pycache__/x.pyc",
         "key_file.json",
+        "model_store/w.pth",
+        "model_store/build-weights/resnet50.mar",
     ):
         assert dockerignored(path, patterns), f"{path} would be sent to the Docker build context"
+    # what `make images WEIGHTS=PATH` stages for the builder
+    assert not dockerignored("model_store/build-weights/test-model.pth", patterns)
     needed = set()
     for dockerfile in (SERVE, GATEWAY):
         for stage, sources, _ in copies(instructions(dockerfile)):
