@@ -209,8 +209,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)")
     evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
     evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
-    evaluate.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
-    evaluate.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
+    source = evaluate.add_mutually_exclusive_group()  # the gateway's engine is the one it serves
+    source.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
+    source.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
     evaluate.add_argument("--api-key", help="the gateway's API key (default: API_KEY from the environment)")
     evaluate.add_argument("--output", type=Path, help="write the JSON report here instead of stdout")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -136,6 +136,15 @@ def via_gateway(url: str, api_key: str, images: list[Labelled], progress: bool) 
     yield from (answers.get(str(i.path), "no answer") for i in images)
 
 
+def served_model(url: str, api_key: str) -> dict | None:
+    """The gateway's model (None when it does not say); asked first, so an unreachable gateway fails at once."""
+    try:
+        models = httpx.get(f"{url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise EvaluationError(f"cannot reach the gateway at {url}: {exc}") from exc
+    return models.json()["models"][0] if models.status_code == 200 else None
+
+
 def report(images: list[Labelled], outcomes: list[Outcome], seconds: float) -> dict:
     hits1 = [isinstance(o, list) and o[:1] == [i.class_id] for i, o in zip(images, outcomes, strict=True)]
     hits5 = [isinstance(o, list) and i.class_id in o for i, o in zip(images, outcomes, strict=True)]
@@ -166,10 +175,8 @@ def evaluate(folder: Path, mar: Path | None = None, engine: str | None = None, g
     if gateway_url:
         if not api_key:
             raise EvaluationError("--gateway-url needs --api-key (or API_KEY in the environment)")
+        source = {"mode": "gateway", "gateway_url": gateway_url, "model": served_model(gateway_url, api_key)}
         outcomes = list(via_gateway(gateway_url, api_key, images, progress))
-        models = httpx.get(f"{gateway_url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
-        source = {"mode": "gateway", "gateway_url": gateway_url,
-                  "model": models.json()["models"][0] if models.status_code == 200 else None}  # fmt: skip
     else:
         if mar is None or not mar.is_file():
             raise EvaluationError(f"archive {mar} does not exist; build it with `python -m modelserver build`")
