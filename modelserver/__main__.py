@@ -28,17 +28,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     # torch is imported here, not at module level: `ready` runs in health checks and must stay light.
     from modelserver.archive import ArchiveError, Int8Options, ServingConfig, build
     from modelserver.calibration import CalibrationError
-    from modelserver.mar import archive_info
+    from modelserver.mar import UnreadableArchive, archive_info
     from modelserver.onnx_export import VerificationError
     from modelserver.quantize import GateError
     from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
-        built_engine = archive_info(args.output)[1]["engine"]
-        if built_engine == args.engine:
-            print(f"{args.output} exists; not rebuilding")
-            return 0
-        print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
+        try:
+            built_engine = archive_info(args.output)[1]["engine"]
+        except UnreadableArchive as exc:
+            print(f"{exc}: rebuilding")
+        else:
+            if built_engine == args.engine:
+                print(f"{args.output} exists; not rebuilding")
+                return 0
+            print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
     try:
         weights = resolve(args.weights, args.sha256, args.cache_dir)
     except DownloadError as exc:

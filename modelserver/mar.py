@@ -11,8 +11,15 @@ import yaml
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 
 
+class UnreadableArchive(Exception):
+    """The file is not an archive this project built (not a zip, or without its metadata or config)."""
+
+
 def archive_info(mar: Path) -> tuple[dict, dict]:
     """The archive's metadata.json and its handler settings (model-config.yaml over the handler's defaults)."""
-    with zipfile.ZipFile(mar) as archive:
-        config = yaml.safe_load(archive.read("model-config.yaml")) or {}
-        return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            config = yaml.safe_load(archive.read("model-config.yaml")) or {}
+            return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
+    except (zipfile.BadZipFile, KeyError, ValueError, yaml.YAMLError) as exc:
+        raise UnreadableArchive(f"{mar} is not a readable model archive ({exc})") from exc
