@@ -155,8 +155,10 @@ def test_csv_output(gateway: Gateway, api_key: str, tree: Path, tmp_path: Path) 
     assert done.returncode == 1, done.stderr
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["path", "status", "top1_label", "top1_score", "error", "request_id"]
+        assert reader.fieldnames == ["path", "status", "top1_label", "top1_score", "error", "request_id",
+                                     "explanation", "explanation_error"]  # fmt: skip
         rows = {row["path"]: row for row in reader}
+    assert not any(row["explanation"] or row["explanation_error"] for row in rows.values())  # no --explain
     assert set(rows) == paths(tree, GOOD) | paths(tree, BAD)
     for name in GOOD:
         row = rows[str(tree / name)]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -76,8 +77,31 @@ def test_classify_explain_writes_the_overlays(gateway: Gateway, folder: Path, tm
     for path, size in ((cat, picture("chelsea").size), (wide, (1024, 683))):
         record = records[str(path)]
         written = Path(record["explanation"])
-        assert written.parent == overlays and written.name.endswith(".png")
+        assert written == overlays / (str(path).lstrip("/") + ".png")
         assert Image.open(io.BytesIO(written.read_bytes())).size == size
         assert record["predictions"][0]["label"] == "tabby"
     assert "explanation" not in records[str(folder / "broken.jpg")]
-    assert len(list(overlays.iterdir())) == 2
+    assert len([p for p in overlays.rglob("*") if p.is_file()]) == 2
+
+
+def test_classify_explain_to_csv_keeps_every_overlay(gateway: Gateway, tmp_path: Path) -> None:
+    """`a/b.jpg` and `a__b.jpg` each keep their own overlay, and the CSV says where each went."""
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    nested, flat = tmp_path / "in" / "a" / "b.jpg", tmp_path / "in" / "a__b.jpg"
+    nested.write_bytes(photo("chelsea"))
+    flat.write_bytes(photo("coffee"))
+    broken = tmp_path / "in" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really")
+    overlays, out = tmp_path / "why", tmp_path / "results.csv"
+    done = imgcls(gateway, "classify", str(tmp_path / "in"), "-r", "--explain", str(overlays), "-o", str(out))
+    assert done.returncode == 1, done.stderr  # broken.jpg failed
+    with out.open(newline="") as f:
+        rows = {row["path"]: row for row in csv.DictReader(f)}
+    written = {path: Path(rows[str(path)]["explanation"]) for path in (nested, flat)}
+    assert written[nested] != written[flat]
+    for path, overlay in written.items():
+        assert rows[str(path)]["status"] == "ok" and not rows[str(path)]["explanation_error"]
+        assert Image.open(io.BytesIO(overlay.read_bytes())).size == Image.open(path).size
+    assert written[nested].read_bytes() != written[flat].read_bytes()
+    assert rows[str(broken)]["status"] == "failed" and not rows[str(broken)]["explanation"]
+    assert len([p for p in overlays.rglob("*") if p.is_file()]) == 2
