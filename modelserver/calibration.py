@@ -95,7 +95,8 @@ def folder_sets(folder: Path) -> ImageSets:
         raise CalibrationError(f"{folder} holds {len(paths)} image(s); calibration needs at least {MIN_IMAGES} "
                                f"(every {GATE_EVERY}th is held apart for the accuracy gate)")  # fmt: skip
     gate = paths[GATE_EVERY - 1 :: GATE_EVERY]
-    calibration = [p for p in paths if p not in set(gate)]
+    held_apart = set(gate)
+    calibration = [p for p in paths if p not in held_apart]
 
     def tensors(chosen: list[Path]) -> np.ndarray:
         return np.stack([preprocess(load(p)) for p in spread(chosen)])
