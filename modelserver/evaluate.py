@@ -19,7 +19,6 @@ import os
 import re
 import tempfile
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from handlers.engines import load_engine
 from handlers.imaging import ImageError, decode, preprocess
 from modelserver.calibration import IMAGE_SUFFIXES
-from modelserver.mar import archive_info
+from modelserver.mar import archive_info, unpack
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
 WNID = re.compile(r"^n\d{8}$")
@@ -94,10 +93,7 @@ Outcome = list[int] | str
 def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool) -> Iterator[Outcome]:
     """The archive's engine with the handler's decoding and preprocessing."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-        model_dir = Path(tmp)
-        with zipfile.ZipFile(mar) as archive:
-            archive.extractall(model_dir)
-        engine = load_engine(settings["engine"], model_dir, os.cpu_count() or 1)
+        engine = load_engine(settings["engine"], unpack(mar, Path(tmp)), os.cpu_count() or 1)
 
         def prepared(item: Labelled) -> np.ndarray | str:
             try:

@@ -1,4 +1,4 @@
-"""Reading a built archive without unpacking it: its metadata.json and its handler settings."""
+"""A built archive: its metadata.json and handler settings read in place, or the whole archive unpacked."""
 
 from __future__ import annotations
 
@@ -23,3 +23,10 @@ def archive_info(mar: Path) -> tuple[dict, dict]:
             return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
     except (zipfile.BadZipFile, KeyError, ValueError, yaml.YAMLError) as exc:
         raise UnreadableArchive(f"{mar} is not a readable model archive ({exc})") from exc
+
+
+def unpack(mar: Path, target: Path) -> Path:
+    """The archive extracted into `target` (as TorchServe unpacks it for a worker); returns `target`."""
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(target)
+    return target

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_aliv
 from testmodel import build_store
 
 from gateway.auth import key_hash
+from modelserver.mar import unpack
 from modelserver.torchserve import TorchServe
 
 
@@ -30,13 +30,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The archive unpacked, as TorchServe unpacks it for a worker."""
-    return unpack(model_store, tmp_path_factory.mktemp("model_dir"))
-
-
-def unpack(store: Path, target: Path) -> Path:
-    with zipfile.ZipFile(store / "resnet50.mar") as mar:
-        mar.extractall(target)
-    return target
+    return unpack(model_store / "resnet50.mar", tmp_path_factory.mktemp("model_dir"))
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +43,7 @@ def seeing_model_store(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test model's archive unpacked, as TorchServe unpacks it for a worker."""
-    return unpack(seeing_model_store, tmp_path_factory.mktemp("seeing_model_dir"))
+    return unpack(seeing_model_store / "resnet50.mar", tmp_path_factory.mktemp("seeing_model_dir"))
 
 
 @pytest.fixture(scope="session")
