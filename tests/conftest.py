@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
-from testmodel import build_store
+from testmodel import Reference, build_store
 
 from gateway.auth import key_hash
 from modelserver.mar import unpack
@@ -44,6 +44,12 @@ def seeing_model_store(request: pytest.FixtureRequest) -> Path:
 def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test model's archive unpacked, as TorchServe unpacks it for a worker."""
     return unpack(seeing_model_store / "resnet50.mar", tmp_path_factory.mktemp("seeing_model_dir"))
+
+
+@pytest.fixture(scope="session")
+def seeing_model(seeing_model_dir: Path) -> Reference:
+    """The test model in eager PyTorch behind torchvision's reference pipeline (what the service must answer)."""
+    return Reference(seeing_model_dir)
 
 
 @pytest.fixture(scope="session")
