@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from handlers.imaging import ImageError, decode, preprocess
+from handlers.imaging import IMAGE_SUFFIXES, ImageError, decode, preprocess
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 GATE_EVERY = 4
 MAX_IMAGES = 256
 MIN_IMAGES = 8
