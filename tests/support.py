@@ -25,6 +25,7 @@ from gateway.problems import PROBLEM_JSON, TYPE_BASE
 from handlers.imaging import decode, preprocess
 from modelserver.gateway_process import GatewayProcess as Gateway
 from modelserver.gateway_process import gateway_env
+from modelserver.process_groups import signal_group
 from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
 
 __all__ = [
@@ -56,11 +57,7 @@ OTHER_KEY = "ica_another-valid-key"
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return signal_group(pgid, 0)
 
 
 def start_torchserve(workdir: Path, model_store: Path,
