@@ -33,7 +33,11 @@ class RenderSlots:
         except TimeoutError:
             detail = f"{self.limit} explanation image(s) already being drawn; retry shortly"
             raise Problem("server-busy", detail, headers={"Retry-After": str(self.retry_after_s)}) from None
-        try:
-            return await run_in_threadpool(draw, *args)
-        finally:
-            self._slots.release()
+        drawing = asyncio.ensure_future(run_in_threadpool(draw, *args))
+        drawing.add_done_callback(self._release)
+        return await asyncio.shield(drawing)  # a cancelled request leaves the drawing (and its slot) to finish
+
+    def _release(self, drawing: asyncio.Future[bytes]) -> None:
+        if not drawing.cancelled():
+            drawing.exception()  # retrieved here too: nobody may be awaiting it any more
+        self._slots.release()

@@ -183,10 +183,16 @@ def test_renders_beyond_the_bound_wait_then_get_503() -> None:
         assert (busy.status, busy.slug, busy.headers) == (503, "server-busy", {"Retry-After": "3"})
         held.cancel()  # the client went away; the thread still draws
         await refused()
-        release.set()
         with pytest.raises(asyncio.CancelledError):
             await held
-        assert await slots.run(lambda: b"next") == b"next"
+        release.set()
+        deadline = time.monotonic() + 10
+        while True:  # the slot comes back once the thread has ended
+            try:
+                assert await slots.run(lambda: b"next") == b"next"
+                break
+            except Problem:
+                assert time.monotonic() < deadline, "the slot never came back"
 
     asyncio.run(scenario())
     with pytest.raises(ValidationError):
