@@ -149,7 +149,8 @@ def test_explain_png_has_the_originals_size_capped_and_the_map_inside_the_crop(
 def test_the_reduction_keeps_the_geometry_and_the_modes_it_cannot_average() -> None:
     img = Image.new("RGB", (2400, 1600))
     assert reduced(img, (1024, 683)).size == (1200, 800)  # 2 is the largest factor that stays above 1024 x 683
-    assert reduced(img, (400, 300)).size == (600, 400)  # 4: 5 does not divide 1600, 6 would go below 300
+    assert reduced(img, (700, 500)).size == (1200, 800)  # 3 would stay above it, but does not divide 1600
+    assert reduced(img, (400, 300)).size == (480, 320)  # 5 divides both; 6 would go below 300
     assert reduced(Image.new("RGB", (2401, 1600)), (1024, 682)).size == (2401, 1600)  # no factor divides both
     assert reduced(Image.new("P", (2400, 1600)), (1024, 683)).size == (2400, 1600)  # palette indices: no mean
     pixels = np.tile(np.arange(2400) % 251, (16, 1)).astype(np.uint8)
