@@ -20,7 +20,6 @@ import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
 from handlers.engines import ONNX_FILE, OUTPUTS, load_engine
 from handlers.imaging import decode, preprocess
+from modelserver.mar import unpack
 from modelserver.torchserve import REPO_ROOT, free_port
 
 HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     images = [photo(816, 612, seed) for seed in range(16)]
     with tempfile.TemporaryDirectory(prefix="bench-insight-") as tmp:
         tmpdir = Path(tmp)
-        with zipfile.ZipFile(args.mar) as mar:
-            mar.extractall(tmpdir / "model")
-        rows = run(args.mar.parent, tmpdir / "model", images, args.seconds, tmpdir)
+        rows = run(args.mar.parent, unpack(args.mar, tmpdir / "model"), images, args.seconds, tmpdir)
     values = summary(rows)
     print("\n".join(f"{name}: {value:.3f}" for name, value in values.items()))
     print("\n".join(verdicts(values)))

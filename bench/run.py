@@ -53,7 +53,7 @@ from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import decode, preprocess
 from modelserver.archive import ENGINE_DEFAULTS
 from modelserver.gateway_process import Upstream
-from modelserver.mar import archive_info
+from modelserver.mar import archive_info, unpack
 from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -261,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         stores = archives(args.mar, tmpdir)
         model_dirs = {}
         for engine, store in stores.items():
-            model_dirs[engine] = tmpdir / f"model-{engine}"
-            with zipfile.ZipFile(store / "resnet50.mar") as mar:
-                mar.extractall(model_dirs[engine])
+            model_dirs[engine] = unpack(store / "resnet50.mar", tmpdir / f"model-{engine}")
         meta = json.loads((model_dirs["onnx"] / "metadata.json").read_text())
         print("1. limit (in-process)", flush=True)
         rows += bench_limit(model_dirs, images, seconds)

@@ -69,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="results file, .jsonl or .csv (default: JSONL on stdout)")
     c.add_argument("--explain", metavar="DIR",
                    help="also write each image's explanation (/v1/explain PNG: where the model saw its top class) "
-                        "into DIR, named after the file's path; the record's `explanation` says where")  # fmt: skip
+                        "into DIR at the file's own path under it (DIR/<path>.png); the record's `explanation` "
+                        "says where")  # fmt: skip
     e = sub.add_parser("embed", help="embeddings of files and folders, to .npy plus a paths file",
                        description="L2-normalised 2048-d embeddings (/v1/embed) to OUTPUT.npy (float32, one row "
                                    "per file) and OUTPUT.paths.txt (row i's path on line i). --resume continues "

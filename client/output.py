@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import numpy as np
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
-CSV_FIELDS = ["path", "status", "top1_label", "top1_score", "error", "request_id"]
+CSV_FIELDS = ["path", "status", "top1_label", "top1_score", "error", "request_id", "explanation", "explanation_error"]
 
 
 class OutputError(Exception):
@@ -52,6 +52,8 @@ def csv_row(record: dict[str, Any]) -> dict[str, Any]:
         "top1_score": top.get("score", ""),
         "error": error_text(record["error"]) if "error" in record else "",
         "request_id": record.get("request_id") or "",
+        "explanation": record.get("explanation", ""),  # --explain: the overlay's path, or why there is none
+        "explanation_error": error_text(record["explanation_error"]) if "explanation_error" in record else "",
     }
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from client import __version__
 from client.inputs import iter_inputs
 from client.output import VectorWriter, Writer, done_paths, vector_done_paths
-from client.sender import Fatal, RetryPolicy, Sender
+from client.sender import Fatal, RetryPolicy, Sender, client_error
 
 
 @dataclass
@@ -208,9 +208,19 @@ class Run:
             record["explanation_error"] = answer
             self.log(f"no explanation for {record['path']}: {answer['detail']}")
             return
-        target = Path(self.opts.explain_dir) / (record["path"].lstrip("/").replace("/", "__") + ".png")
-        await asyncio.to_thread(target.write_bytes, answer)
+        # The file's own path mirrored under DIR: distinct files never share an overlay.
+        target = Path(self.opts.explain_dir) / (record["path"].lstrip("/") + ".png")
+        try:
+            await asyncio.to_thread(write_file, target, answer)
+        except OSError as exc:
+            record["explanation_error"] = client_error("output-error", f"cannot write {target}: {exc}")
+            return
         record["explanation"] = str(target)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 def run(opts: Options) -> Summary:

@@ -9,7 +9,6 @@ base64 (exact, and about a quarter of the size).
 from __future__ import annotations
 
 import base64
-import struct
 import time
 from typing import Annotated, Any, Literal
 
@@ -19,6 +18,7 @@ from gateway import schemas
 from gateway.auth import authenticate
 from gateway.routes import batch_route, classify, model_block, run_batch, single_image, single_route, timing_ms
 from gateway.validation import CheckedImage
+from gateway.vectors import floats
 
 router = APIRouter()
 Authenticated = Annotated[str, Depends(authenticate)]
@@ -31,11 +31,6 @@ def vector(result: dict[str, Any], encoding: str) -> dict[str, Any]:
     raw = result["embedding"]
     values = floats(base64.b64decode(raw))
     return {"embedding": values if encoding == "json" else raw, "dimensions": len(values)}
-
-
-def floats(raw: bytes) -> list[float]:
-    """float32 little-endian bytes → Python floats (exact)."""
-    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 async def embed_one(request: Request, image: CheckedImage, encoding: str) -> tuple[dict[str, Any], float]:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from gateway import schemas
 from gateway.answers import MAX_TOP_K, AnswerOptions, shape
@@ -76,7 +75,7 @@ async def explain(request: Request, _: Authenticated, options: Options) -> Any:
         [chosen] = explained(result, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
         from gateway.overlay import render  # NumPy, only for this form
 
-        png = await run_in_threadpool(render, image.data, chosen["cam"], geometry, MAX_SIDE)
+        png = await request.app.state.renders.run(render, image.data, chosen["cam"], geometry, MAX_SIDE)
         headers = {"X-Explained-Class-Id": str(chosen["class_id"]), "X-Explained-Label": chosen["label"]}
         return Response(png, media_type="image/png", headers=headers)
     left, top, right, bottom = geometry["crop"]

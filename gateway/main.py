@@ -15,6 +15,7 @@ from gateway.auth import KeyStore, RateLimiter
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
 from gateway.problems import Problem
+from gateway.renders import RenderSlots
 from gateway.settings import Settings, get_settings
 from gateway.upstream import TorchServeClient
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyStore(settings.all_key_hashes())
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.metrics = Metrics()
+    app.state.renders = RenderSlots(settings.max_concurrent_renders, settings.queue_timeout_s, settings.retry_after_s)
     app.include_router(routes.router)
     app.include_router(explain.router)
     app.include_router(embed.router)

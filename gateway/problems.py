@@ -27,6 +27,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "method-not-allowed": (405, "Method not allowed"),
     "output-unavailable": (501, "The served model does not give this output"),
     "model-unavailable": (503, "The model is not ready"),
+    "server-busy": (503, "The server is busy"),
     "upstream-timeout": (504, "The model did not answer in time"),
     "upstream-error": (502, "The model server failed"),
     "internal-error": (500, "Internal error"),

@@ -172,7 +172,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: _problem("Invalid parameters, or an image that cannot be decoded"),
     429: _problem("Rate limit exceeded; see Retry-After"),
     502: _problem("The model server failed"),
-    503: _problem("The model is not ready; see Retry-After"),
+    503: _problem("The model is not ready, or the server is at capacity; see Retry-After"),
     504: _problem("The model did not answer in time"),
 }
 

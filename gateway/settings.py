@@ -35,7 +35,10 @@ class Settings(BaseSettings):
         32, ge=1, description="requests in flight to TorchServe per gateway process; keep below its job_queue_size"
     )
     queue_timeout_s: float = Field(
-        1.0, gt=0, description="wait for a free upstream connection before answering 503 (overload)"
+        1.0, gt=0, description="wait for a free upstream connection or render slot before answering 503 (overload)"
+    )
+    max_concurrent_renders: int = Field(
+        2, ge=1, description="/v1/explain PNGs drawn at once per gateway process (each decodes the whole image)"
     )
     readiness_cache_s: float = Field(1.5, ge=0)
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503")

@@ -25,10 +25,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.auth import authenticate
-from gateway.embed import floats
 from gateway.problems import Problem
 from gateway.routes import classify, readyz, settings_of, upstream_of
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
+from gateway.vectors import floats
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 Authenticated = Annotated[str, Depends(authenticate)]

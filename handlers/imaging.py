@@ -32,6 +32,8 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 
 JPEG_DRAFT_CHOICES = (1, 2, 4, 8)  # 1: full decode (the reference); n: reduced-scale decode down to 1/n
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+# their usual file suffixes: how tools that read folders (calibration, evaluate) pick the images out
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 class ImageError(Exception):

@@ -28,17 +28,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     # torch is imported here, not at module level: `ready` runs in health checks and must stay light.
     from modelserver.archive import ArchiveError, Int8Options, ServingConfig, build
     from modelserver.calibration import CalibrationError
-    from modelserver.mar import archive_info
+    from modelserver.mar import UnreadableArchive, archive_info
     from modelserver.onnx_export import VerificationError
     from modelserver.quantize import GateError
     from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
-        built_engine = archive_info(args.output)[1]["engine"]
-        if built_engine == args.engine:
-            print(f"{args.output} exists; not rebuilding")
-            return 0
-        print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
+        try:
+            built_engine = archive_info(args.output)[1]["engine"]
+        except UnreadableArchive as exc:
+            print(f"{exc}: rebuilding")
+        else:
+            if built_engine == args.engine:
+                print(f"{args.output} exists; not rebuilding")
+                return 0
+            print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
     try:
         weights = resolve(args.weights, args.sha256, args.cache_dir)
     except DownloadError as exc:
@@ -209,8 +213,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)")
     evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
     evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
-    evaluate.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
-    evaluate.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
+    source = evaluate.add_mutually_exclusive_group()  # the gateway's engine is the one it serves
+    source.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
+    source.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
     evaluate.add_argument("--api-key", help="the gateway's API key (default: API_KEY from the environment)")
     evaluate.add_argument("--output", type=Path, help="write the JSON report here instead of stdout")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")

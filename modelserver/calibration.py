@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from handlers.imaging import ImageError, decode, preprocess
+from handlers.imaging import IMAGE_SUFFIXES, ImageError, decode, preprocess
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 GATE_EVERY = 4
 MAX_IMAGES = 256
 MIN_IMAGES = 8
@@ -95,7 +94,8 @@ def folder_sets(folder: Path) -> ImageSets:
         raise CalibrationError(f"{folder} holds {len(paths)} image(s); calibration needs at least {MIN_IMAGES} "
                                f"(every {GATE_EVERY}th is held apart for the accuracy gate)")  # fmt: skip
     gate = paths[GATE_EVERY - 1 :: GATE_EVERY]
-    calibration = [p for p in paths if p not in set(gate)]
+    held_apart = set(gate)
+    calibration = [p for p in paths if p not in held_apart]
 
     def tensors(chosen: list[Path]) -> np.ndarray:
         return np.stack([preprocess(load(p)) for p in spread(chosen)])

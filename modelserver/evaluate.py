@@ -19,7 +19,6 @@ import os
 import re
 import tempfile
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from handlers.engines import load_engine
-from handlers.imaging import ImageError, decode, preprocess
-from modelserver.calibration import IMAGE_SUFFIXES
-from modelserver.mar import archive_info
+from handlers.imaging import IMAGE_SUFFIXES, ImageError, decode, preprocess
+from modelserver.mar import archive_info, unpack
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
 WNID = re.compile(r"^n\d{8}$")
@@ -94,10 +92,7 @@ Outcome = list[int] | str
 def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool) -> Iterator[Outcome]:
     """The archive's engine with the handler's decoding and preprocessing."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-        model_dir = Path(tmp)
-        with zipfile.ZipFile(mar) as archive:
-            archive.extractall(model_dir)
-        engine = load_engine(settings["engine"], model_dir, os.cpu_count() or 1)
+        engine = load_engine(settings["engine"], unpack(mar, Path(tmp)), os.cpu_count() or 1)
 
         def prepared(item: Labelled) -> np.ndarray | str:
             try:
@@ -136,6 +131,15 @@ def via_gateway(url: str, api_key: str, images: list[Labelled], progress: bool) 
     yield from (answers.get(str(i.path), "no answer") for i in images)
 
 
+def served_model(url: str, api_key: str) -> dict | None:
+    """The gateway's model (None when it does not say); asked first, so an unreachable gateway fails at once."""
+    try:
+        models = httpx.get(f"{url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
+    except httpx.HTTPError as exc:
+        raise EvaluationError(f"cannot reach the gateway at {url}: {exc}") from exc
+    return models.json()["models"][0] if models.status_code == 200 else None
+
+
 def report(images: list[Labelled], outcomes: list[Outcome], seconds: float) -> dict:
     hits1 = [isinstance(o, list) and o[:1] == [i.class_id] for i, o in zip(images, outcomes, strict=True)]
     hits5 = [isinstance(o, list) and i.class_id in o for i, o in zip(images, outcomes, strict=True)]
@@ -166,10 +170,8 @@ def evaluate(folder: Path, mar: Path | None = None, engine: str | None = None, g
     if gateway_url:
         if not api_key:
             raise EvaluationError("--gateway-url needs --api-key (or API_KEY in the environment)")
+        source = {"mode": "gateway", "gateway_url": gateway_url, "model": served_model(gateway_url, api_key)}
         outcomes = list(via_gateway(gateway_url, api_key, images, progress))
-        models = httpx.get(f"{gateway_url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
-        source = {"mode": "gateway", "gateway_url": gateway_url,
-                  "model": models.json()["models"][0] if models.status_code == 200 else None}  # fmt: skip
     else:
         if mar is None or not mar.is_file():
             raise EvaluationError(f"archive {mar} does not exist; build it with `python -m modelserver build`")

@@ -6,17 +6,16 @@ soak and the tests all start it this way (the benchmark its stubs too, as `HttpP
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 import httpx
 
+from modelserver.process_groups import stop_groups
 from modelserver.torchserve import TorchServe, free_port
 
 
@@ -85,17 +84,10 @@ class HttpProcess:
         raise ServerProcessError(f"{self.url} did not answer {self.ready_path} in {self.ready_timeout:g} s")
 
     def stop(self) -> None:
-        """TERM to the whole process group (uvicorn workers too), KILL what is left after 15 s."""
+        """TERM to the whole process group, wait for every process in it, KILL what is left after 15 s."""
         if self.process is None:
             return
-        with suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_groups([self.process.pid], 15.0, [self.process])
         self.process = None
 
     def logs(self) -> str:

@@ -1,4 +1,4 @@
-"""Reading a built archive without unpacking it: its metadata.json and its handler settings."""
+"""A built archive: its metadata.json and handler settings read in place, or the whole archive unpacked."""
 
 from __future__ import annotations
 
@@ -11,8 +11,22 @@ import yaml
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 
 
+class UnreadableArchive(Exception):
+    """The file is not an archive this project built (not a zip, or without its metadata or config)."""
+
+
 def archive_info(mar: Path) -> tuple[dict, dict]:
     """The archive's metadata.json and its handler settings (model-config.yaml over the handler's defaults)."""
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            config = yaml.safe_load(archive.read("model-config.yaml")) or {}
+            return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
+    except (zipfile.BadZipFile, KeyError, ValueError, yaml.YAMLError) as exc:
+        raise UnreadableArchive(f"{mar} is not a readable model archive ({exc})") from exc
+
+
+def unpack(mar: Path, target: Path) -> Path:
+    """The archive extracted into `target` (as TorchServe unpacks it for a worker); returns `target`."""
     with zipfile.ZipFile(mar) as archive:
-        config = yaml.safe_load(archive.read("model-config.yaml")) or {}
-        return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
+        archive.extractall(target)
+    return target

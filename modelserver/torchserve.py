@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from modelserver.watchdog import signal_group
+from modelserver.process_groups import stop_groups
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "config.properties"
@@ -289,12 +288,5 @@ class TorchServe:
         """Stop the whole process group: TERM, wait for every process in it, then KILL what is left."""
         if self.process is None:
             return
-        group = self.process.pid
-        signal_group(group, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and signal_group(group, 0):
-            self.process.poll()  # reap the launcher so it does not keep the group alive as a zombie
-            time.sleep(0.2)
-        signal_group(group, signal.SIGKILL)
-        self.process.wait()
+        stop_groups([self.process.pid], timeout, [self.process])
         self.process = None

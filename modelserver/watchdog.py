@@ -13,35 +13,15 @@ launcher there is nothing left to stop, and it exits at once.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import suppress
 from typing import IO, Self
 
+from modelserver.process_groups import stop_groups
+
 GRACE_S = 20.0
-
-
-def signal_group(group: int, sig: int) -> bool:
-    """Send `sig` to a process group; False once the group has no process left."""
-    try:
-        os.killpg(group, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def stop_groups(groups: list[int], grace_s: float = GRACE_S) -> None:
-    """TERM every group, wait for them to empty, KILL what is left after `grace_s`."""
-    for group in groups:
-        signal_group(group, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(signal_group(group, 0) for group in groups):
-        time.sleep(0.2)
-    for group in groups:
-        signal_group(group, signal.SIGKILL)
 
 
 def watch(commands: IO[str]) -> list[int]:
@@ -76,7 +56,7 @@ class Watchdog:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stop_groups(watch(sys.stdin))
+    stop_groups(watch(sys.stdin), GRACE_S)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
-from testmodel import build_store
+from testmodel import Reference, build_store
 
 from gateway.auth import key_hash
+from modelserver.mar import unpack
 from modelserver.torchserve import TorchServe
 
 
@@ -30,13 +30,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The archive unpacked, as TorchServe unpacks it for a worker."""
-    return unpack(model_store, tmp_path_factory.mktemp("model_dir"))
-
-
-def unpack(store: Path, target: Path) -> Path:
-    with zipfile.ZipFile(store / "resnet50.mar") as mar:
-        mar.extractall(target)
-    return target
+    return unpack(model_store / "resnet50.mar", tmp_path_factory.mktemp("model_dir"))
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +43,13 @@ def seeing_model_store(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope="session")
 def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test model's archive unpacked, as TorchServe unpacks it for a worker."""
-    return unpack(seeing_model_store, tmp_path_factory.mktemp("seeing_model_dir"))
+    return unpack(seeing_model_store / "resnet50.mar", tmp_path_factory.mktemp("seeing_model_dir"))
+
+
+@pytest.fixture(scope="session")
+def seeing_model(seeing_model_dir: Path) -> Reference:
+    """The test model in eager PyTorch behind torchvision's reference pipeline (what the service must answer)."""
+    return Reference(seeing_model_dir)
 
 
 @pytest.fixture(scope="session")

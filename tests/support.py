@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -24,7 +25,8 @@ from gateway.problems import PROBLEM_JSON, TYPE_BASE
 from handlers.imaging import decode, preprocess
 from modelserver.gateway_process import GatewayProcess as Gateway
 from modelserver.gateway_process import gateway_env
-from modelserver.torchserve import Ports, TorchServe, free_port
+from modelserver.process_groups import signal_group
+from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
 
 __all__ = [
     "API_KEY",
@@ -35,6 +37,7 @@ __all__ = [
     "MAX_PIXELS",
     "assert_problem",
     "client_env",
+    "imgcls",
     "imgcls_cmd",
     "jsonl",
     "make_context",
@@ -54,11 +57,7 @@ OTHER_KEY = "ica_another-valid-key"
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return signal_group(pgid, 0)
 
 
 def start_torchserve(workdir: Path, model_store: Path,
@@ -120,8 +119,15 @@ def make_context(model_dir: Path, headers: list[dict[str, str]], **settings: obj
 SUMMARY = re.compile(r"imgcls: (\d+) ok, (\d+) failed, (\d+) skipped, (\d+) retries in [\d.]+ s \([\d.]+ img/s\)")
 
 
-def imgcls_cmd(*args: str) -> list[str]:
-    return [PYTHON, "-m", "client.cli", "classify", *args]
+def imgcls_cmd(*args: str, command: str = "classify") -> list[str]:
+    return [PYTHON, "-m", "client.cli", command, *args]
+
+
+def imgcls(url: str, api_key: str, *args: str, command: str = "classify",
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`imgcls COMMAND ARGS` run to the end against `url`, from the repository root."""
+    return subprocess.run(imgcls_cmd(*args, command=command), cwd=REPO_ROOT, env=client_env(url, api_key),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def client_env(url: str, api_key: str) -> dict[str, str]:

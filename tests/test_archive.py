@@ -20,7 +20,7 @@ from torchvision.models import ResNet50_Weights
 from handlers.engines import EagerEngine, OnnxEngine
 from handlers.image_handler import softmax
 from handlers.imaging import decode, preprocess
-from modelserver.__main__ import parser
+from modelserver.__main__ import main, parser
 from modelserver.archive import ServingConfig
 from modelserver.onnx_export import VerificationError, verify
 from modelserver.weights import from_seed
@@ -66,6 +66,24 @@ def test_jpeg_draft_is_a_build_setting() -> None:
     assert parser().parse_args(["build", "--jpeg-draft", "8"]).jpeg_draft == 8
     with pytest.raises(ValueError, match="jpeg_draft"):
         ServingConfig(jpeg_draft=3).as_yaml()
+
+
+def test_if_missing_rebuilds_over_an_unreadable_file(model_store: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """`build --if-missing` keeps a good archive and rebuilds over a file that is not one (here the rebuild then
+    stops at once on weights that do not exist, so no model is built)."""
+    assert main(["build", "--if-missing", "--output", str(model_store / "resnet50.mar")]) == 0
+    assert "exists; not rebuilding" in capsys.readouterr().out
+    not_zip, no_config = tmp_path / "not-zip.mar", tmp_path / "no-config.mar"
+    not_zip.write_bytes(b"half a download")
+    with zipfile.ZipFile(no_config, "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    for bad in (not_zip, no_config):
+        missing = tmp_path / "missing.pth"
+        assert main(["build", "--if-missing", "--weights", str(missing), "--output", str(bad)]) == 2
+        out, err = capsys.readouterr()
+        assert out.startswith(f"{bad} is not a readable model archive (") and out.rstrip().endswith(": rebuilding")
+        assert err.rstrip().endswith(f"error: weights file {missing} does not exist")
 
 
 def test_serving_defaults_per_engine() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from imagegen import encode, jpeg, truncated_jpeg
-from support import Gateway, client_env, free_port, gateway_env, imgcls_cmd, jsonl, summary
+from support import Gateway, client_env, free_port, gateway_env, imgcls, imgcls_cmd, jsonl, summary
 from testmodel import PHOTOS, photo, picture
 
 from gateway.auth import key_hash
@@ -60,11 +60,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def paths(root: Path, names) -> set[str]:
     return {str(root / name) for name in names}
-
-
-def imgcls(url: str, api_key: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(imgcls_cmd(*args), cwd=REPO, env=client_env(url, api_key), capture_output=True,
-                          text=True, timeout=timeout)  # fmt: skip
 
 
 def assert_records(records: list[dict], root: Path, top_k: int) -> None:
@@ -155,8 +150,10 @@ def test_csv_output(gateway: Gateway, api_key: str, tree: Path, tmp_path: Path) 
     assert done.returncode == 1, done.stderr
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["path", "status", "top1_label", "top1_score", "error", "request_id"]
+        assert reader.fieldnames == ["path", "status", "top1_label", "top1_score", "error", "request_id",
+                                     "explanation", "explanation_error"]  # fmt: skip
         rows = {row["path"]: row for row in reader}
+    assert not any(row["explanation"] or row["explanation_error"] for row in rows.values())  # no --explain
     assert set(rows) == paths(tree, GOOD) | paths(tree, BAD)
     for name in GOOD:
         row = rows[str(tree / name)]

@@ -3,20 +3,18 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from imagegen import encode
 from PIL import Image
-from support import API_KEY, PYTHON, Gateway, post
+from support import API_KEY, Gateway, imgcls, post
 from testmodel import PHOTOS, photo, picture
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = list(PHOTOS)[:6]
 
 
@@ -30,13 +28,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def imgcls(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("IMGCLS_")},
-           "IMGCLS_URL": gateway.url, "IMGCLS_API_KEY": API_KEY}  # fmt: skip
-    return subprocess.run([PYTHON, "-m", "client.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
-
-
 def served_embedding(gateway: Gateway, data: bytes) -> np.ndarray:
     response = post(gateway, API_KEY, "/v1/embed", content=data, headers={"Content-Type": "image/jpeg"})
     return np.asarray(response.json()["embedding"], dtype=np.float32)
@@ -44,10 +35,12 @@ def served_embedding(gateway: Gateway, data: bytes) -> np.ndarray:
 
 def test_embed_writes_vectors_and_paths_and_resumes(gateway: Gateway, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "vectors.npy"
-    first = imgcls(gateway, "embed", str(folder), "--glob", "*.jpg", "-o", str(out), "--batch-size", "2")
+    first = imgcls(gateway.url, API_KEY, str(folder), "--glob", "*.jpg", "-o", str(out), "--batch-size", "2",
+                   command="embed", timeout=180)  # fmt: skip
     assert first.returncode == 1, first.stderr  # broken.jpg failed
     assert "3 ok, 1 failed" in first.stderr
-    resumed = imgcls(gateway, "embed", str(folder), "-r", "-o", str(out), "--resume", "--batch-size", "4")
+    resumed = imgcls(gateway.url, API_KEY, str(folder), "-r", "-o", str(out), "--resume", "--batch-size", "4",
+                     command="embed", timeout=180)  # fmt: skip
     assert "3 ok, 1 failed, 3 skipped" in resumed.stderr, resumed.stderr
     vectors = np.load(out)
     lines = out.with_suffix(".paths.txt").read_text().splitlines()
@@ -59,7 +52,7 @@ def test_embed_writes_vectors_and_paths_and_resumes(gateway: Gateway, folder: Pa
 
 
 def test_embed_needs_an_npy_output(gateway: Gateway, folder: Path) -> None:
-    done = imgcls(gateway, "embed", str(folder), "-o", "vectors.csv")
+    done = imgcls(gateway.url, API_KEY, str(folder), "-o", "vectors.csv", command="embed", timeout=180)
     assert done.returncode == 2 and ".npy" in done.stderr
 
 
@@ -69,15 +62,39 @@ def test_classify_explain_writes_the_overlays(gateway: Gateway, folder: Path, tm
     wide.write_bytes(encode(picture("chelsea").resize((1800, 1200)), "JPEG", quality=90))
     out = tmp_path / "results.jsonl"
     cat = next(folder.rglob("chelsea.jpg"))
-    done = imgcls(gateway, "classify", str(cat), str(wide), str(folder / "broken.jpg"),
-                  "--explain", str(overlays), "-o", str(out))  # fmt: skip
+    done = imgcls(gateway.url, API_KEY, str(cat), str(wide), str(folder / "broken.jpg"),
+                  "--explain", str(overlays), "-o", str(out), timeout=180)  # fmt: skip
     assert done.returncode == 1, done.stderr
     records = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
     for path, size in ((cat, picture("chelsea").size), (wide, (1024, 683))):
         record = records[str(path)]
         written = Path(record["explanation"])
-        assert written.parent == overlays and written.name.endswith(".png")
+        assert written == overlays / (str(path).lstrip("/") + ".png")
         assert Image.open(io.BytesIO(written.read_bytes())).size == size
         assert record["predictions"][0]["label"] == "tabby"
     assert "explanation" not in records[str(folder / "broken.jpg")]
-    assert len(list(overlays.iterdir())) == 2
+    assert len([p for p in overlays.rglob("*") if p.is_file()]) == 2
+
+
+def test_classify_explain_to_csv_keeps_every_overlay(gateway: Gateway, tmp_path: Path) -> None:
+    """`a/b.jpg` and `a__b.jpg` each keep their own overlay, and the CSV says where each went."""
+    (tmp_path / "in" / "a").mkdir(parents=True)
+    nested, flat = tmp_path / "in" / "a" / "b.jpg", tmp_path / "in" / "a__b.jpg"
+    nested.write_bytes(photo("chelsea"))
+    flat.write_bytes(photo("coffee"))
+    broken = tmp_path / "in" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff not really")
+    overlays, out = tmp_path / "why", tmp_path / "results.csv"
+    done = imgcls(gateway.url, API_KEY, str(tmp_path / "in"), "-r", "--explain", str(overlays), "-o", str(out),
+                  timeout=180)  # fmt: skip
+    assert done.returncode == 1, done.stderr  # broken.jpg failed
+    with out.open(newline="") as f:
+        rows = {row["path"]: row for row in csv.DictReader(f)}
+    written = {path: Path(rows[str(path)]["explanation"]) for path in (nested, flat)}
+    assert written[nested] != written[flat]
+    for path, overlay in written.items():
+        assert rows[str(path)]["status"] == "ok" and not rows[str(path)]["explanation_error"]
+        assert Image.open(io.BytesIO(overlay.read_bytes())).size == Image.open(path).size
+    assert written[nested].read_bytes() != written[flat].read_bytes()
+    assert rows[str(broken)]["status"] == "failed" and not rows[str(broken)]["explanation"]
+    assert len([p for p in overlays.rglob("*") if p.is_file()]) == 2

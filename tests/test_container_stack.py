@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from testmodel import LABELS, PHOTOS, TEST_MODEL_FILE, photo
 
 from gateway.auth import key_hash
 from handlers.image_handler import ImageClassifierHandler
+from modelserver.mar import unpack
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -164,8 +164,7 @@ def archive_handler(images: tuple[str, str], tmp_path_factory: pytest.TempPathFa
         docker("cp", f"{created}:{MAR_IN_IMAGE}", str(target / "resnet50.mar"))
     finally:
         docker("rm", "--volumes", created)
-    with zipfile.ZipFile(target / "resnet50.mar") as mar:
-        mar.extractall(target / "model")
+    unpack(target / "resnet50.mar", target / "model")
     service = ImageClassifierHandler()
     service.initialize(make_context(target / "model", [{}]))
     return service, target / "model"

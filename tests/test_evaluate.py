@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from imagegen import jpeg
-from support import PYTHON
+from support import PYTHON, free_port
 
 from modelserver.evaluate import EvaluationError, classes, labelled_images
 
@@ -53,3 +53,19 @@ def test_cli_refuses_with_one_line(tmp_path: Path) -> None:
     done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(good), "--mar", str(tmp_path / "x.mar")],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "x.mar does not exist" in done.stderr
+
+
+def test_cli_names_an_unreachable_gateway(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(folder_of(tmp_path, {"tench": 1})),
+                           "--gateway-url", url, "--api-key", "k", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.startswith(f"error: cannot reach the gateway at {url}: ")
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_refuses_engine_with_gateway_url(tmp_path: Path) -> None:
+    done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(tmp_path), "--engine", "eager",
+                           "--gateway-url", "http://127.0.0.1:1"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "--gateway-url: not allowed with argument --engine" in done.stderr

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from imagegen import encode, stored_with_orientation
 from PIL import Image
+from support import make_context
 from support import reference as reference_input
 from testmodel import PHOTOS as PHOTO_LABELS
 from testmodel import Reference, photo, picture
 from torchvision.transforms import CenterCrop, Resize
-from ts.context import Context, RequestProcessor
 
 from handlers.engines import INT8_ONNX_FILE, ONNX_FILE
 from handlers.image_handler import ImageClassifierHandler
@@ -32,28 +31,15 @@ CAM_TOLERANCE = {"eager": 1e-5, "onnx": 1e-4}
 EMBEDDING_TOLERANCE = {"eager": 1e-6, "onnx": 1e-5}  # absolute, per component of the unit vector
 
 
-def context_for(model_dir: Path, headers: list[dict[str, str]], engine: str = "onnx") -> Context:
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    config["handler"]["engine"] = engine
-    context = Context("resnet50", str(model_dir), {}, len(headers), None, "0.12.0", model_yaml_config=config)
-    context.request_processor = [RequestProcessor(dict(h)) for h in headers]
-    return context
-
-
 @pytest.fixture(scope="module", params=["onnx", "eager"])
 def engine_handler(request: pytest.FixtureRequest, seeing_model_dir: Path) -> ImageClassifierHandler:
     service = ImageClassifierHandler()
-    service.initialize(context_for(seeing_model_dir, [{}], request.param))
+    service.initialize(make_context(seeing_model_dir, [{}], engine=request.param))
     return service
 
 
-@pytest.fixture(scope="module")
-def reference(seeing_model_dir: Path) -> Reference:
-    return Reference(seeing_model_dir)
-
-
 def ask(handler: ImageClassifierHandler, model_dir: Path, images: list[bytes], headers: dict[str, str]) -> list:
-    context = context_for(model_dir, [headers] * len(images), handler.engine.name)
+    context = make_context(model_dir, [headers] * len(images), engine=handler.engine.name)
     return handler.handle([{"body": bytearray(image)} for image in images], context)
 
 
@@ -81,7 +67,7 @@ PHOTOS = ["chelsea", "astronaut", "coffee", "stereo_motorcycle"]
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-def test_cam_equals_the_torch_reference(engine_handler, seeing_model_dir: Path, reference: Reference,
+def test_cam_equals_the_torch_reference(engine_handler, seeing_model_dir: Path, seeing_model: Reference,
                                         name: str) -> None:  # fmt: skip
     data = photo(name)
     [result] = ask(engine_handler, seeing_model_dir, [data], {"X-Output": "cam", "X-Top-K": "3",
@@ -90,7 +76,7 @@ def test_cam_equals_the_torch_reference(engine_handler, seeing_model_dir: Path, 
     assert classes == [p["class_id"] for p in result["predictions"]] + [0]
     for explanation in result["explanations"]:
         cam = np.asarray(explanation["cam"])
-        expected = reference_cam(reference, data, explanation["class_id"])
+        expected = reference_cam(seeing_model, data, explanation["class_id"])
         assert cam.shape == (7, 7) and cam.min() >= 0
         peak = max(float(expected.max()), 1e-12)
         assert np.abs(cam - expected).max() / peak < CAM_TOLERANCE[engine_handler.engine.name]
@@ -103,12 +89,12 @@ def decode_vector(encoded: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-def test_embedding_equals_torchvisions_avgpool(engine_handler, seeing_model_dir: Path, reference: Reference,
+def test_embedding_equals_torchvisions_avgpool(engine_handler, seeing_model_dir: Path, seeing_model: Reference,
                                                name: str) -> None:  # fmt: skip
     data = photo(name)
     [result] = ask(engine_handler, seeing_model_dir, [data], {"X-Output": "embedding"})
     vector = decode_vector(result["embedding"])
-    _, pooled, _ = torch_maps(reference, data)
+    _, pooled, _ = torch_maps(seeing_model, data)
     expected = (pooled / pooled.norm()).numpy()
     assert vector.shape == (2048,) and vector.dtype == np.float32
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-6)
@@ -118,7 +104,7 @@ def test_embedding_equals_torchvisions_avgpool(engine_handler, seeing_model_dir:
 def test_a_mixed_batch_fetches_what_each_request_asked(engine_handler, seeing_model_dir: Path) -> None:
     images = [photo("coffee"), photo("rocket"), photo("coins")]
     headers = [{"X-Output": "embedding"}, {}, {"X-Output": "cam,embedding", "X-Top-K": "2"}]
-    context = context_for(seeing_model_dir, headers, engine_handler.engine.name)
+    context = make_context(seeing_model_dir, headers, engine=engine_handler.engine.name)
     results = engine_handler.handle([{"body": bytearray(image)} for image in images], context)
     assert "embedding" in results[0] and "explanations" not in results[0]
     assert "embedding" not in results[1] and "explanations" not in results[1]
@@ -130,7 +116,7 @@ def test_a_mixed_batch_fetches_what_each_request_asked(engine_handler, seeing_mo
 @pytest.mark.parametrize("headers", [{"X-Output": "pixels"}, {"X-Output": "cam", "X-Explain-Classes": "1000"},
                                      {"X-Output": "cam", "X-Explain-Classes": "cat"}])  # fmt: skip
 def test_bad_extras_are_per_item_errors(engine_handler, seeing_model_dir: Path, headers: dict) -> None:
-    context = context_for(seeing_model_dir, [headers, {}], engine_handler.engine.name)
+    context = make_context(seeing_model_dir, [headers, {}], engine=engine_handler.engine.name)
     results = engine_handler.handle([{"body": bytearray(photo("coins"))}] * 2, context)
     assert results[0]["error"]["code"] == "bad_output" and context.get_response_status(0)[0] == 422
     assert results[1]["predictions"] and context.get_response_status(1)[0] == 200
@@ -202,14 +188,14 @@ def int8_handler(seeing_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
     calibration = np.stack([preprocess(decode(photo(name), 10**8)) for name in PHOTO_LABELS])
     quantize(model_dir / ONNX_FILE, model_dir / INT8_ONNX_FILE, calibration)
     service = ImageClassifierHandler()
-    service.initialize(context_for(model_dir, [{}], "onnx-int8"))
+    service.initialize(make_context(model_dir, [{}], engine="onnx-int8"))
     return service, model_dir
 
 
 def test_int8_gives_embeddings_close_to_fp32_and_refuses_maps(int8_handler: tuple, seeing_model_dir: Path) -> None:
     int8_handler, model_dir = int8_handler
     fp32 = ImageClassifierHandler()
-    fp32.initialize(context_for(seeing_model_dir, [{}], "onnx"))
+    fp32.initialize(make_context(seeing_model_dir, [{}], engine="onnx"))
     assert int8_handler.describe()["outputs"] == ["embedding"] and fp32.describe()["outputs"] == ["embedding", "cam"]
     for name in PHOTO_LABELS:
         data = photo(name)
@@ -217,7 +203,7 @@ def test_int8_gives_embeddings_close_to_fp32_and_refuses_maps(int8_handler: tupl
         [exact] = ask(fp32, seeing_model_dir, [data], {"X-Output": "embedding"})
         cosine = float(decode_vector(quantised["embedding"]) @ decode_vector(exact["embedding"]))
         assert cosine >= INT8_MIN_COSINE, (name, cosine)
-    context = context_for(model_dir, [{"X-Output": "cam"}], "onnx-int8")
+    context = make_context(model_dir, [{"X-Output": "cam"}], engine="onnx-int8")
     [refused] = int8_handler.handle([{"body": bytearray(photo("coins"))}], context)
     assert refused["error"]["code"] == "unsupported_output" and context.get_response_status(0)[0] == 422
     assert "INT8" in refused["error"]["detail"] and "onnx" in refused["error"]["detail"]

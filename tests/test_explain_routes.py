@@ -3,8 +3,11 @@ output, over HTTP against a real TorchServe serving the test model that sees, be
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -12,9 +15,14 @@ import pytest
 import tritonclient.http as triton
 from imagegen import encode, stored_with_orientation
 from PIL import Image, ImageOps
+from pydantic import ValidationError
 from support import API_KEY, Gateway, assert_problem, post
 from testmodel import PHOTOS, picture
 
+from gateway.overlay import reduced
+from gateway.problems import Problem
+from gateway.renders import RenderSlots
+from gateway.settings import Settings
 from modelserver.torchserve import TorchServe
 
 NAMES = list(PHOTOS)
@@ -107,17 +115,22 @@ def thumbnail(data: bytes, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
 
 
-@pytest.mark.parametrize(("upright", "orientation", "expected"), [
-    ((640, 427), 1, (640, 427)),
-    ((427, 640), 6, (427, 640)),
-    ((2400, 1600), 1, (1024, 683)),
-    ((1200, 1800), 8, (683, 1024)),
+@pytest.mark.parametrize(("upright", "orientation", "expected", "fmt"), [
+    ((640, 427), 1, (640, 427), "JPEG"),
+    ((427, 640), 6, (427, 640), "JPEG"),
+    ((2400, 1600), 1, (1024, 683), "JPEG"),
+    ((1200, 1800), 8, (683, 1024), "JPEG"),
+    ((2400, 1600), 1, (1024, 683), "PNG"),  # reduced 2x right after decoding (2 divides both sides)
+    ((2401, 1600), 1, (1024, 682), "PNG"),  # no whole factor divides both sides: drawn from the full image
 ])  # fmt: skip
 def test_explain_png_has_the_originals_size_capped_and_the_map_inside_the_crop(
-    gateway: Gateway, upright: tuple[int, int], orientation: int, expected: tuple[int, int]
+    gateway: Gateway, upright: tuple[int, int], orientation: int, expected: tuple[int, int], fmt: str
 ) -> None:
     scene = picture("chelsea").convert("RGB").resize(upright, Image.Resampling.BICUBIC)
-    data = stored_with_orientation(scene, orientation) if orientation != 1 else jpeg_of(scene)
+    if fmt == "PNG":
+        data = encode(scene, "PNG")
+    else:
+        data = stored_with_orientation(scene, orientation) if orientation != 1 else jpeg_of(scene)
     response = explain(gateway, data, format="png")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png" and response.headers["x-explained-label"] == "tabby"
@@ -131,6 +144,60 @@ def test_explain_png_has_the_originals_size_capped_and_the_map_inside_the_crop(
     margin = 2  # pixels: JPEG decoding at a reduced scale may differ slightly at the box's edges
     assert cols.min() >= crop["left"] * scale - margin and cols.max() <= crop["right"] * scale + margin
     assert rows.min() >= crop["top"] * scale - margin and rows.max() <= crop["bottom"] * scale + margin
+
+
+def test_the_reduction_keeps_the_geometry_and_the_modes_it_cannot_average() -> None:
+    img = Image.new("RGB", (2400, 1600))
+    assert reduced(img, (1024, 683)).size == (1200, 800)  # 2 is the largest factor that stays above 1024 x 683
+    assert reduced(img, (700, 500)).size == (1200, 800)  # 3 would stay above it, but does not divide 1600
+    assert reduced(img, (400, 300)).size == (480, 320)  # 5 divides both; 6 would go below 300
+    assert reduced(Image.new("RGB", (2401, 1600)), (1024, 682)).size == (2401, 1600)  # no factor divides both
+    assert reduced(Image.new("P", (2400, 1600)), (1024, 683)).size == (2400, 1600)  # palette indices: no mean
+    pixels = np.tile(np.arange(2400) % 251, (16, 1)).astype(np.uint8)
+    blocks = pixels.reshape(4, 4, 600, 4).mean(axis=(1, 3))  # 4 x 4 blocks, in place: the geometry is unchanged
+    assert np.abs(np.asarray(reduced(Image.fromarray(pixels, "L"), (600, 4)), dtype=float) - blocks).max() <= 0.5
+
+
+def test_renders_beyond_the_bound_wait_then_get_503() -> None:
+    """The render bound with a real semaphore and thread pool: while its one slot is held (also by a render
+    whose request was cancelled, until its thread has ended) the next waits the queue timeout and gets 503
+    server-busy with Retry-After; once the render has ended the next is drawn."""
+    slots = RenderSlots(1, wait_s=0.05, retry_after_s=3)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> bytes:
+        started.set()
+        release.wait(30)
+        return b"drawn"
+
+    async def refused() -> Problem:
+        begun = time.monotonic()
+        with pytest.raises(Problem) as caught:
+            await slots.run(lambda: b"never drawn")
+        assert time.monotonic() - begun >= 0.04  # it waited for a slot first
+        return caught.value
+
+    async def scenario() -> None:
+        held = asyncio.create_task(slots.run(slow))
+        assert await asyncio.to_thread(started.wait, 10)
+        busy = await refused()
+        assert (busy.status, busy.slug, busy.headers) == (503, "server-busy", {"Retry-After": "3"})
+        held.cancel()  # the client went away; the thread still draws
+        await refused()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        release.set()
+        deadline = time.monotonic() + 10
+        while True:  # the slot comes back once the thread has ended
+            try:
+                assert await slots.run(lambda: b"next") == b"next"
+                break
+            except Problem:
+                assert time.monotonic() < deadline, "the slot never came back"
+
+    asyncio.run(scenario())
+    with pytest.raises(ValidationError):
+        Settings(max_concurrent_renders=0)
 
 
 def test_explain_refuses_like_predict(gateway: Gateway) -> None:

@@ -32,11 +32,6 @@ def handler(seeing_model_dir: Path) -> ImageClassifierHandler:
     return service
 
 
-@pytest.fixture(scope="module")
-def model(seeing_model_dir: Path) -> Reference:
-    return Reference(seeing_model_dir)
-
-
 def run(handler: ImageClassifierHandler, model_dir: Path, items: list[dict], headers: list[dict]) -> tuple:
     context = make_context(model_dir, headers)
     return handler.handle(items, context), context
@@ -85,25 +80,30 @@ def test_same_image_same_answer_alone_or_in_a_batch(handler: ImageClassifierHand
 
 
 def test_default_answers_are_the_reference_pipelines(
-    handler: ImageClassifierHandler, seeing_model_dir: Path, model: Reference
+    handler: ImageClassifierHandler, seeing_model_dir: Path, seeing_model: Reference
 ) -> None:
     """Small, large (12 MP) and EXIF-rotated photos: the probabilities of torchvision's pipeline and PyTorch."""
     images = [photo("chelsea"), large_photo("stereo_motorcycle", 12), large_photo("camera", 2),
               stored_with_orientation(picture("hubble_deep_field"), 8), photo("clock")]  # fmt: skip
     results, _ = run(handler, seeing_model_dir, [{"body": bytearray(data)} for data in images], [ALL] * len(images))
     for data, result in zip(images, results, strict=True):
-        assert max_difference(probability_vector(result["predictions"]), model.probabilities(data)) <= PROB_TOLERANCE
+        assert (
+            max_difference(probability_vector(result["predictions"]), seeing_model.probabilities(data))
+            <= PROB_TOLERANCE
+        )
     labels = [r["predictions"][0]["label"] for r in results]
     assert labels == ["tabby", "moped", "reflex camera", "planetarium", "wall clock"]
 
 
-def test_jpeg_draft_setting_reaches_the_decoder(seeing_model_dir: Path, model: Reference) -> None:
+def test_jpeg_draft_setting_reaches_the_decoder(seeing_model_dir: Path, seeing_model: Reference) -> None:
     """`jpeg_draft: 8` in the archive's handler block makes large JPEGs answer differently (reduced decode)."""
     drafting = ImageClassifierHandler()
     drafting.initialize(make_context(seeing_model_dir, [{}], jpeg_draft=8))
     data = large_photo("rocket", 12)
     results, _ = run(drafting, seeing_model_dir, [{"body": bytearray(data)}], [ALL])
-    assert max_difference(probability_vector(results[0]["predictions"]), model.probabilities(data)) > PROB_TOLERANCE
+    assert (
+        max_difference(probability_vector(results[0]["predictions"]), seeing_model.probabilities(data)) > PROB_TOLERANCE
+    )
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("20", 20), ("7", 7), ("1000", 1000)])

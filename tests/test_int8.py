@@ -7,7 +7,6 @@ photo. The gate is shown to refuse a real bad quantisation: calibrated on flat i
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import zipfile
@@ -18,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import API_KEY, start_torchserve
 from imagegen import encode
 from PIL import Image
-from support import PYTHON, Gateway, gateway_env
+from support import API_KEY, PYTHON, Gateway, gateway_env, start_torchserve
 from testmodel import PHOTOS, TEST_MODEL_FILE, photo
 
 from gateway.auth import key_hash
 from modelserver.evaluate import classes, evaluate
+from modelserver.mar import archive_info
 from modelserver.quantize import GateReport, Thresholds
 
 WNIDS = {label: wnid for wnid, label in classes()}
@@ -66,14 +65,9 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def metadata(store: Path) -> dict:
-    with zipfile.ZipFile(store / "resnet50.mar") as mar:
-        return json.loads(mar.read("metadata.json"))
-
-
 def test_the_build_measures_int8_against_fp32_and_records_it(int8_build: tuple[Path, str]) -> None:
     store, output = int8_build
-    gate = metadata(store)["int8_gate"]
+    gate = archive_info(store / "resnet50.mar")[0]["int8_gate"]
     assert gate["calibration_images"] == 80 and gate["gate_images"] == 80
     assert gate["calibration"] == "scikit-image sample photos (default set)"
     assert gate["thresholds"] == {"min_top1_agreement": 0.85, "min_top5_overlap": 0.7, "max_prob_diff": 0.6}
@@ -97,7 +91,7 @@ def test_evaluate_fp32_and_int8_on_the_test_models_photos(
     assert fp32["images"] == int8["images"] == 12 and fp32["classes"] == 12
     assert fp32["top1"] == 1.0 and fp32["top5"] == 1.0 and fp32["errors"] == {}
     assert int8["top1"] >= 11 / 12 and int8["top5"] == 1.0
-    assert int8["model"]["int8_gate"] == metadata(int8_build[0])["int8_gate"]
+    assert int8["model"]["int8_gate"] == archive_info(int8_build[0] / "resnet50.mar")[0]["int8_gate"]
     assert fp32["per_class"][WNIDS["tabby"]] == {"label": "tabby", "images": 1, "top1": 1.0, "top5": 1.0}
 
 
@@ -115,7 +109,7 @@ def test_served_int8_shows_its_gate_and_evaluates_as_in_process(
     models = httpx.get(f"{int8_gateway.url}/v1/models", headers={"X-API-Key": API_KEY}, timeout=30).json()
     (model,) = models["models"]
     assert model["engine"] == "onnx-int8" and model["weights"] == f"file:{TEST_MODEL_FILE}"
-    assert model["int8_gate"] == metadata(int8_build[0])["int8_gate"]
+    assert model["int8_gate"] == archive_info(int8_build[0] / "resnet50.mar")[0]["int8_gate"]
     served = evaluate(photos, gateway_url=int8_gateway.url, api_key=API_KEY, progress=False)
     local = evaluate(photos, int8_build[0] / "resnet50.mar", progress=False)
     assert served["mode"] == "gateway" and served["model"]["engine"] == "onnx-int8"

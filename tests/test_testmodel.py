@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,13 +17,8 @@ from testmodel import LABELS, PHOTOS, PROB_TOLERANCE, Reference, max_difference,
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-@pytest.fixture(scope="module")
-def model(seeing_model_dir: Path) -> Reference:
-    return Reference(seeing_model_dir)
-
-
-def test_each_photo_gets_its_own_label(model: Reference) -> None:
-    probabilities = model.probabilities_of(torch.stack([reference(photo(name)) for name in PHOTOS]))
+def test_each_photo_gets_its_own_label(seeing_model: Reference) -> None:
+    probabilities = seeing_model.probabilities_of(torch.stack([reference(photo(name)) for name in PHOTOS]))
     top1 = {name: LABELS[int(np.argmax(p))] for name, p in zip(PHOTOS, probabilities, strict=True)}
     assert top1 == PHOTOS
     assert len(set(top1.values())) >= 10
@@ -57,21 +51,21 @@ MUTATIONS: dict[str, Callable[[bytes], torch.Tensor]] = {
 COLOUR = [name for name in PHOTOS if picture(name).mode == "RGB"]  # BGR and RGB are the same grey
 
 
-def test_the_written_out_pipeline_is_the_reference(model: Reference) -> None:
+def test_the_written_out_pipeline_is_the_reference(seeing_model: Reference) -> None:
     """Without a mutation, `pipeline` gives the reference's probabilities: the mutations below are the only change."""
     images = [stored_with_orientation(picture(name), 6) for name in PHOTOS]
-    ours = model.probabilities_of(torch.stack([pipeline(upright(data)) for data in images]))
-    theirs = model.probabilities_of(torch.stack([reference(data) for data in images]))
+    ours = seeing_model.probabilities_of(torch.stack([pipeline(upright(data)) for data in images]))
+    theirs = seeing_model.probabilities_of(torch.stack([reference(data) for data in images]))
     assert max_difference(ours, theirs) <= PROB_TOLERANCE
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
-def test_every_preprocessing_mistake_moves_the_probabilities(model: Reference, mutation: str) -> None:
+def test_every_preprocessing_mistake_moves_the_probabilities(seeing_model: Reference, mutation: str) -> None:
     """For each photo (sent with EXIF orientation 6), the mistake moves some probability beyond the tolerance
     the equality tests use, by a wide margin."""
     names = COLOUR if mutation == "BGR for RGB" else list(PHOTOS)
     images = [stored_with_orientation(picture(name), 6) for name in names]
-    right = model.probabilities_of(torch.stack([pipeline(upright(data)) for data in images]))
-    wrong = model.probabilities_of(torch.stack([MUTATIONS[mutation](data) for data in images]))
+    right = seeing_model.probabilities_of(torch.stack([pipeline(upright(data)) for data in images]))
+    wrong = seeing_model.probabilities_of(torch.stack([MUTATIONS[mutation](data) for data in images]))
     moved = {name: max_difference(r, w) for name, r, w in zip(names, right, wrong, strict=True)}
     assert min(moved.values()) > 10 * PROB_TOLERANCE, moved
