@@ -87,7 +87,7 @@ def test_embed_resume_keeps_rows_and_paths_in_step_for_any_name(
     gateway: Gateway, odd_names: Path, tmp_path: Path
 ) -> None:
     """A name with a line break is one line of the paths file: a resumed run skips it, sends no file twice and
-    ends with one row per file, each its own file's vector (today: 5 rows for 3 files, one photo twice)."""
+    ends with one row per file, each its own file's vector (imgcls 0.1: 5 rows for 3 files, one photo twice)."""
     out = tmp_path / "vectors.npy"
     top = sorted(p for p in odd_names.iterdir() if p.is_file())
     first = imgcls(gateway.url, API_KEY, str(odd_names), "-o", str(out), "-b", "4", command="embed", timeout=180)
@@ -117,7 +117,7 @@ def test_embed_resume_after_a_kill_between_a_row_and_its_path(gateway: Gateway, 
 @pytest.mark.parametrize("kept", [".npy", ".paths.txt"])
 def test_embed_resume_refuses_half_a_pair(gateway: Gateway, folder: Path, tmp_path: Path, kept: str) -> None:
     """Only one of the two files: nothing can tell which row is which, so --resume refuses and changes nothing
-    (today it truncates the one that is there)."""
+    (imgcls 0.1 truncated the one that was there)."""
     out = tmp_path / "vectors.npy"
     files = sorted(str(p) for p in folder.glob("*.jpg") if p.name != "broken.jpg")[:2]
     assert imgcls(gateway.url, API_KEY, *files, "-o", str(out), command="embed").returncode == 0
