@@ -274,7 +274,8 @@ class TorchServe:
         self.refuse_conflicts()  # never take over the key file, ports or worker sockets of a running instance
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.properties"
-        overrides = {**self.ports.overrides(), "allowed_urls": allowed_urls(self.model_store.resolve())}
+        store = self.model_store.resolve()
+        overrides = {**self.ports.overrides(), "allowed_urls": allowed_urls(store)}
         config.write_text(render_config(BASE_CONFIG.read_text(), {**overrides, **self.extra_config}))
         self.key_file.unlink(missing_ok=True)
         self.tmp_dir.mkdir(exist_ok=True)
@@ -285,7 +286,7 @@ class TorchServe:
         }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                command(config, self.model_store.resolve()),
+                command(config, store),
                 cwd=self.workdir,
                 env=env,
                 stdout=log,
