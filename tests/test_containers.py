@@ -5,7 +5,7 @@
 - The real images and compose stack run in tests/test_container_stack.py (needs a Docker daemon).
 - No drift: Dockerfile.serve builds the archive with the tests' CLI (`python -m modelserver build`, parsed
   by its own argparse parser) and starts exactly `modelserver.torchserve.command(...)`.
-- config.container.properties differs from config.properties only in addresses.
+- config.container.properties differs from config.properties only in addresses and `allowed_urls` (its store).
 - docker-compose.yml: no public TorchServe port, health checks, non-root users, no secrets.
 """
 
@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from modelserver import __main__ as modelserver_cli
-from modelserver.torchserve import KEY_FILE, command, read_properties
+from modelserver.torchserve import KEY_FILE, allowed_urls, command, read_properties
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "Dockerfile.serve"
@@ -413,6 +413,7 @@ def test_container_config_differs_only_in_addresses() -> None:
     local = read_properties((ROOT / "config.properties").read_text())
     container = read_properties((ROOT / "config.container.properties").read_text())
     assert set(local) == set(container)
+    assert container.pop("allowed_urls") == allowed_urls(serve_layout()[1]) and local.pop("allowed_urls") == "(?!)"
     for key in local:
         if not key.endswith("_address"):
             assert container[key] == local[key], f"{key}: {container[key]!r} != {local[key]!r}"

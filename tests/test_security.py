@@ -130,8 +130,9 @@ def test_rendered_torchserve_config_is_hardened(torchserve: TorchServe) -> None:
         assert urlsplit(props[key]).hostname == "127.0.0.1", key
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
     allowed = re.compile(props["allowed_urls"])
-    assert allowed.fullmatch("file:///srv/model_store/resnet50.mar")
+    assert allowed.fullmatch(f"file://{torchserve.model_store.resolve()}/resnet50.mar")
     for url in ("http://169.254.169.254/latest/meta-data/x.mar", "https://example.com/model_store/a.mar",
+                "file:///srv/model_store/resnet50.mar",
                 "file:///tmp/model_store/../../etc/passwd", "file:///x/model_store/a.mar?http://evil/x.mar",
                 "file:///x/model_store/a.mar\nhttp://evil", "HTTP://evil/model_store/a.mar"):  # fmt: skip
         assert not allowed.fullmatch(url), url
