@@ -137,3 +137,20 @@ def stored_with_orientation(upright: Image.Image, orientation: int, quality: int
     exif[0x0112] = orientation
     stored = upright.transpose(_STORE[orientation]) if orientation in _STORE else upright
     return encode(stored, "JPEG", quality=quality, exif=exif.tobytes())
+
+
+# --- hostile shapes (issue 18): cheap to send, costly to decode or resize without the bounds of handlers/bounds.py
+
+
+def thin_png(width: int = 20000, height: int = 1) -> bytes:
+    """A flat grey PNG of a few hundred bytes; at 20000x1 its resize to 232 px high is 4,640,000x232."""
+    return encode(Image.new("L", (width, height), 128), "PNG")
+
+
+def scan_repeated_jpeg(scans: int, width: int = 1000, height: int = 1000) -> bytes:
+    """A flat grey progressive JPEG whose last scan (an AC refinement, 23 bytes) is repeated until the file
+    has `scans` scans: libjpeg visits every block of the image for each one, with a warning, and decodes it."""
+    data = encode(Image.new("L", (width, height), 128), "JPEG", progressive=True, quality=90)
+    last = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
