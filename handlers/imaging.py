@@ -90,7 +90,7 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
                           max(math.ceil(height * scale), height // jpeg_draft)))  # fmt: skip
     try:
         img.load()
-        # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (README, "Limits").
+        # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (README, "The handler").
         ImageOps.exif_transpose(img, in_place=True)
         return img if img.mode == "RGB" else img.convert("RGB")
     except TooManyReads as exc:
