@@ -113,6 +113,14 @@ def test_the_scan_bound_shrinks_with_the_pixels() -> None:
     assert jpeg_refusal(scan_repeated_jpeg(17), 8000, 5000).code == "too_many_scans"
 
 
+def test_scan_count_ends_on_any_cut() -> None:
+    """The marker walk stops on every prefix of a JPEG (cut inside a segment, a length or a scan) and never
+    counts more scans than there are."""
+    data = scan_repeated_jpeg(12, 64, 64)
+    counts = [jpeg_scans(data[:end], 10**6) for end in range(len(data) + 1)]
+    assert counts == sorted(counts) and counts[-1] == 12
+
+
 def test_fragments_below_the_read_bound_decode() -> None:
     """The same constructions with a few pieces are ordinary images: the bound counts, it does not ban."""
     for fmt in FRAGMENTED:
