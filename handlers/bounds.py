@@ -85,26 +85,33 @@ def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
     """The number of scans of a JPEG up to its end-of-image marker, counted up to `stop_after` + 1.
 
     Walks the marker segments as libjpeg reads them; a scan's entropy-coded data is skipped by a regex
-    search for the next marker (C speed), so this costs milliseconds for 8 MiB.
+    search for the next marker (C speed), so this costs milliseconds for 8 MiB. Raises TooManyReads after
+    MAX_READS markers (between scans Pillow's reads do not count them: libjpeg parses those).
     """
     scans, pos = 0, 2  # after SOI
-    while scans <= stop_after and (found := _MARKER.search(data, pos)) is not None:
+    for _ in range(MAX_READS):
+        found = _MARKER.search(data, pos)
+        if found is None or scans > stop_after:
+            return scans
         pos, marker = found.start(), data[found.start() + 1]
         if marker == _EOI:
-            break
+            return scans
         if marker in _STANDALONE:
             pos += 2
             continue
         scans += marker == _SOS
         pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return scans
+    raise TooManyReads
 
 
 def jpeg_refusal(data: bytes, width: int, height: int) -> Refusal | None:
     """A refusal for a JPEG of this size with more scans than the bounds allow (each costs a pass over every
     block), else None."""
     allowed = min(MAX_JPEG_SCANS, max(1, MAX_SCAN_PIXELS // (width * height)))
-    if jpeg_scans(data, allowed) <= allowed:
-        return None
+    try:
+        if jpeg_scans(data, allowed) <= allowed:
+            return None
+    except TooManyReads as exc:
+        return exc.refusal
     detail = f"the {width}x{height} JPEG has more than {allowed} scans; re-encode it (baseline, or fewer scans)"
     return Refusal("too_many_scans", detail)

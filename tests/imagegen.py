@@ -164,7 +164,8 @@ def _png_chunk(kind: bytes, payload: bytes = b"") -> bytes:
 def fragmented(fmt: str, pieces: int = 25_000) -> bytes:
     """A 16x16 image padded with `pieces` empty pieces that Pillow's Python parsers read one by one: private
     PNG chunks before IDAT ("PNG"), empty IDAT chunks ("PNG-IDAT"), GIF comment extensions before the first
-    frame, 0xFF fill bytes before a JPEG marker, BMP RLE8 no-op deltas. Each piece is 2-12 bytes."""
+    frame, 0xFF fill bytes before a JPEG marker, BMP RLE8 no-op deltas; or, "JPEG-COM", empty comment segments
+    after the scan, which libjpeg reads in C and the scan count walks. Each piece is 1-12 bytes."""
     if fmt in ("PNG", "PNG-IDAT"):
         data = png(16, 16)
         idat = data.index(b"IDAT") - 4
@@ -178,6 +179,9 @@ def fragmented(fmt: str, pieces: int = 25_000) -> bytes:
     if fmt == "JPEG":
         data = jpeg(16, 16)
         return data[:2] + b"\xff" * pieces + data[2:]
+    if fmt == "JPEG-COM":
+        data = jpeg(16, 16)
+        return data[:-2] + b"\xff\xfe\x00\x02" * pieces + data[-2:]
     if fmt == "BMP":
         # deltas (0, 0), then 16 rows of a run of 16 pixels of colour 0, then the end of the bitmap
         rle = b"\x00\x02\x00\x00" * pieces + b"\x10\x00\x00\x00" * 16 + b"\x00\x01"
@@ -187,4 +191,4 @@ def fragmented(fmt: str, pieces: int = 25_000) -> bytes:
     raise ValueError(fmt)
 
 
-FRAGMENTED = ["PNG", "PNG-IDAT", "GIF", "JPEG", "BMP"]
+FRAGMENTED = ["PNG", "PNG-IDAT", "GIF", "JPEG", "JPEG-COM", "BMP"]

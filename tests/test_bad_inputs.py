@@ -186,7 +186,8 @@ def test_scan_repeated_jpeg_is_refused_before_forwarding(gateway: Gateway, api_k
 @pytest.mark.parametrize("fmt", FRAGMENTED)
 def test_fragmented_images_are_refused(gateway: Gateway, api_key: str, fmt: str) -> None:
     """25,000 empty pieces that Pillow reads one by one: refused by the gateway where its header parse reads
-    them (PNG chunks and GIF extensions before the image, JPEG padding), else by the handler."""
+    them (PNG chunks and GIF extensions before the image, JPEG padding) or the JPEG scan count walks them (COM
+    segments after the scan), else by the handler."""
     response = post(gateway, api_key, content=fragmented(fmt), headers={"Content-Type": "image/png"})
     body = assert_problem(response, 422, "invalid-image")
     assert body["code"] == "too_fragmented"
