@@ -1,12 +1,12 @@
 """Input checks before anything is forwarded: size cap while streaming, format sniffing, header-only decode.
 
 The format is decided from the bytes alone; the client's content type and filename are never trusted.
-Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel.
+Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel; so are
+the bounds the handler applies too (handlers/bounds.py: aspect ratio, progressive JPEG scans, reads).
 """
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.problems import Problem
 from gateway.settings import Settings
+from handlers.bounds import BoundedReader, TooManyReads, jpeg_refusal, shape_refusal
 
 # (magic prefix, offset, format name as Pillow reports it)
 SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -66,9 +67,11 @@ def check_image(data: bytes, settings: Settings) -> CheckedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(BoundedReader(data))
             width, height = img.size
             actual = img.format
+    except TooManyReads as exc:
+        raise Problem("invalid-image", exc.refusal.detail, code=exc.refusal.code) from None
     except Image.DecompressionBombError:
         raise Problem("image-too-large", f"the image header claims more than {settings.max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
@@ -81,4 +84,8 @@ def check_image(data: bytes, settings: Settings) -> CheckedImage:
         raise Problem("image-too-large", f"{width}x{height} has a side above {settings.max_side} pixels")
     if width * height > settings.max_pixels:
         raise Problem("image-too-large", f"{width}x{height} is above the limit of {settings.max_pixels} pixels")
+    if refusal := shape_refusal(width, height):
+        raise Problem("image-too-large", refusal.detail, code=refusal.code)
+    if fmt == "JPEG" and (refusal := jpeg_refusal(data, width, height)):
+        raise Problem("invalid-image", refusal.detail, code=refusal.code)
     return CheckedImage(data=data, format=fmt, width=width, height=height)

@@ -345,6 +345,19 @@ def test_gateway_image_runs_the_gateway_without_torch() -> None:
     assert one(final, "EXPOSE").args.split() == [port]
 
 
+def test_gateway_image_carries_the_handler_modules_the_gateway_imports() -> None:
+    """The gateway shares handlers/bounds.py with the handler (one place for the bounds both check): its image
+    copies that file, and what it imports from handlers/ imports nothing else from there."""
+    sources = (ROOT / "gateway").rglob("*.py")
+    imported = {m for f in sources for m in re.findall(r"^from (handlers\.\w+) import", f.read_text(), re.M)}
+    assert imported == {"handlers.bounds"}
+    copied = {source for stage, paths, _ in copies(instructions(GATEWAY)) if not stage for source in paths}
+    for module in imported:
+        path = module.replace(".", "/") + ".py"
+        assert {path, "handlers/__init__.py"} <= copied, f"Dockerfile.gateway does not COPY {path}"
+        assert not re.search(r"^\s*(from|import) handlers", (ROOT / path).read_text(), re.M)
+
+
 @pytest.mark.parametrize("dockerfile", [SERVE, GATEWAY], ids=lambda p: p.name)
 def test_images_run_as_the_same_non_root_uid(dockerfile: Path) -> None:
     user = user_of(dockerfile)
