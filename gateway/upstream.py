@@ -36,8 +36,14 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.upstream")
 
 # the handler's per-item error codes that are not about the image → the problem type they become
-ITEM_CODE_PROBLEMS = {"bad_top_k": "invalid-request", "bad_output": "invalid-request",
-                      "unsupported_output": "output-unavailable"}  # fmt: skip
+ITEM_CODE_PROBLEMS = {
+    "bad_top_k": "invalid-request",
+    "bad_output": "invalid-request",
+    "unsupported_output": "output-unavailable",
+    # the handler's own size bounds (handlers/bounds.py): the same problem as the gateway's header check
+    "too_large": "image-too-large",
+    "extreme_aspect_ratio": "image-too-large",
+}
 
 
 class KeySource:
