@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="ImageNet classification (ResNet50) behind API-key auth. Errors are application/problem+json.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would name the Host header's host: `/v1/predict/` is a 404
     )
     app.state.settings = settings
     app.state.keys = KeyStore(settings.all_key_hashes())
