@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from support import Gateway, post
+from support import Gateway, post, slowest_answer_during
 
 from gateway.problems import PROBLEM_JSON, Problem
 from gateway.settings import Settings
@@ -139,3 +139,43 @@ def test_raw_uploads_of_arbitrary_bytes_over_http(
 def test_gateway_answers_normally_after_fuzzing(gateway: Gateway, api_key: str) -> None:
     assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
     assert post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+# --- fixed hostile examples over HTTP ----------------------------------------------------------------------------
+
+BOUNDARY = "hostile-boundary"
+
+
+def multipart(field: str, contents: list[bytes], part_headers: bytes = b"") -> bytes:
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="a.jpg"\r\n'.encode()
+    parts = [head + part_headers + b"Content-Type: image/jpeg\r\n\r\n" + content + b"\r\n" for content in contents]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+HOSTILE_FORMS = {  # about 10 MB each: path, body, the status
+    "8 MiB of CRLF, near-boundaries for the parser": ("/v1/predict", multipart("file", [b"\r\n--" * 2**21]), 415),
+    "100 000 empty files": ("/v1/predict/batch", multipart("files", [b""] * 100_000), 422),
+    "a part with 10 MB of headers": ("/v1/predict/batch", multipart("files", [b""], b"X: a\r\n" * 1_700_000), 422),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_FORMS)
+def test_hostile_multipart_is_refused_without_stalling_others(gateway: Gateway, api_key: str, name: str) -> None:
+    """The multipart parser runs on the event loop: it is given the body in slices, others are served between.
+    (A guard: at 10 MB the old code kept others waiting tens of milliseconds too; SECURITY.md has the figures.)"""
+    path, body, status = HOSTILE_FORMS[name]
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    response, slowest = slowest_answer_during(
+        f"{gateway.url}/healthz", lambda: post(gateway, api_key, path, content=body, headers=headers)
+    )
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    assert slowest < 0.5, f"/healthz took {slowest:.2f} s while the body was parsed"
+
+
+@pytest.mark.parametrize("value", ["²", "1¹", "٣", "+1", "1_0", "9" * 5000])
+def test_class_ids_are_ascii_digits_only(gateway: Gateway, api_key: str, value: str) -> None:
+    """`classes=²` passed str.isdigit() and failed int(): a 500. (5000 digits: past int()'s digit limit.)"""
+    response = post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg"}, params={"classes": value})
+    assert response.status_code == 422, response.text[:300]
+    assert response.json()["unknown_classes"] == [value]
