@@ -142,7 +142,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         pending (pipelined), so that every answer goes to its own request. Nothing more is parsed."""
         self._refusal = problem_answer(slug, detail)
         self._stop_clock()
-        if self._messages < self._heads or self._answered == self._heads:  # a broken body, or nothing pending
+        broken_body = self._messages < self._heads and not self.cycle.response_started  # the answer to it is this
+        if broken_body or self._answered == self._heads:
             self._send_refusal()
 
     def _send_refusal(self) -> None:
