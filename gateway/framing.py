@@ -19,6 +19,11 @@ from gateway.digits import ascii_int
 END_OF_HEAD = b"\r\n\r\n"
 NOT_CRLF = re.compile(rb"[^\r\n]")
 HEX = re.compile(rb"[0-9A-Fa-f]+")
+CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[^\r\n]*\r\n")  # size, extensions: the parser checks them
+# A chunked body's framing (size lines, extensions, CRLFs) may exceed the head limit by 1/16 of its data:
+# chunks of a hundred bytes or more pass whatever their number; a flood of tiny chunks, which costs the
+# parser (and this) about a microsecond each, is refused after some thousands.
+FRAMING_SHARE = 16
 
 
 class Boundary(enum.Enum):
@@ -42,8 +47,7 @@ class Unframed(Exception):
 class State(enum.Enum):
     HEAD = enum.auto()
     BODY = enum.auto()  # Content-Length: `left` bytes to come
-    CHUNK_LINE = enum.auto()  # a chunk-size line (with its extensions)
-    CHUNK_DATA = enum.auto()  # `left` bytes of chunk data and its CRLF
+    CHUNKS = enum.auto()  # chunk-size lines (with extensions), and `left` bytes of chunk data and its CRLF
     TRAILERS = enum.auto()
     CLOSED = enum.auto()  # after a message that closes the connection: the parser ignores the rest
 
@@ -60,6 +64,7 @@ class Framer:
         self._begun = bool(tail)  # a request head begins at its first byte that is not CR or LF
         self._left = 0
         self._line = b""
+        self._framing = self._data = 0  # a chunked body's framing bytes and data bytes so far
 
     @property
     def closed(self) -> bool:
@@ -114,34 +119,41 @@ class Framer:
         return end, Boundary.HEAD
 
     def _chunked(self, data: bytes, start: int) -> tuple[int, Boundary]:
-        """Whole chunks are passed over in one piece; it ends with the trailer section or the data."""
-        pos = start
-        while pos < len(data):
-            if self.state is State.CHUNK_DATA:
-                step = min(len(data) - pos, self._left)
+        """Whole chunks are passed over in one piece; it ends with the trailer section or the data. One regex
+        match per chunk-size line that arrived whole (the parser spends about as long on each chunk)."""
+        pos, end, line_at = start, len(data), CHUNK_LINE.match
+        while pos < end:
+            if self._left:  # chunk data and its CRLF
+                step = min(end - pos, self._left)
                 self._left -= step
                 pos += step
-                if self._left == 0:
-                    self.state = State.CHUNK_LINE
-            elif self.state is State.CHUNK_LINE:
-                newline = data.find(b"\n", pos, min(len(data), pos + self.limit - len(self._line)))
+                continue
+            if self.state is State.TRAILERS:
+                return self._head(data, pos, "trailer section")
+            whole = None if self._line else line_at(data, pos, min(end, pos + self.limit))
+            if whole is not None:
+                size, framing, pos = int(whole[1], 16), whole.end() - pos, whole.end()
+            else:  # a line cut by the end of the read, or an unusual one
+                newline = data.find(b"\n", pos, min(end, pos + self.limit - len(self._line)))
                 if newline < 0:
                     self._line += data[pos:]
                     if len(self._line) >= self.limit:
                         raise TooLarge("chunk-size line")
-                    return len(data), Boundary.NONE
-                line, self._line = self._line + data[pos : newline + 1], b""
-                pos = newline + 1
-                size = HEX.match(line)
-                if size is None or len(size[0].lstrip(b"0")) > 16:  # the parser's bound: 64 bits
+                    return end, Boundary.NONE
+                line, self._line, pos = self._line + data[pos : newline + 1], b"", newline + 1
+                digits = HEX.match(line)
+                if digits is None or len(digits[0].lstrip(b"0")) > 16:  # the parser's bound: 64 bits
                     raise Unframed("invalid chunk size")
-                if int(size[0], 16):
-                    self.state, self._left = State.CHUNK_DATA, int(size[0], 16) + 2
-                else:  # the last chunk: its line's CRLF may begin the blank line that ends the trailers
-                    self.state = State.TRAILERS
-                    self._start_head(b"\r\n")
-            else:
-                return self._head(data, pos, "trailer section")
+                size, framing = int(digits[0], 16), len(line)
+            self._framing += framing + 2
+            self._data += size
+            if self._framing > self.limit + self._data // FRAMING_SHARE:
+                raise TooLarge("chunked framing")
+            if size:
+                self._left = size + 2
+            else:  # the last chunk: its line's CRLF may begin the blank line that ends the trailers
+                self.state = State.TRAILERS
+                self._start_head(b"\r\n")
         return pos, Boundary.NONE
 
     def head_done(self, headers: list[tuple[bytes, bytes]], message_done: bool, keep_alive: bool) -> None:
@@ -151,7 +163,7 @@ class Framer:
             return
         names = {name for name, _ in headers}
         if b"transfer-encoding" in names:  # the parser accepts it on a request only with chunked last
-            self.state = State.CHUNK_LINE
+            self.state = State.CHUNKS
             self._start_head(b"")
             return
         length = ascii_int(dict(headers).get(b"content-length", b"").strip())

@@ -60,8 +60,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     Size: httptools has no bound on a head (and copies a long header value again with every read), so
     everything that is not body data is counted here, each part against `max_header_bytes`: a request head
     with any empty lines before it, whether it came alone or pipelined behind another request in the same
-    read, a chunk-size line, a chunked body's trailer section (gateway/framing.py finds where each ends; the
-    parser is fed up to there and must agree). Above the limit: 431. A refusal of a pipelined request is
+    read, a chunk-size line, a chunked body's trailer section, and the framing of all its chunks together
+    beyond 1/16 of their data (gateway/framing.py finds where each ends; the parser is fed up to there and
+    must agree). Above the limit: 431. A refusal of a pipelined request is
     sent after the answers to the requests before it. Both refusals, and httptools' own for bytes that are
     not HTTP, are problem+json like every other error.
 

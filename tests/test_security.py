@@ -457,13 +457,19 @@ def chunked_upload(image: bytes, size_line_extra: bytes = b"", trailers: bytes =
 
 def test_chunked_trailers_and_chunk_lines_count_toward_the_head_limit(strict_gateway: Gateway) -> None:
     """A chunked body's trailer section is headers after the body; a chunk-size line can carry extensions.
-    Neither is body data, and both were counted by no limit."""
+    Neither is body data, and both were counted by no limit. The framing of chunks may exceed the limit by
+    1/16 of their data: 128-byte chunks pass, a flood of 1-byte chunks (a microsecond each) does not."""
     image = jpeg()
     assert statuses(raw(strict_gateway.port, chunked_upload(image, b";a=b", b"X-Trailer: 1\r\n"))) == [200]
+    cut = (len(image) - 1) // 128 * 128  # 128-byte chunks, then the rest (at least a byte) in one
+    in_small_chunks = b"".join(b"80\r\n%s\r\n" % image[i : i + 128] for i in range(0, cut, 128))
+    upload = chunked_upload(image[cut:]).replace(b"\r\n\r\n", b"\r\n\r\n" + in_small_chunks, 1)
+    assert statuses(raw(strict_gateway.port, upload)) == [200]
     too_large = [
         chunked_upload(image, trailers=b"X-Trailer: " + OVER + b"\r\n"),
         chunked_upload(image, trailers=b"X-T: 1\r\n" * 5000),
         chunked_upload(image, size_line_extra=b";ext=" + OVER),
+        chunked_upload(image).replace(b"\r\n\r\n", b"\r\n\r\n" + b"1\r\nx\r\n" * 100_000, 1),  # a flood of tiny chunks
     ]
     for upload in too_large:
         reply = raw(strict_gateway.port, upload)
