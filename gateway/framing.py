@@ -19,7 +19,7 @@ from gateway.digits import ascii_int
 END_OF_HEAD = b"\r\n\r\n"
 NOT_CRLF = re.compile(rb"[^\r\n]")
 HEX = re.compile(rb"[0-9A-Fa-f]+")
-CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[^\r\n]*\r\n")  # size, extensions: the parser checks them
+CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")  # size, extensions (the parser checks them)
 # A chunked body's framing (size lines, extensions, CRLFs) may exceed the head limit by 1/16 of its data:
 # chunks of a hundred bytes or more pass whatever their number; a flood of tiny chunks, which costs the
 # parser (and this) about a microsecond each, is refused after some thousands.

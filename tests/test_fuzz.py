@@ -257,19 +257,20 @@ def with_length(body: bytes) -> tuple[bytes, int]:
     return b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), len(body)
 
 
-def chunked(chunks: list[bytes], extension: bytes, trailers: int) -> tuple[bytes, int]:
-    body = b"".join(b"%x%s\r\n%s\r\n" % (len(chunk), extension, chunk) for chunk in chunks if chunk)
+def chunked(chunks: list[bytes], size: bytes, extension: bytes, trailers: int) -> tuple[bytes, int]:
+    body = b"".join(size % len(chunk) + b"%s\r\n%s\r\n" % (extension, chunk) for chunk in chunks if chunk)
     trailer = b"".join(b"T%d: v\r\n" % i for i in range(trailers))
     head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     return head + body + b"0\r\n" + trailer + b"\r\n", sum(len(chunk) for chunk in chunks)
 
 
 EXTENSIONS = [b"", b";a=b", b';q="x y"']
+SIZES = st.sampled_from([b"%x", b"%X", b"%020x"])  # 20 digits: the parser reads leading zeros past 16
 body_bytes = st.binary(max_size=300) | st.sampled_from([b"\r\n\r\n", b"0\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"])
 requests = st.one_of(
     st.builds(get, st.sampled_from([b"", b"a?b=1"])),
     st.builds(with_length, body_bytes),
-    st.builds(chunked, st.lists(body_bytes, max_size=4), st.sampled_from(EXTENSIONS), st.integers(0, 3)),
+    st.builds(chunked, st.lists(body_bytes, max_size=4), SIZES, st.sampled_from(EXTENSIONS), st.integers(0, 3)),
 )
 Request = tuple[bytes, int]
 
