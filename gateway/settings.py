@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit (decompression bombs)")
     max_side: int = Field(20_000, ge=1, description="largest accepted width or height")
     max_buffered_bytes: int = Field(
-        448 * 1024 * 1024,
+        384 * 1024 * 1024,
         ge=1,
         description="request bodies held in memory at once by the gateway process, all requests together; "
         "a request that would pass it gets 503 server-busy. At least max_upload_bytes x max_batch_files + 64 KiB",
