@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import demo, docs, embed, explain, logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
+from gateway.budget import BodyBudget, BudgetMiddleware
 from gateway.drain import Drain, DrainMiddleware
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(demo.router)
     app.include_router(docs.router)
 
+    app.add_middleware(BudgetMiddleware, budget=BodyBudget.of(settings))
     app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
 

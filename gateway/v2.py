@@ -24,10 +24,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from gateway.auth import authenticate
+from gateway.auth import authenticate, charge_images
+from gateway.budget import hold_of
 from gateway.digits import ascii_int
 from gateway.problems import Problem
-from gateway.routes import classify, readyz, settings_of, upstream_of, upstream_ready
+from gateway.routes import classify, readyz, reserve_body, settings_of, upstream_of, upstream_ready
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
 from gateway.vectors import floats
 
@@ -39,6 +40,9 @@ OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
 LABELS = 1000
 EMBEDDING_SIZE = 2048
+# Bytes held for each byte of a body, in the body budget: the images split out of it, and the body itself
+# or (JSON) its base64 text while they are decoded.
+BODY_COPIES = 2
 
 
 def served_version(model: dict[str, Any]) -> str:
@@ -207,14 +211,18 @@ def expect_model(request: Request, model_name: str) -> None:
 async def infer(request: Request, model_name: str, _: Authenticated) -> Response:
     expect_model(request, model_name)
     settings = settings_of(request)
-    body = await read_capped(request.stream(), settings.max_batch_bytes + ENVELOPE_BYTES, "the inference request")
+    limit = settings.max_batch_bytes + ENVELOPE_BYTES
+    reserve_body(request, limit, BODY_COPIES)
+    body = await read_capped(request.stream(), limit, hold_of(request), "the inference request", BODY_COPIES)
     request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH), settings.max_batch_files)
+    del body  # what is kept is split from it (the tail is a view of it)
     inputs = request_json.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise bad(f"send exactly one input, {INPUT_NAME!r}")
     images = bytes_elements(inputs[0], tail, settings.max_batch_files)
     if not images:
         raise batch_size(settings.max_batch_files)
+    charge_images(request, len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
     top_k = max([(classification_k(o) or LABELS) for o in outputs if o["name"] == OUTPUT_NAME], default=1)

@@ -7,15 +7,20 @@ the bounds the handler applies too (handlers/bounds.py: aspect ratio, progressiv
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
 from gateway.problems import Problem
 from gateway.settings import Settings
 from handlers.bounds import BoundedReader, TooManyReads, jpeg_refusal, shape_refusal
+
+if TYPE_CHECKING:
+    from gateway.budget import Hold
 
 # (magic prefix, offset, format name as Pillow reports it)
 SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -40,14 +45,29 @@ class CheckedImage:
     height: int
 
 
-async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str = "the upload") -> bytes:
-    """Collect a streamed body, refusing with 413 as soon as it passes `limit` (Content-Length or not)."""
-    buf = bytearray()
+async def capped(
+    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
+) -> AsyncIterator[bytes]:
+    """The chunks of a streamed body, each reserved in the request's `hold` (`copies` bytes for each byte
+    the route will hold) before it is passed on; 413 as soon as the body passes `limit` (Content-Length or not)."""
+    received = 0
     async for chunk in chunks:
-        buf += chunk
-        if len(buf) > limit:
+        received += len(chunk)
+        if received > limit:
             raise Problem("payload-too-large", f"{what} exceeds the limit of {limit} bytes")
-    return bytes(buf)
+        hold.cover(received * copies)
+        yield chunk
+
+
+async def read_capped(
+    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
+) -> bytes:
+    """Collect a streamed body as `capped` passes it on. A BytesIO grows in place and hands its buffer over
+    without a copy (a bytearray would be copied into the bytes)."""
+    body = io.BytesIO()
+    async for chunk in capped(chunks, limit, hold, what, copies):
+        body.write(chunk)
+    return body.getvalue()
 
 
 def sniff(data: bytes) -> str:
