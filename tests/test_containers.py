@@ -171,8 +171,8 @@ def test_hadolint_does_report_findings(tmp_path: Path) -> None:
 
 
 def test_shell_scripts_pass_shellcheck() -> None:
-    """docker/*.sh (`make images`, the stand-in base, the CI engine) and .ci/run."""
-    scripts = sorted((ROOT / "docker").glob("*.sh")) + [ROOT / ".ci" / "run"]
+    """docker/*.sh (`make images`, the stand-in base, the CI engine), deploy/*.sh (the rollout) and .ci/run."""
+    scripts = sorted((ROOT / "docker").glob("*.sh")) + sorted((ROOT / "deploy").glob("*.sh")) + [ROOT / ".ci" / "run"]
     assert len(scripts) >= 4
     done = subprocess.run([tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
     assert done.returncode == 0, f"shellcheck:\n{done.stdout}{done.stderr}"
