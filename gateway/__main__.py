@@ -3,29 +3,43 @@
 One process, on purpose: its /metrics and its per-key rate-limit buckets are then the whole gateway's (or
 container's). It spends a twentieth of the CPU TorchServe spends per request (README, "Run with
 Docker"), so one process keeps up with TorchServe; scale out with more containers, not workers.
+Signals (gateway/drain.py): SIGTERM drains for GATEWAY_DRAIN_S, then stops; SIGUSR1 drains; SIGINT stops.
 """
 
 from __future__ import annotations
 
-import uvicorn
+import contextlib
+import sys
 
+import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+
+from gateway.drain import DrainingServer
+from gateway.main import create_app
 from gateway.settings import get_settings
 
 
 def main() -> None:
     settings = get_settings()
-    uvicorn.run(
-        "gateway.main:create_app",
-        factory=True,
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
         http="gateway.protocol:GuardedHttpToolsProtocol",
         timeout_keep_alive=settings.keep_alive_s,
+        # once stopping, a request in flight has this long to finish: a wait for an upstream slot, then the call
+        timeout_graceful_shutdown=settings.queue_timeout_s + settings.request_timeout_s,
         server_header=False,
         access_log=False,
         log_config=None,
     )
+    server = DrainingServer(config, app.state.drain)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised by uvicorn once stopped: as uvicorn.run
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import demo, embed, explain, logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
+from gateway.drain import Drain, DrainMiddleware
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
 from gateway.problems import Problem
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyStore(settings.all_key_hashes())
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     app.state.metrics = Metrics()
+    app.state.drain = Drain(settings.drain_s)
     app.state.renders = RenderSlots(settings.max_concurrent_renders, settings.queue_timeout_s, settings.retry_after_s)
     app.include_router(routes.router)
     app.include_router(explain.router)
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(demo.router)
 
     app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
 
     def answer(request: Request, problem: Problem) -> Response:
         """problem+json, or the Open Inference Protocol's {"error": ...} under /v2."""
@@ -65,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if problem.status < 500 and problem.slug not in ("unauthorized", "rate-limited"):
             app.state.metrics.rejected.labels(problem.slug).inc()
             app.state.metrics.images.labels("rejected").inc()
-        elif problem.status >= 500:
+        elif problem.status >= 500 and problem.slug != "draining":  # a probe's answer, not an image's
             app.state.metrics.images.labels("failed").inc()
         return answer(request, problem)
 

@@ -28,6 +28,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "output-unavailable": (501, "The served model does not give this output"),
     "model-unavailable": (503, "The model is not ready"),
     "server-busy": (503, "The server is busy"),
+    "draining": (503, "The gateway is draining"),
     "upstream-timeout": (504, "The model did not answer in time"),
     "upstream-error": (502, "The model server failed"),
     "internal-error": (500, "Internal error"),

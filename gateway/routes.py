@@ -210,6 +210,13 @@ async def healthz() -> dict:
     summary="TorchServe has a READY worker for the model",
 )
 async def readyz(request: Request) -> dict:
+    if request.app.state.drain.draining:
+        raise Problem("draining", "this instance is leaving the rotation; it answers requests until it stops")
+    return await upstream_ready(request)
+
+
+async def upstream_ready(request: Request) -> dict:
+    """/readyz's answer when not draining: a Problem unless TorchServe has a READY worker."""
     upstream = upstream_of(request)
     readiness = await upstream.readiness()
     if not readiness.ready:

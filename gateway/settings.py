@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     linger_s: float = Field(
         5.0, gt=0, description="after an answer given before the upload ended, time the client has to finish sending"
     )
+    drain_s: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM or SIGUSR1, time /readyz answers 503 `draining` (while everything else is served)"
+        " before a SIGTERM stops the gateway; the load balancer's time to stop sending",
+    )
 
     # Upstream TorchServe
     inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe inference API")

@@ -118,6 +118,7 @@ class TorchServeClient:
         self.slots = asyncio.Semaphore(settings.max_connections)
         self.keys = KeySource(settings.key_file, settings.management_url, self.session)
         self._readiness = Readiness(False, "not checked yet")
+        self._readiness_lock = asyncio.Lock()
         self._model_info: dict[str, Any] | None = None
 
     async def close(self) -> None:
@@ -197,9 +198,18 @@ class TorchServeClient:
         raise Problem("upstream-error", f"the model server answered {status} unexpectedly")
 
     async def readiness(self) -> Readiness:
-        """READY workers per the management API's model description, cached for a second or two."""
-        if time.monotonic() - self._readiness.checked < self.settings.readiness_cache_s:
+        """READY workers per the management API's model description, cached for a second or two.
+        Single-flight: callers that find the cache stale while a check is under way share its result (the
+        probes need no key: N of them at once must not become N management calls)."""
+        asked = time.monotonic()
+        if asked - self._readiness.checked < self.settings.readiness_cache_s:
             return self._readiness
+        async with self._readiness_lock:
+            if self._readiness.checked >= asked:  # a check ended after this call began: it is this call's
+                return self._readiness
+            return await self._check_readiness()
+
+    async def _check_readiness(self) -> Readiness:
         url = f"{self.settings.management_url}/models/{self.settings.model_name}"
         try:
             timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout_s)

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.auth import authenticate
 from gateway.problems import Problem
-from gateway.routes import classify, readyz, settings_of, upstream_of
+from gateway.routes import classify, readyz, settings_of, upstream_of, upstream_ready
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
 from gateway.vectors import floats
 
@@ -174,7 +174,7 @@ async def model_metadata(request: Request, model_name: str, _: Authenticated) ->
 @router.get("/models/{model_name}/ready", summary="The model is ready", responses=NOT_FOUND)
 async def model_ready(request: Request, model_name: str, _: Authenticated) -> dict:
     expect_model(request, model_name)
-    await readyz(request)
+    await upstream_ready(request)  # the model serves while the gateway drains: only /v2/health/ready turns 503
     return {"name": model_name, "ready": True}
 
 
