@@ -114,6 +114,13 @@ class Stack:
         """Containers of the project still there (none after `down`)."""
         return docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}").stdout.strip()
 
+    def stopped_since(self, since: float) -> list[str]:
+        """The project's services in the order their containers stopped since `since` (Docker's events)."""
+        service = '{{index .Actor.Attributes "com.docker.compose.service"}}'
+        filters = ["--filter", f"label=com.docker.compose.project={self.project}", "--filter", "event=die"]
+        window = ["--since", str(int(since)), "--until", str(int(time.time()) + 1)]
+        return docker("events", *window, *filters, "--format", service).stdout.split()
+
     def container(self, service: str) -> str:
         return self.compose("ps", "--quiet", service).stdout.strip()
 

@@ -321,10 +321,11 @@ def test_torchserve_killed_under_load_loses_no_request(stack: Stack, tmp_path: P
 
 
 def test_stop_is_prompt_and_down_up_recovers(stack: Stack) -> None:
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     stack.compose("stop")
     stopped = time.monotonic() - started
     assert stopped < 10, "docker compose stop waited for SIGKILL"
+    assert stack.stopped_since(since) == ["gateway", "torchserve"], "the gateway stops first (it depends on TorchServe)"
     print(f"stopped in {stopped:.1f} s")  # noqa: T201
     stack.compose("down")  # keeps the volume, like a host reboot with the EC2 unit
     stack.up()

@@ -45,6 +45,7 @@ CHECK = "inter 2s fall 3 rise 2"
 LB_DRAIN_S, LB_RISE_S = 8, 12
 # One key per client thread: the per-key rate limit (20 requests/s) never answers 429 to the test's load.
 CLIENT_KEYS = [f"ica_fleet-client-{i}" for i in range(4)]
+DRAIN_S = "from gateway.settings import get_settings; print(get_settings().drain_s)"
 TIMEOUT_S = 60  # per request: well above the gateway's own 25 s upstream timeout
 
 
@@ -213,14 +214,6 @@ def served(stack: Stack) -> float:
     )
 
 
-def stopped_in_order(stack: Stack, since: str) -> list[str]:
-    """The project's services in the order their containers stopped since `since` (Docker's events)."""
-    service = '{{index .Actor.Attributes "com.docker.compose.service"}}'
-    filters = ["--filter", f"label=com.docker.compose.project={stack.project}", "--filter", "event=die"]
-    until = str(int(time.time()) + 1)
-    return docker("events", "--since", since, "--until", until, *filters, "--format", service).stdout.split()
-
-
 def test_rolling_update_of_both_instances_answers_every_request(fleet: Fleet, images: tuple[str, str]) -> None:
     new = [f"image-classification-api-{name}:{NEW_TAG}" for name in ("serve", "gateway")]
     for built, tag in zip(images, new, strict=True):
@@ -229,13 +222,14 @@ def test_rolling_update_of_both_instances_answers_every_request(fleet: Fleet, im
     with Load(fleet.balancer.url) as load:
         time.sleep(3)
         for name, stack in fleet.stacks.items():
-            start, since = time.monotonic(), str(int(time.time()))
+            start, since = time.monotonic(), time.time()
             code, seconds, log = rollout(stack, *new)
             assert code == 0, log[-4000:]
             report.append((name, seconds, load.between(start, time.monotonic())))
             logs.append(f"{name} from {start - load.began:.1f} s:\n{log}")
             assert [stack.inspect(s)["Config"]["Image"] for s in ("torchserve", "gateway")] == new, log[-2000:]
-            assert stopped_in_order(stack, since) == ["gateway", "torchserve"], log[-2000:]
+            assert stack.stopped_since(since) == ["gateway", "torchserve"], log[-2000:]
+            assert stack.exec_probe("-c", DRAIN_S).strip() == f"{LB_DRAIN_S:.1f}", "GATEWAY_DRAIN_S not passed"
         fleet.all_up(timeout=30)
         after = {name: served(stack) for name, stack in fleet.stacks.items()}
         time.sleep(5)
