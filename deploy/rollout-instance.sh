@@ -11,6 +11,8 @@
 #                       aws: `$ROTATION_CMD out` / `$ROTATION_CMD in` (deploy/rotation.py: standby or
 #                       deregistration, waiting until done / until the target is healthy).
 #                       none: the caller (deploy.yml) takes the instance out and puts it back.
+#                       aws and none drain the gateway too once out (connections still open move), and
+#                       its stop then waits for the rest of GATEWAY_DRAIN_S.
 #   ROTATION_CMD        default: python3 /opt/image-classification-api/deploy/rotation.py
 #   LB_DRAIN_S          time the balancer needs to stop sending once /readyz says 503; default 60: the
 #                       NLB's 3 failed checks x 15 s plus a margin
@@ -62,21 +64,34 @@ running_image() {
   echo "$ref"
 }
 
+# SIGUSR1: /readyz answers 503 `draining`, every answer closes its connection (keep-alive clients move to
+# another instance), and the SIGTERM of the stop below waits for the rest of GATEWAY_DRAIN_S. Returns 1
+# when no gateway runs.
+drain_gateway() {
+  local gateway
+  gateway="$(compose ps --quiet gateway)"
+  [ -n "$gateway" ] || return 1
+  docker kill --signal USR1 "$gateway" >/dev/null
+  sleep 1
+  [ "$(status_of "$url/readyz")" = 503 ] || log "WARNING: /readyz does not say 503 after SIGUSR1 (a gateway without drain?)"
+}
+
+# generic: the balancer sees the 503 and stops sending. aws and none: the balancer's API takes the
+# instance out first (its failing checks must not count against an instance still in service), then the
+# drain moves the connections that stay open.
 out_of_rotation() {
   case "$rotation" in
     generic)
-      local gateway
-      gateway="$(compose ps --quiet gateway)"
-      if [ -n "$gateway" ]; then
-        docker kill --signal USR1 "$gateway" >/dev/null
-        sleep 1
-        [ "$(status_of "$url/readyz")" = 503 ] || log "WARNING: /readyz does not say 503 after SIGUSR1 (a gateway without drain?)"
+      if drain_gateway; then
         log "draining: waiting LB_DRAIN_S=${lb_drain_s} s for the balancer to stop sending"
         sleep "$lb_drain_s"
       fi
       ;;
-    aws) "${rotation_cmd[@]}" out ;;
-    none) ;;
+    aws)
+      "${rotation_cmd[@]}" out
+      drain_gateway || true
+      ;;
+    none) drain_gateway || true ;;
   esac
 }
 # Whatever ends the script once the instance is out, it goes back in (on AWS: out of standby, so the group

@@ -244,6 +244,29 @@ def test_rolling_update_of_both_instances_answers_every_request(fleet: Fleet, im
     assert all(served(stack) > after[name] > 0 for name, stack in fleet.stacks.items()), after
 
 
+def test_rollout_when_the_caller_takes_the_instance_out(fleet: Fleet, images: tuple[str, str]) -> None:
+    """ROLLOUT_ROTATION=none, as deploy.yml runs it: the caller takes the instance out through the balancer's
+    API (HAProxy's `drain` state: no new connections, the open ones stay, like an NLB deregistration) and
+    puts it back after the script; the script's drain moves the keep-alive connections that stay open."""
+    stack = fleet.stacks["b"]
+    new = [f"image-classification-api-{name}:{NEW_TAG}" for name in ("serve", "gateway")]
+    for built, tag in zip(images, new, strict=True):
+        docker("tag", built, tag)
+    target = list(images) if stack.inspect("gateway")["Config"]["Image"] == new[1] else new
+    with Load(fleet.balancer.url) as load:
+        time.sleep(3)
+        fleet.balancer.command("set server gateways/b state drain")
+        code, seconds, log = rollout(stack, *target, ROLLOUT_ROTATION="none")
+        fleet.balancer.command("set server gateways/b state ready")
+        fleet.balancer.wait_for("b", "UP", timeout=30)
+        time.sleep(3)
+    assert code == 0, log[-4000:]
+    assert [stack.inspect(s)["Config"]["Image"] for s in ("torchserve", "gateway")] == target
+    outcomes = collections.Counter(o for _, o in load.outcomes)
+    print(f"rollout with ROLLOUT_ROTATION=none: {seconds:.1f} s; requests meanwhile: {dict(outcomes)}")  # noqa: T201
+    assert outcomes["200"] > 0 and sum(n for o, n in outcomes.items() if o != "200") == 0, load.explain([log])
+
+
 def test_new_images_that_never_get_ready_are_rolled_back(fleet: Fleet, tmp_path: Path) -> None:
     """A gateway image that asks TorchServe for a model it does not have: never ready. The script rolls the
     instance back to the image that ran before, puts it back and exits non-zero."""
