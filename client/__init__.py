@@ -4,4 +4,4 @@ Modules: cli.py (arguments), inputs.py (lazy walk, resume set), sender.py (HTTP 
 output.py (JSONL/CSV writers), pipeline.py (bounded workers, progress, summary, Ctrl-C).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

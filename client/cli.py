@@ -73,9 +73,9 @@ def parser() -> argparse.ArgumentParser:
                         "says where")  # fmt: skip
     e = sub.add_parser("embed", help="embeddings of files and folders, to .npy plus a paths file",
                        description="L2-normalised 2048-d embeddings (/v1/embed) to OUTPUT.npy (float32, one row "
-                                   "per file) and OUTPUT.paths.txt (row i's path on line i). --resume continues "
-                                   "after the rows already written; failed files are not written, so a resumed "
-                                   "run sends them again.")  # fmt: skip
+                                   "per file) and OUTPUT.paths.txt (row i's path on line i, as a JSON string). "
+                                   "--resume continues after the rows already written; failed files are not "
+                                   "written, so a resumed run sends them again.")  # fmt: skip
     add_common(e)
     e.add_argument("-o", "--output", required=True, help="the vectors file, .npy")
     return p
@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     try:
         summary = run(opts)
+    except OutputError as exc:  # found before anything is sent (e.g. a pair of files --resume cannot continue)
+        print(f"imgcls: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the run started
         print("imgcls: interrupted", file=sys.stderr)
         return 130

@@ -2,7 +2,8 @@
 file) and the resume set.
 
 Each record is written as one whole line and flushed at once, so an interrupted run leaves a valid file
-holding every result that had arrived. `--resume` reads the paths back from that file.
+holding every result that had arrived. `--resume` reads the paths back from that file (for embeddings,
+after checking that the pair can be continued).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -139,31 +141,100 @@ class Writer:
             self._file.close()
 
 
+@dataclass(frozen=True)
+class VectorsSoFar:
+    """What an earlier run left: row i's path, the vector size, and how much of the pair is whole."""
+
+    paths: list[str]
+    dims: int
+    paths_bytes: int  # the paths file up to its last whole line
+
+
+def vectors_so_far(path: str | Path) -> VectorsSoFar | None:
+    """The `.npy` / `.paths.txt` pair an earlier run left, checked for `--resume` without changing either; None
+    when neither exists. OutputError (both files left as they are) when the pair cannot be continued safely:
+    one file without the other, an old-format or foreign paths file, or counts that disagree by more than
+    the one row a run interrupted between its two writes leaves without a path line."""
+    vectors, paths_file = Path(path), paths_file_of(Path(path))
+    if not vectors.exists() and not paths_file.exists():
+        return None
+    for present, absent in ((vectors, paths_file), (paths_file, vectors)):
+        if not absent.exists():
+            raise OutputError(
+                f"{present} exists but {absent} does not, so which file each row is cannot be told: nothing "
+                "resumed or changed; move it away, or run without --resume to start over"
+            )
+    data = paths_file.read_bytes()
+    whole = data.rfind(b"\n") + 1  # after a run killed mid-line, the last line is cut when writing resumes
+    paths = [_path_line(line, paths_file, n) for n, line in enumerate(data[:whole].split(b"\n")[:-1], 1)]
+    rows, dims = _npy_shape(vectors)
+    if rows not in (len(paths), len(paths) + 1):
+        raise OutputError(
+            f"{vectors} has {rows} rows but {paths_file} names {len(paths)} files: they do not belong together; "
+            "nothing resumed or changed"
+        )
+    return VectorsSoFar(paths, dims, whole)
+
+
+def _path_line(line: bytes, paths_file: Path, n: int) -> str:
+    try:
+        path = json.loads(line)
+    except ValueError:
+        path = None
+    if isinstance(path, str):
+        return path
+    if line.startswith(b"/"):
+        raise OutputError(
+            f"{paths_file} holds raw paths, one per line (written by imgcls before 0.2), which names with line "
+            "breaks make ambiguous, so it cannot be resumed safely: nothing resumed or changed; run without "
+            "--resume to start over, or use another --output"
+        )
+    raise OutputError(f"{paths_file}, line {n}: not a JSON string; nothing resumed or changed")
+
+
+def _npy_shape(vectors: Path) -> tuple[int, int]:
+    """(rows, dims) from the header of a .npy VectorWriter wrote; OutputError for any other file."""
+    try:
+        with vectors.open("rb") as f:
+            if np.lib.format.read_magic(f) != (1, 0):
+                raise ValueError("not .npy version 1.0")
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+            header_end, size = f.tell(), f.seek(0, os.SEEK_END)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{vectors} is not a vectors file imgcls wrote ({exc}); nothing resumed or changed") from None
+    ours = header_end == VectorWriter.HEADER_BYTES and dtype == np.dtype("<f4") and not fortran_order
+    if not ours or len(shape) != 2 or size < header_end + shape[0] * shape[1] * 4:
+        raise OutputError(f"{vectors} is not a whole vectors file imgcls wrote; nothing resumed or changed")
+    return shape[0], shape[1]
+
+
 class VectorWriter:
-    """Embeddings as `NAME.npy` (float32, one row per file) plus `NAME.paths.txt` (row i's path on line i).
+    """Embeddings as `NAME.npy` (float32, one row per file) plus `NAME.paths.txt` (row i's path on line i, as a
+    JSON string: ASCII, so no name can break a line, whatever reads it).
 
     Each vector is appended and the .npy header's row count rewritten, then its path line; both flushed at
-    once, so an interrupted run leaves a valid pair. `resume` keeps the rows whose path was written (a row
-    written without its path is cut) and appends. Failed files are not written: a resumed run sends them again.
+    once, so an interrupted run leaves a valid pair. Resuming from `so_far` (vectors_so_far) keeps the rows
+    whose path was written (a row written without its path, and a half-written line, are cut) and appends.
+    Failed files are not written: a resumed run sends them again.
     """
 
     HEADER_BYTES = 128  # the .npy header, reserved whole so that the row count can grow in place
 
-    def __init__(self, path: str | Path, resume: bool = False) -> None:
+    def __init__(self, path: str | Path, so_far: VectorsSoFar | None = None) -> None:
         self.path = Path(path)
         self.paths_file = paths_file_of(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rows, self.dims = 0, 0
-        if resume and self.path.exists() and self.paths_file.exists():
-            _drop_partial_line(self.paths_file)
-            self.rows = len(self.paths_file.read_text(encoding="utf-8").splitlines())
-            self.dims = int(np.load(self.path, mmap_mode="r").shape[1]) if self.rows else 0
+        if so_far is None:
+            self.rows, self.dims = 0, 0
+            self._file = self.path.open("w+b")
+            self._paths = self.paths_file.open("wb")
+        else:
+            self.rows, self.dims = len(so_far.paths), so_far.dims
             self._file = self.path.open("r+b")
             self._file.truncate(self.HEADER_BYTES + self.rows * self.dims * 4)
-            self._paths = self.paths_file.open("a", encoding="utf-8")
-        else:
-            self._file = self.path.open("w+b")
-            self._paths = self.paths_file.open("w", encoding="utf-8")
+            self._paths = self.paths_file.open("r+b")
+            self._paths.truncate(so_far.paths_bytes)
+            self._paths.seek(0, os.SEEK_END)
         self._write_header()
 
     def _write_header(self) -> None:
@@ -184,7 +255,7 @@ class VectorWriter:
         self._file.write(vector.tobytes())
         self.rows += 1
         self._write_header()
-        self._paths.write(record["path"] + "\n")
+        self._paths.write(json.dumps(record["path"]).encode("ascii") + b"\n")
         self._paths.flush()
 
     def close(self) -> None:
@@ -194,12 +265,3 @@ class VectorWriter:
 
 def paths_file_of(vectors: Path) -> Path:
     return vectors.with_suffix(".paths.txt")
-
-
-def vector_done_paths(path: str | Path) -> set[str]:
-    """The paths whose vectors an earlier run wrote (after cutting a half-written last line)."""
-    paths = paths_file_of(Path(path))
-    if not paths.exists():
-        return set()
-    _drop_partial_line(paths)
-    return set(paths.read_text(encoding="utf-8").splitlines())

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from client import __version__
 from client.inputs import iter_inputs
-from client.output import VectorWriter, Writer, done_paths, vector_done_paths
+from client.output import VectorWriter, Writer, done_paths, vectors_so_far
 from client.sender import Fatal, RetryPolicy, Sender, client_error
 
 
@@ -91,8 +91,12 @@ class Run:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.summary = Summary()
-        done = vector_done_paths if opts.embed else done_paths
-        self.done = done(opts.output) if opts.resume and opts.output else set()
+        resume = opts.output if opts.resume else None  # the CLI requires --output with --resume
+        self.so_far = vectors_so_far(resume) if opts.embed and resume else None  # checked before anything is sent
+        if opts.embed:
+            self.done = set(self.so_far.paths) if self.so_far else set()
+        else:
+            self.done = done_paths(resume) if resume else set()
         self.bar = tqdm(total=None, unit="img", file=sys.stderr, disable=not opts.progress, dynamic_ncols=True,
                         smoothing=0.1, mininterval=0.5)  # fmt: skip
 
@@ -142,7 +146,7 @@ class Run:
         writer: Writer | VectorWriter
         if opts.embed:
             assert opts.output is not None  # the CLI requires it
-            writer = VectorWriter(opts.output, resume=opts.resume)
+            writer = VectorWriter(opts.output, self.so_far)
         else:
             writer = Writer(opts.output, resume=opts.resume)
         queue: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=opts.concurrency)

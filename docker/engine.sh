@@ -4,21 +4,18 @@
 # `depends_on.restart`), docker-registry for the local-registry deploy test and debootstrap for the
 # stand-in base image. Idempotent: installs only what is missing, starts dockerd only when none answers.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=apt-mirror.sh
+. "$(dirname "$0")/apt-mirror.sh"
 
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if ! docker compose version 2>/dev/null | grep -Eq 'version v?2[.]'; then
-  # trixie only for docker-compose: a pin of 100 keeps every other package on bookworm.
+  # trixie only for docker-compose, from the host's own mirror: a pin of 100 keeps every other package on bookworm.
   if [ ! -f /etc/apt/sources.list.d/trixie.sources ]; then
-    cat >/etc/apt/sources.list.d/trixie.sources <<'SRC'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
+    trixie="$(debian_source trixie)" # first: no mirror found, no (empty) file left to skip next time
+    printf '%s\n' "$trixie" >/etc/apt/sources.list.d/trixie.sources
     cat >/etc/apt/preferences.d/trixie-docker-compose <<'PIN'
 Package: *
 Pin: release n=trixie

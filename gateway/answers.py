@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Query, Request
 
+from gateway.digits import ascii_int
 from gateway.problems import Problem
 
 MAX_TOP_K = 20
@@ -43,8 +44,9 @@ def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
     for entry in (part.strip() for part in raw.split(",")):
         if not entry:
             continue
-        if entry.isdigit() and int(entry) < len(labels):
-            ids.add(int(entry))
+        class_id = ascii_int(entry)
+        if class_id is not None and class_id < len(labels):
+            ids.add(class_id)
         elif entry.lower() in by_name:
             ids.update(by_name[entry.lower()])
         else:

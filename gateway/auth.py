@@ -52,23 +52,23 @@ class Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key: `rate` tokens per second, at most `burst` at once."""
+    """A token bucket per key: `rate` tokens per second, at most `burst` at once. An image costs a token."""
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
         self._buckets: dict[str, Bucket] = {}
 
-    def take(self, key_id: str) -> tuple[bool, int, float]:
-        """(allowed, tokens remaining, seconds until a token is available)."""
+    def take(self, key_id: str, tokens: int = 1) -> tuple[bool, int, float]:
+        """All `tokens` or none: (allowed, tokens remaining, seconds until `tokens` are available)."""
         now = time.monotonic()
         bucket = self._buckets.setdefault(key_id, Bucket(float(self.burst), now))
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
+        if bucket.tokens >= tokens:
+            bucket.tokens -= tokens
             return True, int(bucket.tokens), 0.0
-        return False, 0, (1 - bucket.tokens) / self.rate
+        return False, int(bucket.tokens), (tokens - bucket.tokens) / self.rate
 
 
 def presented_keys(request: Request) -> list[str]:
@@ -84,16 +84,37 @@ def presented_keys(request: Request) -> list[str]:
 
 
 async def authenticate(request: Request, response: Response) -> str:
-    """FastAPI dependency: the caller's key id, after auth and rate limiting; else a 401 or 429 problem."""
+    """FastAPI dependency: the caller's key id, after auth and rate limiting; else a 401 or 429 problem.
+    This takes the request's first token, from the head alone; `charge_images` takes the rest."""
     keys: KeyStore = request.app.state.keys
-    limiter: RateLimiter = request.app.state.limiter
     key_id = next((found for key in presented_keys(request) if (found := keys.identify(key))), None)
     if key_id is None:
         # Missing, unknown and wrong keys get the same answer.
         raise Problem("unauthorized", "send a valid API key in X-API-Key or Authorization: Bearer",
                       headers={"WWW-Authenticate": AUTH_CHALLENGE})  # fmt: skip
     request.state.key_id = key_id
-    allowed, remaining, wait = limiter.take(key_id)
+    request.state.rate_response = response
+    charge(request, 1, "a request")
+    return key_id
+
+
+def charge_images(request: Request, count: int) -> None:
+    """Once a request's image count is known: the tokens for its images beyond the first, or 429 (none of
+    them taken). Its Retry-After is the wait for the whole request's tokens, which a retry pays again."""
+    limiter: RateLimiter = request.app.state.limiter
+    if count > limiter.burst:
+        detail = f"{count} images cost {count} rate-limit tokens, more than the burst of {limiter.burst}"
+        raise Problem("payload-too-large", f"{detail}: send at most {limiter.burst} images per request")
+    if count > 1:
+        charge(request, count - 1, f"{count} images", 1)
+
+
+def charge(request: Request, tokens: int, what: str, paid: int = 0) -> None:
+    """Take `tokens` from the caller's bucket, or 429 with the wait for them and the `paid` ones before."""
+    limiter: RateLimiter = request.app.state.limiter
+    allowed, remaining, wait = limiter.take(request.state.key_id, tokens)
+    if not allowed:
+        wait += paid / limiter.rate
     headers = {
         "RateLimit-Limit": str(limiter.burst),
         "RateLimit-Remaining": str(remaining),
@@ -102,10 +123,9 @@ async def authenticate(request: Request, response: Response) -> str:
     if not allowed:
         request.app.state.metrics.rate_limited.inc()
         retry = str(max(1, math.ceil(wait)))
-        raise Problem("rate-limited", f"rate limit of {limiter.rate:g}/s (burst {limiter.burst}) exceeded; "
-                      f"retry in {retry} s", headers={**headers, "Retry-After": retry})  # fmt: skip
-    response.headers.update(headers)
-    return key_id
+        detail = f"rate limit of {limiter.rate:g} images/s (burst {limiter.burst}) exceeded by {what}"
+        raise Problem("rate-limited", f"{detail}; retry in {retry} s", headers={**headers, "Retry-After": retry})
+    request.state.rate_response.headers.update(headers)
 
 
 def main() -> None:

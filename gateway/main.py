@@ -10,8 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gateway import demo, embed, explain, logs, routes, v2
+from gateway import demo, docs, embed, explain, logs, routes, v2
 from gateway.auth import KeyStore, RateLimiter
+from gateway.budget import BodyBudget, BudgetMiddleware
 from gateway.drain import Drain, DrainMiddleware
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
@@ -38,6 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description="ImageNet classification (ResNet50) behind API-key auth. Errors are application/problem+json.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would name the Host header's host: `/v1/predict/` is a 404
+        docs_url=None,  # FastAPI's /docs and /redoc load scripts from a CDN: /docs is gateway/docs.py
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.keys = KeyStore(settings.all_key_hashes())
@@ -50,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embed.router)
     app.include_router(v2.router)
     app.include_router(demo.router)
+    app.include_router(docs.router)
 
+    app.add_middleware(BudgetMiddleware, budget=BodyBudget.of(settings))
     app.add_middleware(ObserveMiddleware, metrics=app.state.metrics)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
 

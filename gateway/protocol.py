@@ -10,6 +10,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.digits import ascii_int
+from gateway.framing import Boundary, Framer, TooLarge, Unframed
 from gateway.observe import API_CSP, SECURITY_HEADERS
 from gateway.problems import PROBLEM_JSON, Problem
 from gateway.settings import get_settings
@@ -55,9 +57,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     Deadline (slowloris): uvicorn closes idle keep-alive connections but waits forever for a head that
     trickles in, or for a first byte that never comes. A connection that is waiting for a request head
     (just opened, or every answer given) and has none complete `header_timeout_s` later is closed.
-    Size: httptools has no bound on a head, so the bytes from the end of one request (or the connection's
-    start) up to the blank line are counted here; a head above `max_header_bytes` gets 431. Both refusals,
-    and httptools' own for bytes that are not HTTP, are problem+json like every other error.
+    Size: httptools has no bound on a head (and copies a long header value again with every read), so
+    everything that is not body data is counted here, each part against `max_header_bytes`: a request head
+    with any empty lines before it, whether it came alone or pipelined behind another request in the same
+    read, a chunk-size line, a chunked body's trailer section, and the framing of all its chunks together
+    beyond 1/16 of their data (gateway/framing.py finds where each ends; the parser is fed up to there and
+    must agree). Above the limit: 431. A refusal of a pipelined request is
+    sent after the answers to the requests before it. Both refusals, and httptools' own for bytes that are
+    not HTTP, are problem+json like every other error.
 
     Early answers (401, 413, 415, 429, 503 to a client still uploading): closing a socket with unread bytes
     makes the kernel reset the connection, and the reset destroys the answer on its way. So an answer that
@@ -75,9 +82,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answered_early = False  # the current answer began before its request's body had all arrived
         super().connection_made(ClosingHook(transport, self))  # type: ignore[arg-type]
         self._heads = 0  # request heads parsed on this connection
+        self._messages = 0  # requests parsed to their end
+        self._keep_alive = True  # whether the last request parsed to its end lets the connection go on
         self._answered = 0  # responses completed on it
+        self._refusal: bytes | None = None  # an answer to send once the requests before it are answered
         self._deadline: asyncio.TimerHandle | None = None
-        self._head: bytes | None = b""  # the start of the coming head, up to the limit (None while none is due)
+        self._framer = Framer(get_settings().max_header_bytes)
         self._await_head()
 
     def _await_head(self) -> None:
@@ -95,29 +105,55 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering:
-            return  # the rest of an upload after an early answer, or of a refused head: read, never parsed
-        if self._head is not None:
-            limit = get_settings().max_header_bytes
-            self._head += data[: limit + 4 - len(self._head)]
-            if b"\r\n\r\n" in self._head:
-                self._head = None
-            elif len(self._head) > limit:
-                self._head = None
-                self._refuse("request-head-too-large", f"the request head exceeds {limit} bytes")
+        """Feed the parser one piece at a time, each up to the next boundary the framer finds (gateway/framing.py),
+        and check that the parser saw that boundary there."""
+        start = 0
+        while start < len(data) and not self.lingering and self._refusal is None and not self._framer.closed:
+            try:
+                end, boundary = self._framer.piece(data, start)
+            except TooLarge as exc:
+                limit = self._framer.limit
+                self._refuse("request-head-too-large", f"the {exc.what} exceeds {limit} bytes")
                 return
-        super().data_received(data)
+            except Unframed:
+                self.send_400_response("unframed")
+                return
+            heads, messages = self._heads, self._messages
+            super().data_received(memoryview(data)[start:end] if start or end < len(data) else data)
+            if self.lingering or self._refusal is not None:
+                return  # the parser refused the request
+            seen = (self._heads - heads, self._messages - messages)  # what the parser completed in the piece
+            try:
+                if boundary is Boundary.HEAD and seen in ((1, 0), (1, 1)):
+                    self._framer.head_done(self.headers, seen == (1, 1), self._keep_alive)
+                elif boundary is Boundary.MESSAGE and seen == (0, 1):
+                    self._framer.message_done(self._keep_alive)
+                elif boundary is not Boundary.NONE or seen != (0, 0):
+                    raise Unframed(f"the parser completed {seen} (heads, messages) in a piece ending in {boundary}")
+            except Unframed:
+                self.send_400_response("unframed")
+                return
+            start = end
 
     def send_400_response(self, msg: str) -> None:
         self._refuse("malformed-request", "the request is not valid HTTP/1.1")
 
     def _refuse(self, slug: str, detail: str) -> None:
-        self._transport.write(problem_answer(slug, detail))
+        """Answer with a problem and close (lingering); after the answers to the requests before it, if any are
+        pending (pipelined), so that every answer goes to its own request. Nothing more is parsed."""
+        self._refusal = problem_answer(slug, detail)
+        self._stop_clock()
+        broken_body = self._messages < self._heads and not self.cycle.response_started  # the answer to it is this
+        if broken_body or self._answered == self._heads:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        assert self._refusal is not None
+        self._transport.write(self._refusal)
         self._linger()
 
     def on_headers_complete(self) -> None:
         self._heads += 1
-        self._head = None
         self._stop_clock()
         previous = self.cycle
         super().on_headers_complete()
@@ -140,8 +176,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     async def _drained(self, cycle: Any) -> bool:
         """Read and drop the rest of a body declared at most DRAIN_BYTES long, within `linger_s`."""
-        length = dict(cycle.scope["headers"]).get(b"content-length", b"")
-        if cycle.waiting_for_100_continue or not length.isdigit() or int(length) > DRAIN_BYTES:
+        length = ascii_int(dict(cycle.scope["headers"]).get(b"content-length", b"").strip())
+        if cycle.waiting_for_100_continue or length is None or length > DRAIN_BYTES:
             return False
         try:
             async with asyncio.timeout(get_settings().linger_s):
@@ -152,20 +188,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return not cycle.more_body
 
     def on_message_complete(self) -> None:
-        self._head = b""  # the parser is done with this request: what comes next is the next head
+        self._messages += 1
+        self._keep_alive = self.parser.should_keep_alive()
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
         self._answered += 1
         super().on_response_complete()
-        if self._answered == self._heads and not self.transport.is_closing():  # no pipelined request waiting
+        if self._answered < self._heads or self.transport.is_closing():  # a pipelined request is waiting
+            return
+        if self._refusal is not None:
+            self._send_refusal()
+        else:
             self._await_head()
 
     def close_connection(self) -> None:
         """Every close uvicorn asks for: lingering while the client may still be sending, else at once."""
         if self.lingering or self._transport.is_closing():
             return
-        if self._answered_early or (self.cycle is not None and self.cycle.more_body):
+        if self._answered_early or self._refusal is not None or (self.cycle is not None and self.cycle.more_body):
             self._linger()
         else:
             self._transport.close()

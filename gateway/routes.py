@@ -15,15 +15,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import FormData, UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from gateway import schemas
 from gateway.answers import AnswerOptions, answer_options, shape
-from gateway.auth import authenticate
+from gateway.auth import authenticate, charge_images
+from gateway.budget import hold_of
+from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
-from gateway.validation import ENVELOPE_BYTES, CheckedImage, check_image, read_capped
+from gateway.validation import ENVELOPE_BYTES, CheckedImage, capped, check_image, read_capped
 
 router = APIRouter()
 Authenticated = Annotated[str, Depends(authenticate)]
@@ -38,29 +40,46 @@ def upstream_of(request: Request) -> TorchServeClient:
     return request.app.state.upstream
 
 
-def refuse_oversized(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+def declared_length(request: Request) -> int | None:
+    """The request's Content-Length, if it has one (ASCII digits only)."""
+    return ascii_int(request.headers.get("content-length", ""))
+
+
+def reserve_body(request: Request, limit: int, copies: int = 1) -> None:
+    """From the head alone: 413 for a declared body above `limit`, 503 for one the body budget cannot hold
+    now (`copies` bytes for each byte of it), else its reservation. Undeclared bodies reserve as they arrive."""
+    declared = declared_length(request)
+    if declared is None:
+        return
+    if declared > limit:
         raise Problem("payload-too-large", f"the upload exceeds the limit of {limit} bytes")
+    hold_of(request).cover(declared * copies)
+
+
+class InMemoryParts(MultiPartParser):
+    """Starlette's multipart parser with every file part kept in memory, where the body budget counts it:
+    never spooled to a file (in the container /tmp is a tmpfs, memory too, that no budget would count)."""
+
+    spool_max_size = 0  # a SpooledTemporaryFile without a max size never rolls over to disk
 
 
 async def read_form(request: Request, limit: int, max_files: int) -> FormData:
-    """Parse a multipart body that has been read under `limit` bytes."""
-    body = await read_capped(request.stream(), limit)
-
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
+    """Parse a multipart body as it arrives, under `limit` bytes: only the parts are kept, not the body."""
+    stream = capped(request.stream(), limit, hold_of(request))
     try:
-        return await Request(request.scope, replay).form(max_files=max_files, max_fields=16)
+        return await InMemoryParts(request.headers, stream, max_files=max_files, max_fields=16).parse()
     except MultiPartException as exc:
         raise Problem("invalid-request", f"malformed multipart body: {exc.message}") from None
 
 
 async def file_bytes(upload: UploadFile | str, limit: int, name: str) -> bytes:
+    """A file part's bytes; the part's own buffer is freed, so only the bytes returned are kept."""
     if isinstance(upload, str):
         raise Problem("invalid-request", f"field {name!r} must be a file, not text")
-    data = await upload.read(limit + 1)
+    try:
+        data = await upload.read(limit + 1)
+    finally:
+        await upload.close()
     if len(data) > limit:
         raise Problem("payload-too-large", f"file {upload.filename!r} exceeds the limit of {limit} bytes")
     return data
@@ -117,14 +136,14 @@ async def single_image(request: Request) -> CheckedImage:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         limit = settings.max_upload_bytes + ENVELOPE_BYTES
-        refuse_oversized(request, limit)
+        reserve_body(request, limit)
         form = await read_form(request, limit, max_files=1)
         if "file" not in form:
             raise Problem("invalid-request", "the multipart body has no field named 'file'")
         data = await file_bytes(form["file"], settings.max_upload_bytes, "file")
     elif content_type.startswith(("image/", "application/octet-stream")):
-        refuse_oversized(request, settings.max_upload_bytes)
-        data = await read_capped(request.stream(), settings.max_upload_bytes)
+        reserve_body(request, settings.max_upload_bytes)
+        data = await read_capped(request.stream(), settings.max_upload_bytes, hold_of(request))
     else:
         raise Problem(
             "unsupported-media-type",
@@ -160,11 +179,12 @@ async def run_batch(request: Request, work: ItemWork) -> dict:
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise Problem("unsupported-media-type", "send multipart/form-data with one or more fields 'files'")
     limit = settings.max_batch_bytes + ENVELOPE_BYTES
-    refuse_oversized(request, limit)
+    reserve_body(request, limit)
     form = await read_form(request, limit, max_files=settings.max_batch_files)
     uploads = form.getlist("files")
     if not uploads:
         raise Problem("invalid-request", "the multipart body has no field named 'files'")
+    charge_images(request, len(uploads))
     results = await asyncio.gather(*(batch_item(request, upload, work) for upload in uploads))
     models = [r["model"] for r in results if "model" in r]
     for result in results:

@@ -54,8 +54,10 @@ class Settings(BaseSettings):
         default_factory=list, description="SHA-256 hex of accepted API keys"
     )
     api_key_hashes_file: Path | None = Field(None, description="file with one SHA-256 hex per line")
-    rate_limit_rps: float = Field(20.0, gt=0, description="sustained requests per second per API key")
-    rate_limit_burst: int = Field(40, ge=1, description="bucket size per API key")
+    rate_limit_rps: float = Field(200.0, gt=0, description="sustained images per second per API key")
+    rate_limit_burst: int = Field(
+        64, ge=1, description="bucket size per API key, in images; a request of more images than this is refused"
+    )
     metrics_public: bool = Field(True, description="serve /metrics without an API key")
 
     # Inputs
@@ -63,6 +65,12 @@ class Settings(BaseSettings):
     max_batch_files: int = Field(32, ge=1)
     max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit (decompression bombs)")
     max_side: int = Field(20_000, ge=1, description="largest accepted width or height")
+    max_buffered_bytes: int = Field(
+        384 * 1024 * 1024,
+        ge=1,
+        description="request bodies held in memory at once by the gateway process, all requests together; "
+        "a request that would pass it gets 503 server-busy. At least max_upload_bytes x max_batch_files + 64 KiB",
+    )
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,14 @@ from gateway.settings import Settings
 logger = logging.getLogger("gateway.upstream")
 
 # the handler's per-item error codes that are not about the image → the problem type they become
-ITEM_CODE_PROBLEMS = {"bad_top_k": "invalid-request", "bad_output": "invalid-request",
-                      "unsupported_output": "output-unavailable"}  # fmt: skip
+ITEM_CODE_PROBLEMS = {
+    "bad_top_k": "invalid-request",
+    "bad_output": "invalid-request",
+    "unsupported_output": "output-unavailable",
+    # the handler's own size bounds (handlers/bounds.py): the same problem as the gateway's header check
+    "too_large": "image-too-large",
+    "extreme_aspect_ratio": "image-too-large",
+}
 
 
 class KeySource:
@@ -81,6 +88,18 @@ class KeySource:
             self._keys = self._read()
             logger.info("renewed the TorchServe %s key", kind)
             return self._keys.get(kind)
+
+
+SEND_SLICE = 256 * 1024
+
+
+async def slices(body: bytes) -> AsyncIterator[memoryview]:
+    """A body sent upstream a slice at a time, each written once the previous one has drained: written whole,
+    the connection's transport would keep a copy of what the socket did not take at once (up to the whole
+    image, for each of the max_connections in flight)."""
+    view = memoryview(body)
+    for start in range(0, len(view), SEND_SLICE):
+        yield view[start : start + SEND_SLICE]
 
 
 @dataclass(frozen=True)
@@ -140,6 +159,8 @@ class TorchServeClient:
 
     async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> Answer:
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {key or ''}"}
+        if isinstance(body := kwargs.get("data"), bytes):
+            kwargs["data"], headers["Content-Length"] = slices(body), str(len(body))
         async with self.session.request(method, url, headers=headers, **kwargs) as response:
             return Answer(response.status, await response.read())
 

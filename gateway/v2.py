@@ -24,9 +24,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from gateway.auth import authenticate
+from gateway.auth import authenticate, charge_images
+from gateway.budget import hold_of
+from gateway.digits import ascii_int
 from gateway.problems import Problem
-from gateway.routes import classify, readyz, settings_of, upstream_of, upstream_ready
+from gateway.routes import classify, readyz, reserve_body, settings_of, upstream_of, upstream_ready
 from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
 from gateway.vectors import floats
 
@@ -38,6 +40,9 @@ OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
 LABELS = 1000
 EMBEDDING_SIZE = 2048
+# Bytes held for each byte of a body, in the body budget: the images split out of it, and the body itself
+# or (JSON) its base64 text while they are decoded.
+BODY_COPIES = 2
 
 
 def served_version(model: dict[str, Any]) -> str:
@@ -63,44 +68,63 @@ def bad(detail: str) -> Problem:
     return Problem("invalid-request", detail)
 
 
-def split_binary(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON header and the binary tail of a request."""
+def batch_size(limit: int) -> Problem:
+    return bad(f"send 1 to {limit} images")
+
+
+# A request header holds a few dozen JSON values besides one per image; parsing a header of millions of them
+# would hold the event loop for as long (json.loads keeps the GIL, so a thread would not help), and each
+# value but the last is followed by a comma, which bytes.count finds at memory speed.
+HEADER_COMMAS = 1024
+
+
+def split_binary(body: bytes, header_length: str | None, max_images: int) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header and the binary tail of a request (a view of the body, not a copy)."""
+    view = memoryview(body)
     if header_length is None:
-        header, tail = body, b""
+        header, tail = body, view[len(body) :]
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise bad(f"{HEADER_LENGTH} must be a length within the body")
-        header, tail = body[: int(header_length)], body[int(header_length) :]
+        length = ascii_int(header_length)
+        if length is None or length > len(body):
+            raise bad(f"{HEADER_LENGTH} must be a length within the body, in ASCII digits")
+        header, tail = body[:length], view[length:]
+    if header.count(b",") > HEADER_COMMAS + max_images:
+        raise bad(f"the inference request header has more than {HEADER_COMMAS + max_images} JSON values")
     try:
         parsed = json.loads(header)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         raise bad("the inference request header is not valid JSON") from None
     if not isinstance(parsed, dict):
         raise bad("the inference request must be a JSON object")
     return parsed, tail
 
 
-def bytes_elements(tensor: dict[str, Any], tail: bytes) -> list[bytes]:
-    """The encoded images of the BYTES input, from JSON (base64) or from the binary tail."""
+def bytes_elements(tensor: dict[str, Any], tail: memoryview, max_images: int) -> list[bytes]:
+    """The encoded images of the BYTES input, from JSON (base64) or from the binary tail. Counted as they are
+    found: the request is refused at the first one beyond `max_images`, before any is copied or decoded."""
     if tensor.get("datatype") != "BYTES":
         raise bad(f"input {INPUT_NAME!r} must have datatype BYTES")
     size = (tensor.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(tail):
             raise bad("binary_data_size does not match the binary data sent")
-        raw, elements, offset = tail[:size], [], 0
+        raw, bounds, offset = tail[:size], [], 0
         while offset < len(raw):
+            if len(bounds) == max_images:
+                raise batch_size(max_images)
             if offset + 4 > len(raw):
                 raise bad("truncated BYTES element length")
             (length,) = struct.unpack_from("<I", raw, offset)
             if offset + 4 + length > len(raw):
                 raise bad("truncated BYTES element")
-            elements.append(raw[offset + 4 : offset + 4 + length])
+            bounds.append((offset + 4, offset + 4 + length))
             offset += 4 + length
-        return elements
+        return [bytes(raw[start:end]) for start, end in bounds]
     data = tensor.get("data")
     if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
         raise bad("BYTES data in JSON must be a list of base64 strings")
+    if len(data) > max_images:
+        raise batch_size(max_images)
     try:
         return [base64.b64decode(item, validate=True) for item in data]
     except (binascii.Error, ValueError):
@@ -187,14 +211,18 @@ def expect_model(request: Request, model_name: str) -> None:
 async def infer(request: Request, model_name: str, _: Authenticated) -> Response:
     expect_model(request, model_name)
     settings = settings_of(request)
-    body = await read_capped(request.stream(), settings.max_batch_bytes + ENVELOPE_BYTES, "the inference request")
-    request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH))
+    limit = settings.max_batch_bytes + ENVELOPE_BYTES
+    reserve_body(request, limit, BODY_COPIES)
+    body = await read_capped(request.stream(), limit, hold_of(request), "the inference request", BODY_COPIES)
+    request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH), settings.max_batch_files)
+    del body  # what is kept is split from it (the tail is a view of it)
     inputs = request_json.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise bad(f"send exactly one input, {INPUT_NAME!r}")
-    images = bytes_elements(inputs[0], tail)
-    if not 1 <= len(images) <= settings.max_batch_files:
-        raise bad(f"send 1 to {settings.max_batch_files} images")
+    images = bytes_elements(inputs[0], tail, settings.max_batch_files)
+    if not images:
+        raise batch_size(settings.max_batch_files)
+    charge_images(request, len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
     top_k = max([(classification_k(o) or LABELS) for o in outputs if o["name"] == OUTPUT_NAME], default=1)

@@ -1,7 +1,8 @@
 """Input checks before anything is forwarded: size cap while streaming, format sniffing, header-only decode.
 
 The format is decided from the bytes alone; the client's content type and filename are never trusted.
-Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel.
+Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel; so are
+the bounds the handler applies too (handlers/bounds.py: aspect ratio, progressive JPEG scans, reads).
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ import io
 import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
 from gateway.problems import Problem
 from gateway.settings import Settings
+from handlers.bounds import BoundedReader, TooManyReads, jpeg_refusal, shape_refusal
+
+if TYPE_CHECKING:
+    from gateway.budget import Hold
 
 # (magic prefix, offset, format name as Pillow reports it)
 SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
@@ -39,14 +45,29 @@ class CheckedImage:
     height: int
 
 
-async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str = "the upload") -> bytes:
-    """Collect a streamed body, refusing with 413 as soon as it passes `limit` (Content-Length or not)."""
-    buf = bytearray()
+async def capped(
+    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
+) -> AsyncIterator[bytes]:
+    """The chunks of a streamed body, each reserved in the request's `hold` (`copies` bytes for each byte
+    the route will hold) before it is passed on; 413 as soon as the body passes `limit` (Content-Length or not)."""
+    received = 0
     async for chunk in chunks:
-        buf += chunk
-        if len(buf) > limit:
+        received += len(chunk)
+        if received > limit:
             raise Problem("payload-too-large", f"{what} exceeds the limit of {limit} bytes")
-    return bytes(buf)
+        hold.cover(received * copies)
+        yield chunk
+
+
+async def read_capped(
+    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
+) -> bytes:
+    """Collect a streamed body as `capped` passes it on. A BytesIO grows in place and hands its buffer over
+    without a copy (a bytearray would be copied into the bytes)."""
+    body = io.BytesIO()
+    async for chunk in capped(chunks, limit, hold, what, copies):
+        body.write(chunk)
+    return body.getvalue()
 
 
 def sniff(data: bytes) -> str:
@@ -66,9 +87,11 @@ def check_image(data: bytes, settings: Settings) -> CheckedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(BoundedReader(data))
             width, height = img.size
             actual = img.format
+    except TooManyReads as exc:
+        raise Problem("invalid-image", exc.refusal.detail, code=exc.refusal.code) from None
     except Image.DecompressionBombError:
         raise Problem("image-too-large", f"the image header claims more than {settings.max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
@@ -81,4 +104,8 @@ def check_image(data: bytes, settings: Settings) -> CheckedImage:
         raise Problem("image-too-large", f"{width}x{height} has a side above {settings.max_side} pixels")
     if width * height > settings.max_pixels:
         raise Problem("image-too-large", f"{width}x{height} is above the limit of {settings.max_pixels} pixels")
+    if refusal := shape_refusal(width, height):
+        raise Problem("image-too-large", refusal.detail, code=refusal.code)
+    if fmt == "JPEG" and (refusal := jpeg_refusal(data, width, height)):
+        raise Problem("invalid-image", refusal.detail, code=refusal.code)
     return CheckedImage(data=data, format=fmt, width=width, height=height)

@@ -18,14 +18,14 @@ probabilities, are no longer the reference's (README, "The handler", has the mea
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-RESIZE_SIZE = 232
+from handlers.bounds import RESIZE_SIZE, BoundedReader, TooManyReads, jpeg_refusal, resized_size, shape_refusal
+
 CROP_SIZE = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
@@ -48,9 +48,11 @@ class ImageError(Exception):
 def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing anything that is not a bounded, whole image.
 
-    Raises ImageError with code `empty`, `unsupported_format`, `too_large` or `undecodable`.
-    The pixel limit is checked from the header, before any pixel is decoded. `jpeg_draft` > 1 allows
-    reduced-scale decoding of JPEGs, down to 1/jpeg_draft (see the module docstring).
+    Raises ImageError with code `empty`, `unsupported_format`, `too_large`, `extreme_aspect_ratio`,
+    `too_many_scans`, `too_fragmented` or `undecodable`. The pixel limit and the bounds of handlers/bounds.py
+    are checked from the header and the marker stream, before any pixel is decoded; Pillow's reads are
+    bounded throughout. `jpeg_draft` > 1 allows reduced-scale decoding of JPEGs, down to 1/jpeg_draft (see
+    the module docstring).
     """
     if not data:
         raise ImageError("empty", "the image is empty (0 bytes)")
@@ -58,7 +60,9 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces Pillow's global bomb guard.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(BoundedReader(data))
+    except TooManyReads as exc:
+        raise ImageError(exc.refusal.code, exc.refusal.detail) from None
     except Image.DecompressionBombError:
         raise ImageError("too_large", f"the image header claims more than {max_pixels} pixels") from None
     except UnidentifiedImageError:
@@ -75,6 +79,9 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
         raise ImageError("undecodable", f"the image claims an empty size {width}x{height}")
     if width * height > max_pixels:
         raise ImageError("too_large", f"{width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
+    refusal = shape_refusal(width, height) or (jpeg_refusal(data, width, height) if img.format == "JPEG" else None)
+    if refusal:
+        raise ImageError(refusal.code, refusal.detail)
     if jpeg_draft > 1 and img.format == "JPEG" and min(width, height) >= 2 * RESIZE_SIZE:
         # Pillow picks the strongest reduction 1/n (n = 1, 2, 4, 8) that keeps the image at least the requested
         # size: at least the resize target, and no smaller than 1/jpeg_draft allows.
@@ -83,18 +90,15 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
                           max(math.ceil(height * scale), height // jpeg_draft)))  # fmt: skip
     try:
         img.load()
-        return ImageOps.exif_transpose(img).convert("RGB")
+        # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (README, "The handler").
+        ImageOps.exif_transpose(img, in_place=True)
+        return img if img.mode == "RGB" else img.convert("RGB")
+    except TooManyReads as exc:
+        raise ImageError(exc.refusal.code, exc.refusal.detail) from None
     except Image.DecompressionBombError:
         raise ImageError("too_large", "the image expands beyond the pixel limit") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError("undecodable", f"the image data is truncated or corrupt ({exc})") from None
-
-
-def resized_size(width: int, height: int, short_side: int = RESIZE_SIZE) -> tuple[int, int]:
-    """The (width, height) torchvision's Resize(int) gives: shorter side to `short_side`, aspect kept."""
-    if width <= height:
-        return short_side, int(short_side * height / width)
-    return int(short_side * width / height), short_side
 
 
 def crop_box(width: int, height: int) -> tuple[int, int, int, int]:

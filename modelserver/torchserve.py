@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -42,22 +43,59 @@ def command(config: Path, model_store: Path) -> list[str]:
     return ["torchserve", "--foreground", "--ncs", "--ts-config", str(config), "--model-store", str(model_store)]
 
 
+def regex_literal(text: str) -> str:
+    """A regex matching exactly `text`, in the syntax Java and Python share: [A-Za-z0-9/_-] as they are, every
+    other character as \\xHH or \\uHHHH (Java's \\x{...} beyond the BMP), so no character is special."""
+
+    def escape(char: str) -> str:
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\x{{{code:x}}}"
+
+    return "".join(c if c.isascii() and (c.isalnum() or c in "/_-") else escape(c) for c in text)
+
+
+def allowed_urls(model_store: Path) -> str:
+    """TorchServe's `allowed_urls` for a run: archives directly in `model_store` (an absolute path), nowhere
+    else. Case-sensitive, though TorchServe matches with CASE_INSENSITIVE: /srv/Store is another directory."""
+    return f"(?-i:file://{regex_literal(str(model_store))}/[A-Za-z0-9_-]+[.]mar)"
+
+
+def properties_value(value: str) -> str:
+    """`value` escaped for a .properties file, which Java reads as ISO 8859-1 with backslash escapes."""
+    return "".join("\\\\" if c == "\\" else c if " " <= c <= "~" else f"\\u{ord(c):04x}" for c in value)
+
+
+PROPERTIES_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
+PROPERTIES_CONTROLS = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def unescape_properties(value: str) -> str:
+    """What Java's Properties.load makes of a value: \\uHHHH, \\t \\n \\r \\f, and any other \\x as x."""
+
+    def unescape(match: re.Match[str]) -> str:
+        escaped = match[1]
+        return chr(int(escaped[1:], 16)) if len(escaped) == 5 else PROPERTIES_CONTROLS.get(escaped, escaped)
+
+    return PROPERTIES_ESCAPE.sub(unescape, value)
+
+
 def render_config(base: str, overrides: dict[str, str]) -> str:
-    """`base` (a .properties text) with the values of `overrides` replaced or appended."""
+    """`base` (a .properties text) with the values of `overrides` replaced or appended (escaped)."""
     remaining = dict(overrides)
     lines = []
     for line in base.splitlines():
         key = line.split("=", 1)[0].strip()
         if not line.lstrip().startswith("#") and "=" in line and key in remaining:
-            line = f"{key}={remaining.pop(key)}"
+            line = f"{key}={properties_value(remaining.pop(key))}"
         lines.append(line)
-    lines.extend(f"{key}={value}" for key, value in remaining.items())
+    lines.extend(f"{key}={properties_value(value)}" for key, value in remaining.items())
     return "\n".join(lines) + "\n"
 
 
 def read_properties(text: str) -> dict[str, str]:
+    """The key=value pairs of a .properties text, values unescaped as TorchServe (Java) reads them."""
     pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
-    return {key.strip(): value.strip() for key, value in pairs}
+    return {key.strip(): unescape_properties(value.strip()) for key, value in pairs}
 
 
 def free_port() -> int:
@@ -236,7 +274,9 @@ class TorchServe:
         self.refuse_conflicts()  # never take over the key file, ports or worker sockets of a running instance
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "config.properties"
-        config.write_text(render_config(BASE_CONFIG.read_text(), {**self.ports.overrides(), **self.extra_config}))
+        store = self.model_store.resolve()
+        overrides = {**self.ports.overrides(), "allowed_urls": allowed_urls(store)}
+        config.write_text(render_config(BASE_CONFIG.read_text(), {**overrides, **self.extra_config}))
         self.key_file.unlink(missing_ok=True)
         self.tmp_dir.mkdir(exist_ok=True)
         env = {
@@ -246,7 +286,7 @@ class TorchServe:
         }
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                command(config, self.model_store.resolve()),
+                command(config, store),
                 cwd=self.workdir,
                 env=env,
                 stdout=log,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 
 import numpy as np
@@ -137,3 +138,57 @@ def stored_with_orientation(upright: Image.Image, orientation: int, quality: int
     exif[0x0112] = orientation
     stored = upright.transpose(_STORE[orientation]) if orientation in _STORE else upright
     return encode(stored, "JPEG", quality=quality, exif=exif.tobytes())
+
+
+# --- hostile shapes (issue 18): cheap to send, costly to decode or resize without the bounds of handlers/bounds.py
+
+
+def thin_png(width: int = 20000, height: int = 1) -> bytes:
+    """A flat grey PNG of a few hundred bytes; at 20000x1 its resize to 232 px high is 4,640,000x232."""
+    return encode(Image.new("L", (width, height), 128), "PNG")
+
+
+def scan_repeated_jpeg(scans: int, width: int = 1000, height: int = 1000) -> bytes:
+    """A flat grey progressive JPEG whose last scan (an AC refinement, 23 bytes) is repeated until the file
+    has `scans` scans: libjpeg visits every block of the image for each one, with a warning, and decodes it."""
+    data = encode(Image.new("L", (width, height), 128), "JPEG", progressive=True, quality=90)
+    last = data.rindex(b"\xff\xda")
+    end = data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * (scans - data.count(b"\xff\xda")) + data[end:]
+
+
+def _png_chunk(kind: bytes, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+
+
+def fragmented(fmt: str, pieces: int = 25_000) -> bytes:
+    """A 16x16 image padded with `pieces` empty pieces that Pillow's Python parsers read one by one: private
+    PNG chunks before IDAT ("PNG"), empty IDAT chunks ("PNG-IDAT"), GIF comment extensions before the first
+    frame, 0xFF fill bytes before a JPEG marker, BMP RLE8 no-op deltas; or, "JPEG-COM", empty comment segments
+    after the scan, which libjpeg reads in C and the scan count walks. Each piece is 1-12 bytes."""
+    if fmt in ("PNG", "PNG-IDAT"):
+        data = png(16, 16)
+        idat = data.index(b"IDAT") - 4
+        if fmt == "PNG":
+            return data[:idat] + _png_chunk(b"prIv") * pieces + data[idat:]
+        return data[:idat] + _png_chunk(b"IDAT") * pieces + data[idat:]
+    if fmt == "GIF":
+        data = encode(Image.new("P", (16, 16)), "GIF")
+        frame = data.index(b",")  # the first image descriptor
+        return data[:frame] + b"!\xfe\x00" * pieces + data[frame:]
+    if fmt == "JPEG":
+        data = jpeg(16, 16)
+        return data[:2] + b"\xff" * pieces + data[2:]
+    if fmt == "JPEG-COM":
+        data = jpeg(16, 16)
+        return data[:-2] + b"\xff\xfe\x00\x02" * pieces + data[-2:]
+    if fmt == "BMP":
+        # deltas (0, 0), then 16 rows of a run of 16 pixels of colour 0, then the end of the bitmap
+        rle = b"\x00\x02\x00\x00" * pieces + b"\x10\x00\x00\x00" * 16 + b"\x00\x01"
+        header = struct.pack("<IiiHHIIiiII", 40, 16, 16, 1, 8, 1, len(rle), 2835, 2835, 256, 0)
+        offset = 14 + len(header) + 1024
+        return b"BM" + struct.pack("<IHHI", offset + len(rle), 0, 0, offset) + header + bytes(1024) + rle
+    raise ValueError(fmt)
+
+
+FRAGMENTED = ["PNG", "PNG-IDAT", "GIF", "JPEG", "JPEG-COM", "BMP"]

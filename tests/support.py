@@ -11,8 +11,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import torch
@@ -48,10 +52,12 @@ __all__ = [
     "ours",
     "post",
     "reference",
+    "slowest_answer_during",
     "start_torchserve",
 ]
 
 PYTHON = sys.executable
+T = TypeVar("T")
 API_KEY = "ica_test-key-for-the-suite"
 OTHER_KEY = "ica_another-valid-key"
 
@@ -145,3 +151,20 @@ def jsonl(path: Path) -> list[dict]:
     text = path.read_text()
     assert text == "" or text.endswith("\n"), "the last record is cut"
     return [json.loads(line) for line in text.splitlines()]
+
+
+def slowest_answer_during(url: str, action: Callable[[], T]) -> tuple[T, float]:
+    """Run `action` in a thread while another client GETs `url` (200) in a loop: what `action` returned, and
+    the seconds of the slowest of those answers (how long the server kept others waiting)."""
+    results: list[T] = []
+    worker = threading.Thread(target=lambda: results.append(action()))
+    slowest = 0.0
+    with httpx.Client(timeout=10) as client:
+        worker.start()
+        while worker.is_alive():
+            started = time.monotonic()
+            assert client.get(url).status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+    worker.join()
+    assert results, "the action raised"
+    return results[0], slowest

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import io
 import os
+import time
 import zipfile
 
 import httpx
 import pytest
-from imagegen import jpeg, png, png_claiming, truncated_jpeg
+from imagegen import (
+    FRAGMENTED,
+    fragmented,
+    jpeg,
+    png,
+    png_claiming,
+    scan_repeated_jpeg,
+    thin_png,
+    truncated_jpeg,
+)
 from PIL import Image, ImageFile
 from support import Gateway, assert_problem, post
+from testmodel import PHOTOS, photo
 
 from gateway.problems import PROBLEM_JSON, Problem
 from gateway.settings import Settings
 from gateway.validation import check_image
+from modelserver.torchserve import TorchServe, ready_workers
 
 
 def jpeg_claiming(width: int, height: int) -> bytes:
@@ -73,6 +85,10 @@ CORPUS: dict[str, tuple[bytes, str]] = {
     "png-as-text-plain": (png(), "text/plain"),
     "json-body": (b'{"image": "nope"}', "application/json"),
     "ico": (b"\x00\x00\x01\x00\x01\x00\x10\x10" + bytes(64), "image/x-icon"),
+    "thin-png-20000x1": (thin_png(20000, 1), "image/png"),
+    "thin-png-1x20000": (thin_png(1, 20000), "image/png"),
+    "scan-repeated-jpeg": (scan_repeated_jpeg(3000), "image/jpeg"),
+    **{f"fragmented-{fmt.lower()}": (fragmented(fmt), f"image/{fmt.lower()}") for fmt in FRAGMENTED},
 }
 
 
@@ -141,3 +157,59 @@ def test_gateway_still_serves_after_the_corpus(gateway: Gateway, api_key: str) -
     assert httpx.get(f"{gateway.url}/healthz", timeout=5).status_code == 200
     response = post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg"})
     assert response.status_code == 200
+
+
+# --- the costs of one image bounded (handlers/bounds.py; README, "Limits") -------------------------------------
+
+
+@pytest.mark.parametrize("size", [(20000, 1), (1, 20000), (20000, 2), (2, 20000), (201, 1)])
+def test_thin_images_are_refused_before_forwarding(gateway: Gateway, api_key: str, size: tuple[int, int]) -> None:
+    """A few hundred bytes whose resize to 232 px on the shorter side would be gigabytes (20000x1: 4,640,000x232)."""
+    response = post(gateway, api_key, content=thin_png(*size), headers={"Content-Type": "image/png"})
+    body = assert_problem(response, 413, "image-too-large")
+    assert body["code"] == "extreme_aspect_ratio" and "200:1" in body["detail"]
+
+
+def test_the_thinnest_accepted_shape_is_classified(gateway: Gateway, api_key: str) -> None:
+    for size in ((200, 1), (1, 200)):
+        response = post(gateway, api_key, content=thin_png(*size), headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, response.text
+
+
+def test_scan_repeated_jpeg_is_refused_before_forwarding(gateway: Gateway, api_key: str) -> None:
+    """3,000 scans of a 1000x1000 progressive JPEG (40 KB) cost libjpeg seconds; more than 100 are refused."""
+    response = post(gateway, api_key, content=scan_repeated_jpeg(3000), headers={"Content-Type": "image/jpeg"})
+    body = assert_problem(response, 422, "invalid-image")
+    assert body["code"] == "too_many_scans"
+
+
+@pytest.mark.parametrize("fmt", FRAGMENTED)
+def test_fragmented_images_are_refused(gateway: Gateway, api_key: str, fmt: str) -> None:
+    """25,000 empty pieces that Pillow reads one by one: refused by the gateway where its header parse reads
+    them (PNG chunks and GIF extensions before the image, JPEG padding) or the JPEG scan count walks them (COM
+    segments after the scan), else by the handler."""
+    response = post(gateway, api_key, content=fragmented(fmt), headers={"Content-Type": "image/png"})
+    body = assert_problem(response, 422, "invalid-image")
+    assert body["code"] == "too_fragmented"
+
+
+def test_torchserve_itself_refuses_costly_images_and_stays_ready(torchserve: TorchServe) -> None:
+    """Ops may call TorchServe directly: the handler applies the same bounds before decoding, answers 422 at
+    once, and the worker is free for the next request."""
+    auth = {"Authorization": f"Bearer {torchserve.keys()['inference']}"}
+    url = f"{torchserve.inference_url}/predictions/resnet50"
+    hostile = {
+        "extreme_aspect_ratio": thin_png(20000, 1),
+        "too_many_scans": scan_repeated_jpeg(3000),
+        "too_fragmented": fragmented("PNG-IDAT"),
+    }
+    for code, data in hostile.items():
+        response = httpx.post(url, content=data, headers=auth, timeout=60)
+        assert response.status_code == 422, (code, response.status_code, response.text)
+        assert response.json()["error"]["code"] == code
+    started = time.monotonic()
+    name = next(iter(PHOTOS))
+    response = httpx.post(url, content=photo(name), headers=auth, timeout=60)
+    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == PHOTOS[name]
+    assert time.monotonic() - started < 10, "a loose bound: the worker was not left busy"
+    assert ready_workers(torchserve.management_url, torchserve.key_file) >= 1

@@ -5,7 +5,7 @@
 - The real images and compose stack run in tests/test_container_stack.py (needs a Docker daemon).
 - No drift: Dockerfile.serve builds the archive with the tests' CLI (`python -m modelserver build`, parsed
   by its own argparse parser) and starts exactly `modelserver.torchserve.command(...)`.
-- config.container.properties differs from config.properties only in addresses.
+- config.container.properties differs from config.properties only in addresses and `allowed_urls` (its store).
 - docker-compose.yml: no public TorchServe port, health checks, non-root users, no secrets.
 """
 
@@ -27,7 +27,7 @@ import yaml
 
 from gateway.settings import Settings
 from modelserver import __main__ as modelserver_cli
-from modelserver.torchserve import KEY_FILE, command, read_properties
+from modelserver.torchserve import KEY_FILE, allowed_urls, command, read_properties
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "Dockerfile.serve"
@@ -346,6 +346,19 @@ def test_gateway_image_runs_the_gateway_without_torch() -> None:
     assert one(final, "EXPOSE").args.split() == [port]
 
 
+def test_gateway_image_carries_the_handler_modules_the_gateway_imports() -> None:
+    """The gateway shares handlers/bounds.py with the handler (one place for the bounds both check): its image
+    copies that file, and what it imports from handlers/ imports nothing else from there."""
+    sources = (ROOT / "gateway").rglob("*.py")
+    imported = {m for f in sources for m in re.findall(r"^from (handlers\.\w+) import", f.read_text(), re.M)}
+    assert imported == {"handlers.bounds"}
+    copied = {source for stage, paths, _ in copies(instructions(GATEWAY)) if not stage for source in paths}
+    for module in imported:
+        path = module.replace(".", "/") + ".py"
+        assert {path, "handlers/__init__.py"} <= copied, f"Dockerfile.gateway does not COPY {path}"
+        assert not re.search(r"^\s*(from|import) handlers", (ROOT / path).read_text(), re.M)
+
+
 @pytest.mark.parametrize("dockerfile", [SERVE, GATEWAY], ids=lambda p: p.name)
 def test_images_run_as_the_same_non_root_uid(dockerfile: Path) -> None:
     user = user_of(dockerfile)
@@ -414,6 +427,7 @@ def test_container_config_differs_only_in_addresses() -> None:
     local = read_properties((ROOT / "config.properties").read_text())
     container = read_properties((ROOT / "config.container.properties").read_text())
     assert set(local) == set(container)
+    assert container.pop("allowed_urls") == allowed_urls(serve_layout()[1]) and local.pop("allowed_urls") == "(?!)"
     for key in local:
         if not key.endswith("_address"):
             assert container[key] == local[key], f"{key}: {container[key]!r} != {local[key]!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +131,40 @@ def test_the_overlay_shows_where_the_model_looked(page, gateway: Gateway, api_ke
     assert second.locator(".label").inner_text() in page.inner_text("#explaining")
     assert page.evaluate("overlay.toDataURL()") != before
     assert problems == []
+
+
+def test_docs_are_self_hosted_under_a_strict_csp(gateway: Gateway) -> None:
+    """/docs: Swagger UI from the gateway's own files (no CDN), every one under a CSP; /redoc is gone."""
+    page = httpx.get(gateway.url + "/docs", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "http" not in page.text and "//" not in page.text  # no absolute or scheme-relative URL
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(assets) == ["docs/docs.js", "docs/swagger-ui-bundle.js", "docs/swagger-ui.css"]
+    for response in [page, *(httpx.get(f"{gateway.url}/{asset}", timeout=10) for asset in assets)]:
+        assert response.status_code == 200, response.url
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "script-src 'self';" in csp and "style-src 'self';" in csp
+        assert "unsafe" not in csp
+    assert httpx.get(gateway.url + "/redoc", timeout=10).status_code == 404
+
+
+def test_docs_work_offline_in_a_browser(browser, gateway: Gateway) -> None:
+    """Swagger UI renders the live schema with every request to anywhere but the gateway refused (a host
+    without internet) and no Content-Security-Policy violation (Chromium logs each as a console error)."""
+    context = browser.new_context()
+    page = context.new_page()
+    requests: list[str] = []
+    problems: list[str] = []
+    context.route(lambda url: not url.startswith(gateway.url + "/"), lambda route: route.abort())
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    try:
+        page.goto(gateway.url + "/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/v1/predict']", timeout=30_000)
+        paths = page.locator(".opblock-summary-path").evaluate_all("els => els.map(e => e.dataset.path)")
+        assert {"/v1/predict", "/v1/predict/batch", "/v2/models/{model_name}/infer"} <= set(paths)
+    finally:
+        context.close()
+    assert problems == []
+    assert requests and all(url.startswith(gateway.url + "/") for url in requests), requests

@@ -6,7 +6,10 @@ run in README.md ("Reliability") is the same test with a larger budget.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
+import re
 
 import httpx
 import pytest
@@ -20,9 +23,12 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from support import Gateway, post
+from support import Gateway, post, slowest_answer_during
+from uvicorn.config import Config
+from uvicorn.server import ServerState
 
 from gateway.problems import PROBLEM_JSON, Problem
+from gateway.protocol import GuardedHttpToolsProtocol
 from gateway.settings import Settings
 from gateway.validation import SIGNATURES, CheckedImage, check_image, sniff
 
@@ -139,3 +145,147 @@ def test_raw_uploads_of_arbitrary_bytes_over_http(
 def test_gateway_answers_normally_after_fuzzing(gateway: Gateway, api_key: str) -> None:
     assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
     assert post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+# --- fixed hostile examples over HTTP ----------------------------------------------------------------------------
+
+BOUNDARY = "hostile-boundary"
+
+
+def multipart(field: str, contents: list[bytes], part_headers: bytes = b"") -> bytes:
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="a.jpg"\r\n'.encode()
+    parts = [head + part_headers + b"Content-Type: image/jpeg\r\n\r\n" + content + b"\r\n" for content in contents]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+HOSTILE_FORMS = {  # about 10 MB each: path, body, the status
+    "8 MiB of CRLF, near-boundaries for the parser": ("/v1/predict", multipart("file", [b"\r\n--" * 2**21]), 415),
+    "100 000 empty files": ("/v1/predict/batch", multipart("files", [b""] * 100_000), 422),
+    "a part with 10 MB of headers": ("/v1/predict/batch", multipart("files", [b""], b"X: a\r\n" * 1_700_000), 422),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_FORMS)
+def test_hostile_multipart_is_refused_without_stalling_others(gateway: Gateway, api_key: str, name: str) -> None:
+    """The multipart parser runs on the event loop: it is given the body in slices, others are served between.
+    (A guard: at 10 MB the old code kept others waiting tens of milliseconds too; SECURITY.md has the figures.)"""
+    path, body, status = HOSTILE_FORMS[name]
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    response, slowest = slowest_answer_during(
+        f"{gateway.url}/healthz", lambda: post(gateway, api_key, path, content=body, headers=headers)
+    )
+    assert response.status_code == status, response.text[:300]
+    assert response.headers["content-type"].startswith(PROBLEM_JSON)
+    assert slowest < 0.5, f"/healthz took {slowest:.2f} s while the body was parsed"
+
+
+@pytest.mark.parametrize("value", ["²", "1¹", "٣", "+1", "1_0", "9" * 5000])
+def test_class_ids_are_ascii_digits_only(gateway: Gateway, api_key: str, value: str) -> None:
+    """`classes=²` passed str.isdigit() and failed int(): a 500. (5000 digits: past int()'s digit limit.)"""
+    response = post(gateway, api_key, content=jpeg(), headers={"Content-Type": "image/jpeg"}, params={"classes": value})
+    assert response.status_code == 422, response.text[:300]
+    assert response.json()["unknown_classes"] == [value]
+
+
+# --- the head limit's framing agrees with the HTTP parser, however the bytes arrive ------------------------------
+
+
+async def echo_length(scope: dict, receive, send) -> None:
+    """An ASGI app that answers 200 with the length of the body it read."""
+    length, more = 0, True
+    while more:
+        message = await receive()
+        length, more = length + len(message.get("body", b"")), message.get("more_body", False)
+    body = str(length).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Socket(asyncio.Transport):
+    """What the protocol writes, kept (the kernel's side of a socket; reads come in as data_received calls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written, self.closing = bytearray(), False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def serve(data: bytes, cuts: list[int]) -> bytes:
+    """`data` through the gateway's real protocol (gateway/protocol.py) in reads split at `cuts`: the answers."""
+    config = Config(app=echo_length, http=GuardedHttpToolsProtocol, log_config=None)
+    config.load()
+    protocol = GuardedHttpToolsProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    sock = Socket()
+    protocol.connection_made(sock)
+    for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(data)]):
+        protocol.data_received(data[start:end])
+        await asyncio.sleep(0)
+    for _ in range(100):  # let the app's tasks answer
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    return bytes(sock.written)
+
+
+def get(path: bytes) -> tuple[bytes, int]:
+    return b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % path, 0
+
+
+def with_length(body: bytes) -> tuple[bytes, int]:
+    return b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), len(body)
+
+
+def chunked(chunks: list[bytes], size: bytes, extension: bytes, trailers: int) -> tuple[bytes, int]:
+    body = b"".join(size % len(chunk) + b"%s\r\n%s\r\n" % (extension, chunk) for chunk in chunks if chunk)
+    trailer = b"".join(b"T%d: v\r\n" % i for i in range(trailers))
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + body + b"0\r\n" + trailer + b"\r\n", sum(len(chunk) for chunk in chunks)
+
+
+EXTENSIONS = [b"", b";a=b", b';q="x y"']
+SIZES = st.sampled_from([b"%x", b"%X", b"%020x"])  # 20 digits: the parser reads leading zeros past 16
+body_bytes = st.binary(max_size=300) | st.sampled_from([b"\r\n\r\n", b"0\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"])
+requests = st.one_of(
+    st.builds(get, st.sampled_from([b"", b"a?b=1"])),
+    st.builds(with_length, body_bytes),
+    st.builds(chunked, st.lists(body_bytes, max_size=4), SIZES, st.sampled_from(EXTENSIONS), st.integers(0, 3)),
+)
+Request = tuple[bytes, int]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.sampled_from([b"", b"\r\n", b"\r\n\r\n"]),
+    pipelined=st.lists(requests, min_size=1, max_size=4),
+    cuts=st.lists(st.integers(1, 4000), max_size=12),
+)
+def test_head_framing_agrees_with_the_parser(before: bytes, pipelined: list[Request], cuts: list[int]) -> None:
+    """Valid requests, pipelined, with empty lines before the first, in reads cut anywhere (bodies that look
+    like heads or like the end of a chunked body included): each gets its 200 with its body's length, in
+    order. In process: a test over TCP cannot choose where the reads are cut."""
+    data = before + b"".join(request for request, _ in pipelined)
+    answers = asyncio.run(serve(data, [cut for cut in cuts if cut < len(data)]))
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answers) == [b"200"] * len(pipelined), answers[:300]
+    assert re.findall(rb"\r\n\r\n(\d+)", answers) == [b"%d" % length for _, length in pipelined]

@@ -9,13 +9,17 @@ import pytest
 import torch
 from imagegen import (
     FORMATS,
+    FRAGMENTED,
     MODES,
     encode,
+    fragmented,
     gradient,
     in_format,
     in_mode,
     jpeg,
+    scan_repeated_jpeg,
     stored_with_orientation,
+    thin_png,
     truncated_jpeg,
     with_orientation,
 )
@@ -23,6 +27,7 @@ from PIL import Image
 from support import MAX_PIXELS, assert_identical, ours
 from testmodel import large_photo
 
+from handlers.bounds import MAX_JPEG_SCANS, jpeg_refusal, jpeg_scans
 from handlers.imaging import ImageError, decode, preprocess
 
 
@@ -60,6 +65,66 @@ def test_exif_rotation_is_applied() -> None:
 )
 def test_sizes_match_reference(size: tuple[int, int]) -> None:
     assert_identical(encode(gradient(*size), "PNG"))
+
+
+@pytest.mark.parametrize("size", [(200, 1), (1, 200), (4000, 20), (20, 4000), (600, 3), (3, 17), (20000, 100)])
+def test_the_thinnest_accepted_shapes_match_reference(size: tuple[int, int]) -> None:
+    """Up to the aspect-ratio bound (200:1, handlers/bounds.py) the whole resize runs, bit-identical."""
+    assert_identical(encode(gradient(*size), "PNG"))
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (thin_png(20000, 1), "extreme_aspect_ratio"),
+        (thin_png(1, 20000), "extreme_aspect_ratio"),
+        (thin_png(20000, 2), "extreme_aspect_ratio"),
+        (thin_png(201, 1), "extreme_aspect_ratio"),
+        (thin_png(3, 601), "extreme_aspect_ratio"),
+        (scan_repeated_jpeg(MAX_JPEG_SCANS + 1), "too_many_scans"),
+        (scan_repeated_jpeg(3000), "too_many_scans"),
+        *[(fragmented(fmt), "too_fragmented") for fmt in FRAGMENTED],
+    ],
+    ids=[
+        "20000x1",
+        "1x20000",
+        "20000x2",
+        "201x1",
+        "3x601",
+        "jpeg-101-scans",
+        "jpeg-3000-scans",
+        *[f"fragmented-{fmt}" for fmt in FRAGMENTED],
+    ],
+)
+def test_costly_images_are_refused(data: bytes, code: str) -> None:
+    with pytest.raises(ImageError) as caught:
+        decode(data, MAX_PIXELS)
+    assert caught.value.code == code
+    assert caught.value.detail
+
+
+def test_the_scan_bound_shrinks_with_the_pixels() -> None:
+    """Each scan costs a pass over every block: 100 scans at most, and at most 16 for 40 MP."""
+    allowed = scan_repeated_jpeg(MAX_JPEG_SCANS)
+    assert jpeg_scans(allowed, 10**6) == MAX_JPEG_SCANS
+    assert jpeg_refusal(allowed, 1000, 1000) is None
+    assert_identical(allowed)
+    assert jpeg_refusal(scan_repeated_jpeg(16), 8000, 5000) is None
+    assert jpeg_refusal(scan_repeated_jpeg(17), 8000, 5000).code == "too_many_scans"
+
+
+def test_scan_count_ends_on_any_cut() -> None:
+    """The marker walk stops on every prefix of a JPEG (cut inside a segment, a length or a scan) and never
+    counts more scans than there are."""
+    data = scan_repeated_jpeg(12, 64, 64)
+    counts = [jpeg_scans(data[:end], 10**6) for end in range(len(data) + 1)]
+    assert counts == sorted(counts) and counts[-1] == 12
+
+
+def test_fragments_below_the_read_bound_decode() -> None:
+    """The same constructions with a few pieces are ordinary images: the bound counts, it does not ban."""
+    for fmt in FRAGMENTED:
+        assert_identical(fragmented(fmt, pieces=50))
 
 
 @pytest.mark.parametrize("size", [(1200, 928), (4000, 3000), (3000, 4000), (6000, 1000), (5000, 2400)])

@@ -7,6 +7,7 @@ TorchServe CVE to the control and the test here that guards it.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import re
@@ -20,7 +21,7 @@ import httpx
 import psutil
 import pytest
 from imagegen import jpeg
-from support import OTHER_KEY, Gateway, assert_problem, free_port, gateway_env, post
+from support import API_KEY, OTHER_KEY, Gateway, assert_problem, free_port, gateway_env, post, slowest_answer_during
 
 from gateway.auth import key_hash
 from modelserver.torchserve import REPO_ROOT, TorchServe, read_properties
@@ -61,15 +62,26 @@ def test_gateway_metrics_are_its_own_not_torchservers(gateway: Gateway, torchser
     assert post(gateway, api_key, content=jpeg(), headers=JPEG).status_code == 200  # TorchServe counts it
     theirs = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
     assert theirs.status_code == 200 and TS_METRIC.search(theirs.text), "TorchServe's metrics look different"
-    expected = {"/metrics": 200, "/metrics?name[]=ts_inference_requests_total": 200, "/metrics/": 307, "//metrics": 404}
+    expected = {"/metrics": 200, "/metrics?name[]=ts_inference_requests_total": 200, "/metrics/": 404, "//metrics": 404}
     for path, status in expected.items():
         ours = httpx.get(f"{gateway.url}{path}", timeout=10)
         assert ours.status_code == status, (path, ours.status_code)
         assert not TS_METRIC.search(ours.text), path
+        assert "location" not in ours.headers, path
         if status == 200:
             assert "gateway_requests_total" in ours.text, path
-        if status == 307:  # to the gateway's own /metrics
-            assert ours.headers["location"] == f"{gateway.url}/metrics", ours.headers["location"]
+
+
+@pytest.mark.parametrize("path", ["/v1/predict/", "/healthz/", "/v1/models/", "/docs/"])
+def test_no_redirect_names_the_host_header(gateway: Gateway, path: str) -> None:
+    """A slash redirect is built from the Host header: behind API Gateway it named the internal NLB, and any
+    client could make the gateway answer `Location: http://evil.example/...`. Trailing slashes are 404s."""
+    reply = raw(gateway.port, f"POST {path} HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 0\r\n"
+                              "Connection: close\r\n\r\n".encode())  # fmt: skip
+    assert status_of(reply) == 404, reply[:300]
+    headers, problem = problem_of(reply)
+    assert problem["type"].endswith("/not-found") and "location" not in headers
+    assert b"evil.example" not in reply
 
 
 ENCODED_PROBES = [
@@ -130,8 +142,9 @@ def test_rendered_torchserve_config_is_hardened(torchserve: TorchServe) -> None:
         assert urlsplit(props[key]).hostname == "127.0.0.1", key
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
     allowed = re.compile(props["allowed_urls"])
-    assert allowed.fullmatch("file:///srv/model_store/resnet50.mar")
+    assert allowed.fullmatch(f"file://{torchserve.model_store.resolve()}/resnet50.mar")
     for url in ("http://169.254.169.254/latest/meta-data/x.mar", "https://example.com/model_store/a.mar",
+                "file:///srv/model_store/resnet50.mar",
                 "file:///tmp/model_store/../../etc/passwd", "file:///x/model_store/a.mar?http://evil/x.mar",
                 "file:///x/model_store/a.mar\nhttp://evil", "HTTP://evil/model_store/a.mar"):  # fmt: skip
         assert not allowed.fullmatch(url), url
@@ -365,6 +378,104 @@ def test_request_head_size_is_bounded(strict_gateway: Gateway, size: int) -> Non
     ok = raw(strict_gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 +
              b"\r\nConnection: close\r\n\r\n")  # fmt: skip
     assert status_of(ok) == 200
+
+
+HEAD_LIMIT = 8192  # strict_gateway's
+OVER = b"a" * 40_000  # a header value five times the limit
+
+
+def statuses(reply: bytes) -> list[int]:
+    """The status of every answer in a raw reply, in order."""
+    return [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)]  # no answer's body says this
+
+
+def head(path: str = "/healthz", extra: bytes = b"") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n".encode() + extra + b"\r\n"
+
+
+@pytest.mark.parametrize("before", [b"\r\n", b"\r\n\r\n", b"\n\r\n\n", b"\r\n" * (HEAD_LIMIT // 2)])
+def test_empty_lines_before_a_request_count_toward_the_head_limit(strict_gateway: Gateway, before: bytes) -> None:
+    """The parser skips any number of empty lines before a request line (RFC 9112 2.2 asks for at least one);
+    the first blank line is not the end of the head: the head and the lines before it are counted."""
+    reply = raw(strict_gateway.port, before + head(extra=b"X-Pad: " + OVER + b"\r\n"))
+    assert statuses(reply) == [431], (len(before), reply[:200])
+    assert problem_of(reply)[1]["type"].endswith("/request-head-too-large")
+    small = raw(strict_gateway.port, before + head(extra=b"Connection: close\r\n"))
+    assert statuses(small) == ([431] if len(before) >= HEAD_LIMIT else [200]), (len(before), small[:200])
+
+
+def test_endless_header_after_empty_lines_is_cut_and_others_are_served(strict_gateway: Gateway) -> None:
+    """`\\r\\n\\r\\n`, then a head with one header that never ends: 431 at the limit, and the event loop never
+    stalls meanwhile (httptools copied the growing value again with every read)."""
+
+    def attack() -> bytes:
+        with socket.create_connection(("127.0.0.1", strict_gateway.port), timeout=10) as sock:
+            sock.sendall(b"\r\n\r\n" + head(extra=b"X-Endless: ")[:-2])
+            sock.settimeout(0.02)
+            sent, reply, started = 0, b"", time.monotonic()
+            try:  # until the answer is in, at most 64 MiB or 10 s
+                while b"\r\n\r\n" not in reply and sent < 64 * 2**20 and time.monotonic() - started < 10:
+                    with contextlib.suppress(TimeoutError):
+                        sent += sock.send(b"a" * 65536)
+                    with contextlib.suppress(TimeoutError):
+                        reply += sock.recv(65536)
+            except OSError:  # closed without an answer
+                pass
+            return reply
+
+    reply, slowest = slowest_answer_during(f"{strict_gateway.url}/healthz", attack)
+    assert statuses(reply) == [431], reply[:200]
+    assert slowest < 0.5, f"/healthz took {slowest:.2f} s during the attack"
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        head(),
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /",  # its body looks like a head
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\n",
+    ],
+    ids=["get", "content-length", "chunked"],
+)
+def test_pipelined_head_over_the_limit_gets_431_after_the_first_answer(strict_gateway: Gateway, first: bytes) -> None:
+    """A request sent in the same read as the one before it is a head too: counted from the end of that
+    request, refused in its turn, after the answer to the first."""
+    expected = 200 if first.startswith(b"GET") else 405
+    ok = raw(strict_gateway.port, first + head(extra=b"Connection: close\r\n"))
+    assert statuses(ok) == [expected, 200], ok[:300]
+    reply = raw(strict_gateway.port, first + head(extra=b"X-Pad: " + OVER + b"\r\n"))
+    assert statuses(reply) == [expected, 431], reply[:300]
+    problem_of(reply[reply.index(b"HTTP/1.1 431") :])
+
+
+def chunked_upload(image: bytes, size_line_extra: bytes = b"", trailers: bytes = b"") -> bytes:
+    """A chunked POST of `image` (one chunk) with a key, closing the connection after its answer."""
+    request_head = head("/v1/predict", b"X-API-Key: %s\r\nContent-Type: image/jpeg\r\n" % API_KEY.encode())
+    request_head = request_head.replace(b"GET", b"POST", 1)[:-2] + b"Transfer-Encoding: chunked\r\n"
+    chunk = b"%x%s\r\n%s\r\n" % (len(image), size_line_extra, image)
+    return request_head + b"Connection: close\r\n\r\n" + chunk + b"0\r\n" + trailers + b"\r\n"
+
+
+def test_chunked_trailers_and_chunk_lines_count_toward_the_head_limit(strict_gateway: Gateway) -> None:
+    """A chunked body's trailer section is headers after the body; a chunk-size line can carry extensions.
+    Neither is body data, and both were counted by no limit. The framing of chunks may exceed the limit by
+    1/16 of their data: 128-byte chunks pass, a flood of 1-byte chunks (a microsecond each) does not."""
+    image = jpeg()
+    assert statuses(raw(strict_gateway.port, chunked_upload(image, b";a=b", b"X-Trailer: 1\r\n"))) == [200]
+    cut = (len(image) - 1) // 128 * 128  # 128-byte chunks, then the rest (at least a byte) in one
+    in_small_chunks = b"".join(b"80\r\n%s\r\n" % image[i : i + 128] for i in range(0, cut, 128))
+    upload = chunked_upload(image[cut:]).replace(b"\r\n\r\n", b"\r\n\r\n" + in_small_chunks, 1)
+    assert statuses(raw(strict_gateway.port, upload)) == [200]
+    too_large = [
+        chunked_upload(image, trailers=b"X-Trailer: " + OVER + b"\r\n"),
+        chunked_upload(image, trailers=b"X-T: 1\r\n" * 5000),
+        chunked_upload(image, size_line_extra=b";ext=" + OVER),
+        chunked_upload(image).replace(b"\r\n\r\n", b"\r\n\r\n" + b"1\r\nx\r\n" * 100_000, 1),  # a flood of tiny chunks
+    ]
+    for upload in too_large:
+        reply = raw(strict_gateway.port, upload)
+        assert statuses(reply) == [431], reply[:300]
+        assert problem_of(reply)[1]["type"].endswith("/request-head-too-large")
 
 
 @pytest.mark.parametrize(

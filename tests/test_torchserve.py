@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
+import shutil
 from pathlib import Path
 
 import httpx
 import pytest
 from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
-from support import PYTHON
+from support import PYTHON, start_torchserve
 from testmodel import (
     PHOTOS,
     PROB_TOLERANCE,
@@ -20,7 +22,14 @@ from testmodel import (
     probability_vector,
 )
 
-from modelserver.torchserve import TorchServe, read_properties, ready_workers
+from modelserver.torchserve import (
+    TorchServe,
+    allowed_urls,
+    read_properties,
+    ready_workers,
+    regex_literal,
+    render_config,
+)
 
 ALL = {"X-Top-K": "1000"}  # every probability, to compare whole vectors
 
@@ -119,6 +128,57 @@ def test_model_registration_api_is_off(torchserve: TorchServe) -> None:
             f"{torchserve.management_url}/models", headers={"Authorization": f"Bearer {key}"}, timeout=30
         ).text
     )
+
+
+def register(server: TorchServe, url: str, name: str) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {server.keys()['management']}"}
+    return httpx.post(
+        f"{server.management_url}/models", params={"url": url, "model_name": name}, headers=auth, timeout=120
+    )
+
+
+def test_allowed_urls_name_the_one_store_served(seeing_model_store: Path, tmp_path: Path) -> None:
+    """Registration turned on for this instance only, to test `allowed_urls` itself (defence in depth): an
+    archive in another directory named model_store, or in a directory whose name differs only in case, is
+    refused by TorchServe's URL check and never copied in; one of the served store is accepted."""
+    served = tmp_path / "served.d" / "model_store"
+    served.mkdir(parents=True)
+    shutil.copy(seeing_model_store / "resnet50.mar", served / "resnet50.mar")
+    shutil.copy(seeing_model_store / "resnet50.mar", served / "second.mar")
+    elsewhere = [tmp_path / "other" / "model_store", tmp_path / "Served.d" / "model_store"]
+    for store in elsewhere:
+        store.mkdir(parents=True)
+        shutil.copy(seeing_model_store / "resnet50.mar", store / "evil.mar")
+    with start_torchserve(tmp_path / "ts", served, {"enable_model_api": "true"}) as server:
+        props = read_properties((server.workdir / "config.properties").read_text())
+        assert props["allowed_urls"] == allowed_urls(served.resolve())
+        assert re.fullmatch(props["allowed_urls"], f"file://{served.resolve()}/second.mar")
+        refused = [f"file://{store}/evil.mar" for store in elsewhere] + [f"FILE://{served}/evil.mar"]
+        for url in refused:
+            response = register(server, url, "evil")
+            assert response.status_code == 404, (url, response.text)
+            assert "does not match any allowed URL" in response.text, (url, response.text)
+        assert sorted(p.name for p in served.iterdir()) == ["resnet50.mar", "second.mar"], "nothing copied in"
+        assert register(server, "second.mar", "second").status_code == 200
+        auth = {"Authorization": f"Bearer {server.keys()['management']}"}
+        listed = httpx.get(f"{server.management_url}/models", headers=auth, timeout=30).json()
+        assert sorted(m["modelName"] for m in listed["models"]) == ["resnet50", "second"]
+
+
+@pytest.mark.parametrize("path", ["/srv/model_store", "/tmp/a.b/x+y (1)/c\u00e1f\u00e9,\\[s]*?$^|{2}/\u4e2d"])
+def test_regex_literal_matches_its_text_only(path: str) -> None:
+    literal = regex_literal(path)
+    assert literal.isascii() and "," not in literal  # TorchServe reads ISO 8859-1 and splits allowed_urls at ','
+    assert re.fullmatch(literal, path) and not re.fullmatch(literal, path.upper())
+    assert not re.fullmatch(literal, path.replace(".", "X").replace("/s", "/S").replace("*", ""))
+    assert regex_literal("/\U0001f600") == "/\\x{1f600}"  # beyond the BMP in Java's syntax (Python has none)
+
+
+def test_rendered_values_read_back_as_java_reads_them() -> None:
+    value = allowed_urls(Path("/tmp/\u00e9t\u00e9.d"))
+    rendered = render_config("# a comment\nallowed_urls=(?!)\n", {"allowed_urls": value, "other": "tab\there"})
+    assert rendered.isascii() and "\\\\x2e" in rendered  # the regex's backslash, doubled for Properties.load
+    assert read_properties(rendered) == {"allowed_urls": value, "other": "tab\there"}
 
 
 def test_rendered_config_binds_loopback_only(torchserve: TorchServe) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import struct
 from pathlib import Path
 
 import httpx
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from imagegen import encode, jpeg
-from support import Gateway, post
+from support import Gateway, post, slowest_answer_during
 from testmodel import LABELS, PHOTOS, PROB_TOLERANCE, Reference, max_difference, photo, picture
 from tritonclient.utils import InferenceServerException
 
@@ -104,3 +106,63 @@ def test_errors_use_the_protocol_shape(client: triton.InferenceServerClient, gat
     garbage = httpx.post(f"{gateway.url}/v2/models/resnet50/infer", content=b"{not json", timeout=10,
                          headers={"X-API-Key": api_key})  # fmt: skip
     assert garbage.status_code == 422 and "JSON" in garbage.json()["error"]
+
+
+# --- hostile requests: 4xx, and cheap for everyone else ----------------------------------------------------------
+
+INFER = "/v2/models/resnet50/infer"
+
+
+def binary_request(tail: bytes) -> tuple[bytes, int]:
+    """A binary-extension request whose BYTES input is `tail` (already element-framed): body, header length."""
+    images = {"name": "images", "datatype": "BYTES", "shape": [-1], "parameters": {"binary_data_size": len(tail)}}
+    header = json.dumps({"inputs": [images]}).encode()
+    return header + tail, len(header)
+
+
+def element(data: bytes) -> bytes:
+    return struct.pack("<I", len(data)) + data
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"1\xb9", b"\xb3", b"+9", b"-1", b"1_0", b"9" * 40])
+def test_header_length_is_ascii_digits_only(gateway: Gateway, api_key: str, length: bytes) -> None:
+    """str.isdigit() accepts the superscripts '²' '³' '¹' (bytes 0xB2 0xB3 0xB9 as a header decodes them),
+    which int() refuses: that was a 500."""
+    body, _ = binary_request(element(jpeg()))
+    headers = [
+        (b"X-API-Key", api_key.encode()),
+        (b"Inference-Header-Content-Length", length),
+        (b"Content-Type", b"application/octet-stream"),
+    ]
+    response = httpx.post(f"{gateway.url}{INFER}", content=body, headers=headers, timeout=30)
+    assert response.status_code == 422, response.text
+    assert set(response.json()) == {"error"} and "ASCII digits" in response.json()["error"]
+
+
+def zero_length_elements() -> tuple[bytes, dict[str, str]]:
+    body, length = binary_request(bytes(10 * 2**20))  # 2.6 million elements of length 0
+    return body, {"Inference-Header-Content-Length": str(length), "Content-Type": "application/octet-stream"}
+
+
+HOSTILE = {
+    "zero-length elements": (zero_length_elements, "send 1 to 32 images"),
+    "millions of JSON values": (lambda: (b'{"inputs": [' + b"0," * 5 * 2**20 + b"0]}", {}), "JSON values"),
+    "JSON nested deeper than the stack": (lambda: (b"[" * 200_000, {}), "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_bodies_are_refused_without_stalling_others(gateway: Gateway, api_key: str, name: str) -> None:
+    """10 MB of elements of length 0 were split in a Python loop on the event loop before the count was
+    checked (other clients waited seconds); a header of millions of JSON values held it as long; nesting
+    deeper than Python's stack was a 500. Now: counted as found, refused at the first beyond the limit."""
+    make, detail = HOSTILE[name]
+    body, headers = make()
+
+    def send() -> httpx.Response:
+        return httpx.post(f"{gateway.url}{INFER}", content=body, headers={"X-API-Key": api_key, **headers}, timeout=60)
+
+    response, slowest = slowest_answer_during(f"{gateway.url}/healthz", send)
+    assert response.status_code == 422, response.text
+    assert detail in response.json()["error"]
+    assert slowest < 0.5, f"/healthz took {slowest:.2f} s while the body was parsed"
