@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from containers import build_images
 from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
-from testmodel import Reference, build_store
+from testmodel import TEST_MODEL_FILE, Reference, build_store
 
 from gateway.auth import key_hash
 from modelserver.mar import unpack
@@ -75,3 +77,13 @@ def gateway(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) ->
                       rate_limit_burst="1000")  # fmt: skip
     with Gateway(tmp_path_factory.mktemp("gateway") / "gateway.log", env) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def images(seeing_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Both images, built once per session by `make images`' script (WEIGHTS=PATH) with the test model's
+    state dict under its own name, which the model block shows (warm layers: seconds; the test model is
+    deterministic). Used by the container suites (tests/containers.py)."""
+    weights = tmp_path_factory.mktemp("weights") / TEST_MODEL_FILE
+    shutil.copyfile(seeing_model_dir / "resnet50.pth", weights)
+    return build_images(weights)

@@ -14,134 +14,27 @@ import collections
 import concurrent.futures
 import ipaddress
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from containers import API_KEY, JPEG, ROOT, Stack, container_marks, docker
 from imagegen import jpeg
 from support import assert_problem, client_env, free_port, imgcls_cmd, jsonl, make_context, summary
 from testmodel import LABELS, PHOTOS, TEST_MODEL_FILE, photo
 
-from gateway.auth import key_hash
 from handlers.image_handler import ImageClassifierHandler
 from modelserver.mar import unpack
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "docker-compose.yml"
-SERVE_IMAGE = "image-classification-api-serve:test"
-GATEWAY_IMAGE = "image-classification-api-gateway:test"
 MAR_IN_IMAGE = "/opt/torchserve/model_store/resnet50.mar"
-API_KEY = "ica_container-suite-key"
-JPEG = {"Content-Type": "image/jpeg"}
-
-
-def docker_problem() -> str | None:
-    """Why the suite cannot run here, or None."""
-    try:
-        info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                              timeout=30)  # fmt: skip
-        version = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True,
-                                 timeout=30)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"no docker command that answers ({exc}); .ci/run installs one (docker/engine.sh)"
-    if info.returncode != 0:
-        return f"no Docker daemon answers ({info.stderr.strip()[:200]}); .ci/run starts one (docker/engine.sh)"
-    if version.returncode != 0 or not version.stdout.strip().lstrip("v").startswith("2"):
-        return "docker compose v2 is missing; docker/engine.sh installs Debian trixie's docker-compose"
-    return None
-
-
-PROBLEM = docker_problem()
-if PROBLEM is not None and os.environ.get("CI"):
-    # CI always has a daemon (.ci/run starts one; GitHub's runners come with Docker): never a quiet skip there
-    pytest.fail(f"the container suite cannot run in CI: {PROBLEM}", pytrace=False)
-pytestmark = [
-    pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM)),
-    # A cold build of the serve image takes longer than the suite's default 600 s (README, "Run with Docker").
-    pytest.mark.timeout(3600),
-]
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-class Stack:
-    """One compose project of the committed docker-compose.yml; settings only through its variables."""
-
-    def __init__(self, serve_image: str, gateway_image: str) -> None:
-        self.project = f"icatest{uuid.uuid4().hex[:10]}"
-        self.gateway_port, self.management_port = free_port(), free_port()
-        keep = {"PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_API_VERSION"}
-        self.env = {k: v for k, v in os.environ.items() if k in keep} | {
-            "SERVE_IMAGE": serve_image,
-            "GATEWAY_IMAGE": gateway_image,
-            "GATEWAY_API_KEY_HASHES": key_hash(API_KEY),
-            "GATEWAY_PORT": str(self.gateway_port),
-            "TORCHSERVE_MANAGEMENT_PORT": str(self.management_port),
-        }
-        self.url = f"http://127.0.0.1:{self.gateway_port}"
-        self.management_url = f"http://127.0.0.1:{self.management_port}"
-
-    def compose(self, *args: str, timeout: float = 360, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # --env-file /dev/null: a developer's .env next to the compose file must not change the test.
-        cmd = ["docker", "compose", "-f", str(COMPOSE), "-p", self.project, "--env-file", os.devnull, *args]
-        done = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            logs = subprocess.run([*cmd[:-len(args)], "logs", "--no-color", "--tail", "60"], cwd=ROOT, env=self.env,
-                                  capture_output=True, text=True, timeout=60).stdout  # fmt: skip
-            pytest.fail(f"docker compose {' '.join(args)}: {done.returncode}\n{done.stderr[-3000:]}\n{logs[-6000:]}")
-        return done
-
-    def up(self) -> float:
-        """Seconds until both health checks pass."""
-        started = time.monotonic()
-        self.compose("up", "--detach", "--no-build", "--wait", "--wait-timeout", "300")
-        return time.monotonic() - started
-
-    def down(self) -> None:
-        self.compose("down", "--volumes", "--timeout", "30", check=False)
-
-    def container(self, service: str) -> str:
-        return self.compose("ps", "--quiet", service).stdout.strip()
-
-    def inspect(self, service: str) -> dict:
-        return json.loads(docker("inspect", self.container(service)).stdout)[0]
-
-    def exec_probe(self, *command: str) -> str:
-        """Runs python with these arguments inside the gateway container."""
-        return self.compose("exec", "-T", "gateway", "python", *command, timeout=60).stdout
-
-    def keys(self) -> dict[str, str]:
-        """TorchServe's key file, read the way README's ops section does."""
-        text = self.compose("exec", "-T", "torchserve", "cat", "/srv/torchserve/key_file.json").stdout
-        return {name: entry["key"] for name, entry in json.loads(text).items()}
-
-    def predict(self, image: bytes, timeout: float = 60, **params: str) -> httpx.Response:
-        headers = {"X-API-Key": API_KEY, **JPEG}
-        return httpx.post(f"{self.url}/v1/predict", content=image, headers=headers, params=params, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def images(seeing_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Both images, built by `make images`' script (WEIGHTS=PATH) with the test model's state dict under its
-    own name, which the model block shows (warm layers: seconds; the test model is deterministic)."""
-    weights = tmp_path_factory.mktemp("weights") / TEST_MODEL_FILE
-    shutil.copyfile(seeing_model_dir / "resnet50.pth", weights)
-    env = {**os.environ, "WEIGHTS": str(weights), "SERVE_IMAGE": SERVE_IMAGE, "GATEWAY_IMAGE": GATEWAY_IMAGE}
-    done = subprocess.run([str(ROOT / "docker" / "images.sh")], env=env, capture_output=True, text=True, timeout=3000)
-    assert done.returncode == 0, f"docker/images.sh failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return SERVE_IMAGE, GATEWAY_IMAGE
+pytestmark = container_marks()
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +45,7 @@ def stack(images: tuple[str, str]) -> Iterator[Stack]:
         yield running
     finally:
         running.down()
-    assert not docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={running.project}").stdout.strip()
+    assert not running.left_over()
 
 
 @pytest.fixture(scope="module")
@@ -428,10 +321,11 @@ def test_torchserve_killed_under_load_loses_no_request(stack: Stack, tmp_path: P
 
 
 def test_stop_is_prompt_and_down_up_recovers(stack: Stack) -> None:
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     stack.compose("stop")
     stopped = time.monotonic() - started
     assert stopped < 10, "docker compose stop waited for SIGKILL"
+    assert stack.stopped_since(since) == ["gateway", "torchserve"], "the gateway stops first (it depends on TorchServe)"
     print(f"stopped in {stopped:.1f} s")  # noqa: T201
     stack.compose("down")  # keeps the volume, like a host reboot with the EC2 unit
     stack.up()

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from gateway.settings import Settings
 from modelserver import __main__ as modelserver_cli
 from modelserver.torchserve import KEY_FILE, allowed_urls, command, read_properties
 
@@ -171,8 +172,8 @@ def test_hadolint_does_report_findings(tmp_path: Path) -> None:
 
 
 def test_shell_scripts_pass_shellcheck() -> None:
-    """docker/*.sh (`make images`, the stand-in base, the CI engine) and .ci/run."""
-    scripts = sorted((ROOT / "docker").glob("*.sh")) + [ROOT / ".ci" / "run"]
+    """docker/*.sh (`make images`, the stand-in base, the CI engine), deploy/*.sh (the rollout) and .ci/run."""
+    scripts = sorted((ROOT / "docker").glob("*.sh")) + sorted((ROOT / "deploy").glob("*.sh")) + [ROOT / ".ci" / "run"]
     assert len(scripts) >= 4
     done = subprocess.run([tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True)
     assert done.returncode == 0, f"shellcheck:\n{done.stdout}{done.stderr}"
@@ -536,6 +537,24 @@ def test_gateway_waits_for_ready_torchserve_and_reads_its_keys() -> None:
     assert published(port)[1] == str(env["GATEWAY_PORT"]) and interpolate(str(port)).startswith("8000:")
     assert env["GATEWAY_HOST"] == "0.0.0.0"
     assert env["GATEWAY_API_KEY_HASHES"].startswith("${GATEWAY_API_KEY_HASHES")
+
+
+def duration_s(value: str) -> float:
+    """Seconds of a compose duration such as 30s or 1m40s."""
+    parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", value)
+    assert parts and value, value
+    hours, minutes, secs = (float(p or 0) for p in parts.groups())
+    return hours * 3600 + minutes * 60 + secs
+
+
+def test_stop_budget_covers_the_drain_and_the_requests_in_flight() -> None:
+    """No drain by default (a laptop's `docker compose stop` stays immediate); the gateway's grace period
+    covers a drain of up to 60 s (the NLB's 3 x 15 s plus a margin), a request in flight (a wait for an
+    upstream slot, then the request timeout) and a margin, before Docker's SIGKILL."""
+    gateway = compose()["services"]["gateway"]
+    assert interpolate(gateway["environment"]["GATEWAY_DRAIN_S"]) == "0"
+    in_flight = Settings.model_fields["queue_timeout_s"].default + Settings.model_fields["request_timeout_s"].default
+    assert duration_s(interpolate(gateway["stop_grace_period"])) >= 60 + in_flight + 10
 
 
 SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|HASHES)$", re.IGNORECASE)
