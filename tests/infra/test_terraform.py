@@ -57,6 +57,7 @@ GATEWAY_IMAGE = "example/image-classification-gateway:1.2.3"
 # The instances' real files: user_data carries both, so its size is measured with them.
 COMPOSE = REPO / "docker-compose.yml"
 ROLLOUT = REPO / "deploy" / "rollout-instance.sh"
+DEPLOY_WORKFLOW = REPO / ".github" / "workflows" / "deploy.yml"
 # Drain times derived from the NLB health check with the defaults (15 s x 3 + 10 s margin, 29 s
 # API Gateway timeout, 30 s TorchServe stop) and with lb_health_check_interval_s=10, drain_margin_s=5.
 DEFAULT_DRAIN = dict(gateway_drain=55, lb_drain=55, gateway_stop=94, deregistration=39, stop=124, hook=184)
@@ -341,6 +342,51 @@ def test_instance_rollout_and_termination_drain(plan: dict[str, Any]) -> None:
     assert (prefs["min_healthy_percentage"], prefs["max_healthy_percentage"]) == (100, 200), "launch before terminate"
     (tg_state,) = one(root, "aws_lb_target_group.gateway")["target_health_state"]
     assert tg_state["enable_unhealthy_connection_termination"] is False
+
+
+def heredoc(script: str, path: str) -> str:
+    """The body of `cat > "<path>" <<'SCRIPT'` in the boot script (quoted: written as is)."""
+    return script.split(f"cat > \"{path}\" <<'SCRIPT'\n", 1)[1].split("\nSCRIPT\n", 1)[0] + "\n"
+
+
+def deploy_ssm_commands(app_dir: Path, script: bytes, serve: str, gateway: str) -> list[str]:
+    """The commands deploy.yml sends to one instance, built by the workflow's own jq program."""
+    step = next(
+        s for s in yaml.safe_load(DEPLOY_WORKFLOW.read_text())["jobs"]["deploy"]["steps"]
+        if s.get("name") == "Roll out, instance by instance"
+    )  # fmt: skip
+    (program,) = re.findall(r"jq -n [^']*'(\{.*?\})' > ssm-params.json", step["run"], flags=re.S)
+    args = {"dir": str(app_dir), "script": base64.b64encode(gzip.compress(script)).decode()}
+    args |= {"serve": serve, "gateway": gateway}
+    jq = ["jq", "-n", *(x for k, v in args.items() for x in ("--arg", k, v)), program]
+    return json.loads(subprocess.run(jq, capture_output=True, text=True, check=True, timeout=30).stdout)["commands"]
+
+
+def test_deploy_command_installs_the_script_and_runs_it_with_the_digests(plan: dict[str, Any], tmp_path: Path) -> None:
+    """deploy.yml's SSM command, run against the boot script's own rollout.sh in a scratch app dir: it installs
+    the deployed commit's rollout script byte for byte and runs it with ROLLOUT_ROTATION=none and the digests
+    over the .env from SSM; the unit's reload (no arguments) runs it with the .env's generic rotation."""
+    script = user_data(plan)
+    app = tmp_path / "app"
+    app.mkdir()
+    rollout_sh = heredoc(script, "$APP_DIR/rollout.sh").replace("/opt/image-classification-api", str(app))
+    (app / "rollout.sh").write_text(rollout_sh)
+    # fetch-env.sh reads SSM: here it writes what SSM would hold, with the boot script's constant lines.
+    constants = "".join(f"{k}={v}\n" for k, v in env_lines(script).items())
+    (app / "fetch-env.sh").write_text(f"#!/bin/bash\nprintf %s '{constants}SERVE_IMAGE=old/serve:1\n' > .env\n")
+    for name in ("rollout.sh", "fetch-env.sh"):
+        (app / name).chmod(0o700)
+    # The "deployed commit's" rollout script: reports what it was started with.
+    deployed = b'#!/bin/bash\necho "$ROLLOUT_ROTATION $SERVE_IMAGE $GATEWAY_IMAGE $LB_DRAIN_S $(pwd)"\n'
+    serve, gateway = "docker.io/ns/serve@sha256:" + "a" * 64, "docker.io/ns/gateway@sha256:" + "b" * 64
+    commands = deploy_ssm_commands(app, deployed, serve, gateway)
+    ran = subprocess.run(["bash", "-c", "\n".join(commands)], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert (app / "rollout-instance.sh").read_bytes() == deployed
+    assert ran.stdout.split() == ["none", serve, gateway, "55", str(app)]
+    reload = subprocess.run([str(app / "rollout.sh")], capture_output=True, text=True, timeout=30)
+    assert reload.returncode == 0, reload.stderr
+    assert reload.stdout.split()[:2] == ["generic", "old/serve:1"]
 
 
 def test_no_ingress_from_anywhere_and_only_gateway_port(plan: dict[str, Any]) -> None:
