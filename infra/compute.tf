@@ -190,6 +190,7 @@ locals {
     gateway_drain_s     = local.gateway_drain_s
     gateway_stop_s      = local.gateway_stop_s
     lb_drain_s          = local.lb_drain_s
+    lb_rise_s           = local.lb_rise_s
     stop_budget_s       = local.stop_budget_s
     asg_name            = local.name
     lifecycle_hook      = local.lifecycle_hook

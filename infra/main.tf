@@ -36,6 +36,8 @@ locals {
   lb_detect_s     = var.lb_health_check_interval_s * var.lb_unhealthy_threshold
   gateway_drain_s = local.lb_detect_s + var.drain_margin_s
   lb_drain_s      = local.lb_detect_s + var.drain_margin_s
+  # Back in: `healthy_threshold` passed checks before the NLB sends again (LB_RISE_S, generic path).
+  lb_rise_s = var.lb_healthy_threshold * var.lb_health_check_interval_s + var.drain_margin_s
   # The longest a request already in flight can still matter: API Gateway gives up after this.
   in_flight_s = ceil(var.api_integration_timeout_ms / 1000)
   # Target deregistration (standby, scale-in, refresh): connections already open keep flowing this long.

@@ -60,9 +60,9 @@ ROLLOUT = REPO / "deploy" / "rollout-instance.sh"
 DEPLOY_WORKFLOW = REPO / ".github" / "workflows" / "deploy.yml"
 # Drain times derived from the NLB health check with the defaults (15 s x 3 + 10 s margin, 29 s
 # API Gateway timeout, 30 s TorchServe stop) and with lb_health_check_interval_s=10, drain_margin_s=5.
-DEFAULT_DRAIN = dict(gateway_drain=55, lb_drain=55, gateway_stop=94, deregistration=39, stop=124, hook=184)
+DEFAULT_DRAIN = dict(gateway_drain=55, lb_drain=55, lb_rise=40, gateway_stop=94, deregistration=39, stop=124, hook=184)
 TUNED_VARS = ("-var=lb_health_check_interval_s=10", "-var=drain_margin_s=5")
-TUNED_DRAIN = dict(gateway_drain=35, lb_drain=35, gateway_stop=69, deregistration=34, stop=99, hook=159)
+TUNED_DRAIN = dict(gateway_drain=35, lb_drain=35, lb_rise=25, gateway_stop=69, deregistration=34, stop=99, hook=159)
 
 PLAN_TIMEOUT = 300
 APPLY_TIMEOUT = 480
@@ -292,6 +292,7 @@ def drain_settings(plan: dict[str, Any]) -> dict[str, int]:
     return {
         "gateway_drain": int(env["GATEWAY_DRAIN_S"]),
         "lb_drain": int(env["LB_DRAIN_S"]),
+        "lb_rise": int(env["LB_RISE_S"]),
         "gateway_stop": int(env["GATEWAY_STOP_GRACE_PERIOD"].removesuffix("s")),
         "deregistration": int(one(root, "aws_lb_target_group.gateway")["deregistration_delay"]),
         "stop": int(stop),
