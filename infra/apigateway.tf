@@ -11,8 +11,10 @@ resource "aws_api_gateway_rest_api" "this" {
   name        = local.name
   description = "${local.name} image classification API"
 
-  # Request bodies with these content types reach the gateway as raw bytes.
-  binary_media_types = ["multipart/form-data", "image/*"]
+  # Every body is binary: request and response bytes pass through the HTTP_PROXY integration
+  # unchanged whatever their content type (octet-stream uploads, v2's binary extension, PNG
+  # overlays, JSON). The MOCK health integrations convert to text explicitly (below).
+  binary_media_types = ["*/*"]
 
   endpoint_configuration {
     types = ["REGIONAL"]
@@ -97,6 +99,9 @@ resource "aws_api_gateway_integration" "health" {
   timeout_milliseconds    = var.api_integration_timeout_ms
 
   passthrough_behavior = var.expose_health_endpoints ? null : "NEVER"
+  # With binary_media_types = ["*/*"] every request body counts as binary, and a MOCK's mapping
+  # template is not applied to a binary body: convert it to text so the template below answers.
+  content_handling = var.expose_health_endpoints ? null : "CONVERT_TO_TEXT"
   request_templates = var.expose_health_endpoints ? null : {
     "application/json" = jsonencode({ statusCode = 404 })
   }
@@ -118,6 +123,9 @@ resource "aws_api_gateway_integration_response" "health_not_found" {
   resource_id = aws_api_gateway_resource.health[each.key].id
   http_method = aws_api_gateway_method.health[each.key].http_method
   status_code = aws_api_gateway_method_response.health_not_found[each.key].status_code
+
+  # The answer is the template's text, never base64-decoded as a binary body would be.
+  content_handling = "CONVERT_TO_TEXT"
 
   response_templates = {
     "application/json" = jsonencode({ message = "Not Found" })

@@ -98,6 +98,24 @@ data "aws_iam_policy_document" "instance" {
     ]
   }
 
+  # The only Auto Scaling right an instance has: finishing the termination wait of its own group
+  # (after it drained). Taking instances out of service is the deploy workflow's role's job.
+  statement {
+    sid       = "CompleteOwnTerminationWait"
+    actions   = ["autoscaling:CompleteLifecycleAction"]
+    resources = [aws_autoscaling_group.this.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "autoscaling:ResourceTag/Project"
+      values   = [var.project_name]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "autoscaling:ResourceTag/Environment"
+      values   = [var.environment]
+    }
+  }
+
   statement {
     sid       = "DecryptRuntimeConfig"
     actions   = ["kms:Decrypt"]
@@ -165,9 +183,17 @@ locals {
     app_dir             = local.app_dir
     service_name        = local.service_name
     region              = var.aws_region
-    compose_b64         = base64encode(file(local.compose_file))
+    compose_gz_b64      = base64gzip(file(local.compose_file))
+    rollout_gz_b64      = base64gzip(file(local.rollout_script))
     compose_version     = var.compose_version
     gateway_port        = var.gateway_port
+    gateway_drain_s     = local.gateway_drain_s
+    gateway_stop_s      = local.gateway_stop_s
+    lb_drain_s          = local.lb_drain_s
+    lb_rise_s           = local.lb_rise_s
+    stop_budget_s       = local.stop_budget_s
+    asg_name            = local.name
+    lifecycle_hook      = local.lifecycle_hook
     log_group           = aws_cloudwatch_log_group.containers.name
     param_api_key_hash  = aws_ssm_parameter.api_key_hashes.name
     param_serve_image   = aws_ssm_parameter.serve_image.name
@@ -181,7 +207,8 @@ resource "aws_launch_template" "this" {
   image_id               = local.ami_id
   instance_type          = var.instance_type
   update_default_version = true
-  user_data              = base64encode(local.user_data)
+  # gzip: EC2 takes 16 KiB of user_data; cloud-init unpacks it before running the script.
+  user_data = base64gzip(local.user_data)
 
   vpc_security_group_ids = [aws_security_group.instance.id]
 
@@ -239,11 +266,13 @@ resource "aws_autoscaling_group" "this" {
     version = aws_launch_template.this.latest_version
   }
 
-  # A new launch template version (AMI, instance type, user_data) rolls the group.
+  # A new launch template version (AMI, instance type, user_data) rolls the group, launching each
+  # replacement before it terminates the old instance (capacity never drops below 100 %).
   instance_refresh {
     strategy = "Rolling"
     preferences {
-      min_healthy_percentage = 50
+      min_healthy_percentage = 100
+      max_healthy_percentage = 200
     }
   }
 
@@ -260,6 +289,18 @@ resource "aws_autoscaling_group" "this" {
     # Target tracking changes desired_capacity at run time.
     ignore_changes = [desired_capacity]
   }
+}
+
+# Scale-in and instance refresh: the terminating instance waits in Terminating:Wait (and is
+# deregistered from the target group); its lifecycle watcher (user_data) sees that state in the
+# instance metadata, stops the unit (gateway drain, in-flight requests, TorchServe) and completes
+# the action. The timeout is the bound when the watcher cannot; termination then continues.
+resource "aws_autoscaling_lifecycle_hook" "drain" {
+  name                   = local.lifecycle_hook
+  autoscaling_group_name = aws_autoscaling_group.this.name
+  lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
+  heartbeat_timeout      = local.lifecycle_hook_s
+  default_result         = "CONTINUE"
 }
 
 resource "aws_autoscaling_policy" "cpu" {
@@ -288,21 +329,28 @@ resource "aws_lb" "internal" {
 }
 
 resource "aws_lb_target_group" "gateway" {
-  name                 = trimsuffix(substr("${local.name}-gw", 0, 32), "-")
-  port                 = var.gateway_port
-  protocol             = "TCP"
-  target_type          = "instance"
-  vpc_id               = aws_vpc.this.id
-  deregistration_delay = 35
+  name        = trimsuffix(substr("${local.name}-gw", 0, 32), "-")
+  port        = var.gateway_port
+  protocol    = "TCP"
+  target_type = "instance"
+  vpc_id      = aws_vpc.this.id
+  # Connections already open keep flowing this long after a deregistration (standby, scale-in).
+  deregistration_delay = local.deregistration_s
 
   health_check {
     protocol            = "HTTP"
     path                = "/readyz"
     port                = "traffic-port"
     matcher             = "200"
-    interval            = 15
-    healthy_threshold   = 2
-    unhealthy_threshold = 3
+    interval            = var.lb_health_check_interval_s
+    healthy_threshold   = var.lb_healthy_threshold
+    unhealthy_threshold = var.lb_unhealthy_threshold
+  }
+
+  # A draining gateway fails its check while it still answers the requests on its open
+  # connections: the NLB must not reset those when the target turns unhealthy.
+  target_health_state {
+    enable_unhealthy_connection_termination = false
   }
 }
 

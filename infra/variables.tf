@@ -199,6 +199,54 @@ variable "wait_for_capacity_timeout" {
 }
 
 # ---------------------------------------------------------------------------
+# Load balancer health check and drain (the drain times are derived from these)
+# ---------------------------------------------------------------------------
+
+variable "lb_health_check_interval_s" {
+  description = "Seconds between the NLB's HTTP /readyz health checks of each target."
+  type        = number
+  default     = 15
+
+  validation {
+    condition     = var.lb_health_check_interval_s >= 10 && var.lb_health_check_interval_s <= 300 && floor(var.lb_health_check_interval_s) == var.lb_health_check_interval_s
+    error_message = "lb_health_check_interval_s must be a whole number between 10 and 300 (above the check's own 6 s timeout)."
+  }
+}
+
+variable "lb_unhealthy_threshold" {
+  description = "Consecutive failed health checks before the NLB stops sending new connections to a target."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.lb_unhealthy_threshold >= 2 && var.lb_unhealthy_threshold <= 10 && floor(var.lb_unhealthy_threshold) == var.lb_unhealthy_threshold
+    error_message = "lb_unhealthy_threshold must be a whole number between 2 and 10."
+  }
+}
+
+variable "lb_healthy_threshold" {
+  description = "Consecutive successful health checks before the NLB sends to a target again."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.lb_healthy_threshold >= 2 && var.lb_healthy_threshold <= 10 && floor(var.lb_healthy_threshold) == var.lb_healthy_threshold
+    error_message = "lb_healthy_threshold must be a whole number between 2 and 10."
+  }
+}
+
+variable "drain_margin_s" {
+  description = "Seconds added to each derived drain time (health-check jitter, the NLB's own propagation)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.drain_margin_s >= 0 && var.drain_margin_s <= 120 && floor(var.drain_margin_s) == var.drain_margin_s
+    error_message = "drain_margin_s must be a whole number between 0 and 120."
+  }
+}
+
+# ---------------------------------------------------------------------------
 # Application (docker compose)
 # ---------------------------------------------------------------------------
 
@@ -210,6 +258,17 @@ variable "compose_file_path" {
   validation {
     condition     = length(trimspace(var.compose_file_path)) > 0
     error_message = "compose_file_path must not be empty."
+  }
+}
+
+variable "rollout_script_path" {
+  description = "Path of deploy/rollout-instance.sh, installed on the instances by user_data (gzip) and run by the unit's reload; relative paths are resolved from this module directory. Deploys replace it with the deployed commit's copy."
+  type        = string
+  default     = "../deploy/rollout-instance.sh"
+
+  validation {
+    condition     = length(trimspace(var.rollout_script_path)) > 0
+    error_message = "rollout_script_path must not be empty."
   }
 }
 

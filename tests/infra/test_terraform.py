@@ -9,20 +9,17 @@ stopped afterwards.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import free_port
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
@@ -57,17 +54,15 @@ KEY_HASHES = [
 ]
 SERVE_IMAGE = "example/image-classification-serve:1.2.3"
 GATEWAY_IMAGE = "example/image-classification-gateway:1.2.3"
-COMPOSE = """\
-services:
-  torchserve:
-    image: ${SERVE_IMAGE}
-  gateway:
-    image: ${GATEWAY_IMAGE}
-    environment:
-      GATEWAY_API_KEY_HASHES: ${GATEWAY_API_KEY_HASHES}
-    ports:
-      - "${GATEWAY_PORT:-8000}:8000"
-"""
+# The instances' real files: user_data carries both, so its size is measured with them.
+COMPOSE = REPO / "docker-compose.yml"
+ROLLOUT = REPO / "deploy" / "rollout-instance.sh"
+DEPLOY_WORKFLOW = REPO / ".github" / "workflows" / "deploy.yml"
+# Drain times derived from the NLB health check with the defaults (15 s x 3 + 10 s margin, 29 s
+# API Gateway timeout, 30 s TorchServe stop) and with lb_health_check_interval_s=10, drain_margin_s=5.
+DEFAULT_DRAIN = dict(gateway_drain=55, lb_drain=55, lb_rise=40, gateway_stop=94, deregistration=39, stop=124, hook=184)
+TUNED_VARS = ("-var=lb_health_check_interval_s=10", "-var=drain_margin_s=5")
+TUNED_DRAIN = dict(gateway_drain=35, lb_drain=35, lb_rise=25, gateway_stop=69, deregistration=34, stop=99, hook=159)
 
 PLAN_TIMEOUT = 300
 APPLY_TIMEOUT = 480
@@ -144,70 +139,6 @@ def references(expr: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tf_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for terraform: fake credentials, no user AWS/Terraform config leaking in."""
-    home = tmp_path_factory.mktemp("tf-home")
-    cli_config = home / "terraformrc"
-    cli_config.write_text("")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "TF_VAR_", "TF_CLI_ARGS", "TF_LOG", "TF_DATA_DIR", "TF_WORKSPACE"))
-    }
-    env.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_REGION=REGION,
-        AWS_DEFAULT_REGION=REGION,
-        AWS_CONFIG_FILE=str(home / "aws-config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(home / "aws-credentials"),
-        AWS_EC2_METADATA_DISABLED="true",
-        TF_CLI_CONFIG_FILE=str(cli_config),
-        TF_IN_AUTOMATION="1",
-        CHECKPOINT_DISABLE="1",
-    )
-    return env
-
-
-@pytest.fixture(scope="module")
-def moto_url(tf_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto server on 127.0.0.1:<free port>, started with this interpreter, always stopped."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = dict(tf_env, MOTO_IAM_LOAD_MANAGED_POLICIES="true")
-    with log.open("w") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"moto server exited with {proc.returncode} (is `moto[server]` installed for "
-                    f"{sys.executable}?):\n{log.read_text()[-3000:]}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"moto server did not listen on {port}:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, tf_env: dict[str, str], moto_url: str) -> Path:
     """An initialised copy of infra/ whose variables point the provider at moto."""
     work = tmp_path_factory.mktemp("infra")
@@ -217,15 +148,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, tf_env: dict[str, str], mo
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "*.tfstate*", "*.tfvars", "*.tfplan"),
     )
-    compose = work.parent / f"{work.name}-compose" / "docker-compose.yml"
-    compose.parent.mkdir()
-    compose.write_text(COMPOSE)
     (work / "test.auto.tfvars.json").write_text(
         json.dumps(
             {
                 "aws_endpoint_url": moto_url,
                 "aws_region": REGION,
-                "compose_file_path": str(compose),
+                "compose_file_path": str(COMPOSE),
+                "rollout_script_path": str(ROLLOUT),
                 "gateway_api_key_hashes": KEY_HASHES,
                 "serve_image": SERVE_IMAGE,
                 "gateway_image": GATEWAY_IMAGE,
@@ -250,8 +179,8 @@ def plan(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def plan_exposed(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
-    """The same plan with expose_health_endpoints = true."""
-    tf_plan(workdir, tf_env, "-parallelism=10", "-var=expose_health_endpoints=true", "-out=tfplan-exposed")
+    """The same plan with expose_health_endpoints = true and a faster health check (TUNED_VARS)."""
+    tf_plan(workdir, tf_env, "-parallelism=10", "-var=expose_health_endpoints=true", *TUNED_VARS, "-out=tfplan-exposed")
     return show_json(workdir, tf_env, "tfplan-exposed")
 
 
@@ -306,15 +235,21 @@ def test_launch_template_requires_imdsv2_encrypted_root_and_no_ssh(plan: dict[st
     assert lt["image_id"].startswith("ami-")
 
 
+def user_data(plan: dict[str, Any]) -> str:
+    encoded = one(plan["planned_values"]["root_module"], "aws_launch_template.this")["user_data"]
+    return gzip.decompress(base64.b64decode(encoded)).decode()  # cloud-init unpacks gzip user_data
+
+
 def test_user_data_renders_valid_bash_without_secrets(plan: dict[str, Any], tmp_path: Path) -> None:
-    lt = one(plan["planned_values"]["root_module"], "aws_launch_template.this")
-    script = base64.b64decode(lt["user_data"]).decode()
+    script = user_data(plan)
     for hash_ in KEY_HASHES:
         assert hash_ not in script, "API key hashes must come from SSM at boot, not from user_data"
     assert SERVE_IMAGE not in script
     assert GATEWAY_IMAGE not in script
-    # The compose file travels base64-encoded, byte for byte.
-    assert base64.b64encode(COMPOSE.encode()).decode() in script
+    # The compose file and the rollout script travel gzipped and base64-encoded, byte for byte.
+    pattern = r"echo '([A-Za-z0-9+/=]+)' \| base64 -d \| gunzip > \"\$APP_DIR/([\w.-]+)\""
+    files = {name: gzip.decompress(base64.b64decode(data)) for data, name in re.findall(pattern, script)}
+    assert files == {"docker-compose.yml": COMPOSE.read_bytes(), "rollout-instance.sh": ROLLOUT.read_bytes()}
     assert "--with-decryption" in script
     for name in ("gateway_api_key_hashes", "serve_image", "gateway_image"):
         assert f"/image-classification-api/prod/{name}" in script
@@ -326,7 +261,133 @@ def test_user_data_renders_valid_bash_without_secrets(plan: dict[str, Any], tmp_
     path.write_text(script)
     syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30, check=False)
     assert syntax.returncode == 0, syntax.stderr
-    assert len(lt["user_data"]) < 16 * 1024, "EC2 user_data is limited to 16 KiB"
+
+
+def test_user_data_fits_ec2s_16_kib(plan: dict[str, Any]) -> None:
+    """EC2 refuses user_data over 16 KiB (moto does not): measured with the real compose file and rollout script,
+    as the launch template carries it (gzip, base64), so it fits whether the limit counts before or after base64."""
+    encoded = one(plan["planned_values"]["root_module"], "aws_launch_template.this")["user_data"]
+    packed = len(base64.b64decode(encoded))
+    print(f"user_data: {len(user_data(plan))} bytes rendered, {packed} gzipped, {len(encoded)} as base64 (limit 16384)")
+    assert len(encoded) <= 16 * 1024, f"user_data is {len(encoded)} bytes as base64 ({packed} gzipped): over 16 KiB"
+
+
+def env_lines(script: str) -> dict[str, str]:
+    """The KEY=value lines fetch-env.sh writes into .env (constant values only)."""
+    return dict(re.findall(r'^\s*echo "([A-Z_]+)=([^"$]*)"$', script, flags=re.M))
+
+
+def unit(script: str, name: str) -> str:
+    """A systemd unit as the boot script writes it (its unquoted heredoc expands $APP_DIR)."""
+    (app_dir,) = re.findall(r'^APP_DIR="([^"$]+)"$', script, flags=re.M)
+    text = script.split(f'cat > "/etc/systemd/system/{name}.service" <<UNIT\n', 1)[1].split("\nUNIT\n", 1)[0]
+    return text.replace("$APP_DIR", app_dir)
+
+
+def drain_settings(plan: dict[str, Any]) -> dict[str, int]:
+    root = plan["planned_values"]["root_module"]
+    script = user_data(plan)
+    env = env_lines(script)
+    (stop,) = re.findall(r"^TimeoutStopSec=(\d+)$", unit(script, "image-classification-api"), flags=re.M)
+    return {
+        "gateway_drain": int(env["GATEWAY_DRAIN_S"]),
+        "lb_drain": int(env["LB_DRAIN_S"]),
+        "lb_rise": int(env["LB_RISE_S"]),
+        "gateway_stop": int(env["GATEWAY_STOP_GRACE_PERIOD"].removesuffix("s")),
+        "deregistration": int(one(root, "aws_lb_target_group.gateway")["deregistration_delay"]),
+        "stop": int(stop),
+        "hook": one(root, "aws_autoscaling_lifecycle_hook.drain")["heartbeat_timeout"],
+    }
+
+
+@pytest.mark.parametrize(("which", "expected"), [("plan", DEFAULT_DRAIN), ("plan_exposed", TUNED_DRAIN)])
+def test_drain_times_follow_the_health_check(request: pytest.FixtureRequest, which: str, expected: dict) -> None:
+    """GATEWAY_DRAIN_S / LB_DRAIN_S = interval x unhealthy threshold + margin; the unit's stop timeout covers
+    drain + in-flight (API Gateway's timeout) + TorchServe's stop; the termination wait is longer still."""
+    plan = request.getfixturevalue(which)
+    got = drain_settings(plan)
+    assert got == expected
+    assert got["gateway_stop"] > got["gateway_drain"] + 29, "the gateway's stop: its drain, then a 29 s request"
+    # The unit's stop covers compose's: the gateway's grace (set by .env) and then TorchServe's (the compose file's).
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert services["gateway"]["stop_grace_period"].startswith("${GATEWAY_STOP_GRACE_PERIOD")
+    serve_grace = int(services["torchserve"]["stop_grace_period"].removesuffix("s"))
+    assert got["stop"] >= got["gateway_stop"] + serve_grace
+    assert got["hook"] > got["stop"]
+    assert got["deregistration"] > 29, "deregistration outlasts a request in flight"
+    (hc,) = one(plan["planned_values"]["root_module"], "aws_lb_target_group.gateway")["health_check"]
+    assert got["gateway_drain"] > hc["interval"] * hc["unhealthy_threshold"]
+
+
+def test_instance_rollout_and_termination_drain(plan: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    script = user_data(plan)
+    env = env_lines(script)
+    assert env["ROLLOUT_ROTATION"] == "generic", "instances make no standby calls: the deploy workflow's role does"
+    assert env["COMPOSE_PROJECT_NAME"] == "image-classification-api"
+    assert env["COMPOSE_FILE"] == "/opt/image-classification-api/docker-compose.yml"
+    service = unit(script, "image-classification-api")
+    assert "ExecReload=/opt/image-classification-api/rollout.sh" in service.splitlines()
+    assert "exec ./rollout-instance.sh" in script
+    # Scale-in / refresh: the watcher reads the target lifecycle state, stops the unit, completes the action.
+    watcher = unit(script, "image-classification-api-lifecycle")
+    assert "ExecStart=/opt/image-classification-api/lifecycle-watch.sh" in watcher.splitlines()
+    assert "autoscaling/target-lifecycle-state" in script
+    assert "--lifecycle-hook-name image-classification-api-prod-drain" in script
+    hook = one(root, "aws_autoscaling_lifecycle_hook.drain")
+    assert hook["lifecycle_transition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert hook["default_result"] == "CONTINUE"
+    assert hook["name"] == "image-classification-api-prod-drain"
+    (refresh,) = one(root, "aws_autoscaling_group.this")["instance_refresh"]
+    (prefs,) = refresh["preferences"]
+    assert (prefs["min_healthy_percentage"], prefs["max_healthy_percentage"]) == (100, 200), "launch before terminate"
+    (tg_state,) = one(root, "aws_lb_target_group.gateway")["target_health_state"]
+    assert tg_state["enable_unhealthy_connection_termination"] is False
+
+
+def heredoc(script: str, path: str) -> str:
+    """The body of `cat > "<path>" <<'SCRIPT'` in the boot script (quoted: written as is)."""
+    return script.split(f"cat > \"{path}\" <<'SCRIPT'\n", 1)[1].split("\nSCRIPT\n", 1)[0] + "\n"
+
+
+def deploy_ssm_commands(app_dir: Path, script: bytes, serve: str, gateway: str) -> list[str]:
+    """The commands deploy.yml sends to one instance, built by the workflow's own jq program."""
+    step = next(
+        s for s in yaml.safe_load(DEPLOY_WORKFLOW.read_text())["jobs"]["deploy"]["steps"]
+        if s.get("name") == "Roll out, instance by instance"
+    )  # fmt: skip
+    (program,) = re.findall(r"jq -n [^']*'(\{.*?\})' > ssm-params.json", step["run"], flags=re.S)
+    args = {"dir": str(app_dir), "script": base64.b64encode(gzip.compress(script)).decode()}
+    args |= {"serve": serve, "gateway": gateway}
+    jq = ["jq", "-n", *(x for k, v in args.items() for x in ("--arg", k, v)), program]
+    return json.loads(subprocess.run(jq, capture_output=True, text=True, check=True, timeout=30).stdout)["commands"]
+
+
+def test_deploy_command_installs_the_script_and_runs_it_with_the_digests(plan: dict[str, Any], tmp_path: Path) -> None:
+    """deploy.yml's SSM command, run against the boot script's own rollout.sh in a scratch app dir: it installs
+    the deployed commit's rollout script byte for byte and runs it with ROLLOUT_ROTATION=none and the digests
+    over the .env from SSM; the unit's reload (no arguments) runs it with the .env's generic rotation."""
+    script = user_data(plan)
+    app = tmp_path / "app"
+    app.mkdir()
+    rollout_sh = heredoc(script, "$APP_DIR/rollout.sh").replace("/opt/image-classification-api", str(app))
+    (app / "rollout.sh").write_text(rollout_sh)
+    # fetch-env.sh reads SSM: here it writes what SSM would hold, with the boot script's constant lines.
+    constants = "".join(f"{k}={v}\n" for k, v in env_lines(script).items())
+    (app / "fetch-env.sh").write_text(f"#!/bin/bash\nprintf %s '{constants}SERVE_IMAGE=old/serve:1\n' > .env\n")
+    for name in ("rollout.sh", "fetch-env.sh"):
+        (app / name).chmod(0o700)
+    # The "deployed commit's" rollout script: reports what it was started with.
+    deployed = b'#!/bin/bash\necho "$ROLLOUT_ROTATION $SERVE_IMAGE $GATEWAY_IMAGE $LB_DRAIN_S $(pwd)"\n'
+    serve, gateway = "docker.io/ns/serve@sha256:" + "a" * 64, "docker.io/ns/gateway@sha256:" + "b" * 64
+    commands = deploy_ssm_commands(app, deployed, serve, gateway)
+    ran = subprocess.run(["bash", "-c", "\n".join(commands)], capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 0, ran.stderr
+    assert (app / "rollout-instance.sh").read_bytes() == deployed
+    assert ran.stdout.split() == ["none", serve, gateway, "55", str(app)]
+    reload = subprocess.run([str(app / "rollout.sh")], capture_output=True, text=True, timeout=30)
+    assert reload.returncode == 0, reload.stderr
+    assert reload.stdout.split()[:2] == ["generic", "old/serve:1"]
 
 
 def test_no_ingress_from_anywhere_and_only_gateway_port(plan: dict[str, Any]) -> None:
@@ -393,7 +454,56 @@ def test_proxy_goes_over_the_vpc_link_to_the_nlb(plan: dict[str, Any]) -> None:
     link_refs = references(config_resource(plan, "aws_api_gateway_vpc_link.this")["expressions"]["target_arns"])
     assert "aws_lb.internal.arn" in link_refs
     api = one(root, "aws_api_gateway_rest_api.this")
-    assert set(api["binary_media_types"]) >= {"multipart/form-data", "image/*"}
+    assert api["binary_media_types"] == ["*/*"], "every body passes through byte for byte"
+    assert integration.get("content_handling") is None, "HTTP_PROXY passes bodies through: no conversion"
+
+
+def media_type_matches(pattern: str, content_type: str) -> bool:
+    """API Gateway's binaryMediaTypes match: exact, `type/*` or `*/*` (parameters such as charset ignored)."""
+    kind, _, sub = content_type.split(";")[0].strip().lower().partition("/")
+    want_kind, _, want_sub = pattern.lower().partition("/")
+    return want_kind in ("*", kind) and want_sub in ("*", sub)
+
+
+def sent_content_types() -> dict[str, set[str]]:
+    """Content type -> where it comes from: every request content type the project's clients (client/, bench/)
+    set, and every one the curl examples in the READMEs send (-F: multipart; --data-binary: its -H or curl's
+    default form encoding)."""
+    found: dict[str, set[str]] = {}
+    for path in sorted([*(REPO / "client").glob("*.py"), *(REPO / "bench").glob("*.py")]):
+        text = path.read_text()
+        for value in re.findall(r"[\"']Content-Type[\"']\s*:\s*[\"']([^\"']+)[\"']", text):
+            found.setdefault(value, set()).add(path.name)
+        if re.search(r"\bfiles=", text):
+            found.setdefault("multipart/form-data", set()).add(path.name)
+    for doc in (REPO / "README.md", REPO / "infra" / "README.md", REPO / "SECURITY.md"):
+        commands = re.sub(r"\\\n\s*", " ", doc.read_text())
+        for command in re.findall(r"^.*\bcurl\b.*$", commands, flags=re.M):
+            explicit = re.findall(r"-H\s+[\"']Content-Type:\s*([^\"']+)[\"']", command, flags=re.I)
+            if re.search(r"\s-F\s", command):
+                kind = ["multipart/form-data"]
+            elif re.search(r"\s(--data-binary|--data|-d)\s", command):
+                kind = explicit or ["application/x-www-form-urlencoded"]
+            else:
+                kind = explicit
+            for value in kind:
+                found.setdefault(value.strip(), set()).add(doc.name)
+    return found
+
+
+def test_every_content_type_the_clients_send_is_binary(plan: dict[str, Any]) -> None:
+    """A body whose type no binary media type matches is treated as text by API Gateway and mangled."""
+    patterns = one(plan["planned_values"]["root_module"], "aws_api_gateway_rest_api.this")["binary_media_types"]
+    sent = sent_content_types()
+    # What the clients are known to send today: the grep must find them (it is not silently empty).
+    assert {"application/octet-stream", "multipart/form-data", "image/jpeg"} <= set(sent), sent
+    uncovered = {t: where for t, where in sent.items() if not any(media_type_matches(p, t) for p in patterns)}
+    assert not uncovered, f"API Gateway would treat these request bodies as text: {uncovered}"
+    # Response side: the gateway's own media types (PNG overlays of /v1/explain?format=png among them).
+    gateway = " ".join(p.read_text() for p in (REPO / "gateway").glob("*.py"))
+    answered = set(re.findall(r'media_type="([^"]+)"', gateway))
+    assert "image/png" in answered
+    assert all(any(media_type_matches(p, t) for p in patterns) for t in answered), (answered, patterns)
 
 
 def test_usage_plan_throttles_and_meters(plan: dict[str, Any]) -> None:
@@ -435,8 +545,12 @@ def test_health_endpoints_not_exposed_by_default(plan: dict[str, Any]) -> None:
         assert not integration.get("uri")
         assert json.loads(integration["request_templates"]["application/json"]) == {"statusCode": 404}
         assert integration["passthrough_behavior"] == "NEVER"
+        # With binary_media_types ["*/*"] a MOCK applies its template only to a body converted to text,
+        # and its answer stays the template's text instead of being base64-decoded.
+        assert integration["content_handling"] == "CONVERT_TO_TEXT"
         response = one(root, f'aws_api_gateway_integration_response.health_not_found["{name}"]')
         assert response["status_code"] == "404"
+        assert response["content_handling"] == "CONVERT_TO_TEXT"
     forwarded = {r["address"] for r in resources(root, "aws_api_gateway_integration") if r["values"]["type"] != "MOCK"}
     assert forwarded == {"aws_api_gateway_integration.proxy"}, "only {proxy+} reaches the instances"
 
@@ -448,6 +562,7 @@ def test_health_endpoints_exposed_when_asked(plan_exposed: dict[str, Any]) -> No
         assert integration["type"] == "HTTP_PROXY"
         assert integration["connection_type"] == "VPC_LINK"
         assert integration["integration_http_method"] == "GET"
+        assert integration.get("content_handling") is None, "a proxy passes the body through"
         method = one(root, f'aws_api_gateway_method.health["{name}"]')
         assert method["api_key_required"] is True
     assert not resources(root, "aws_api_gateway_integration_response")
@@ -496,7 +611,12 @@ INVALID = {
     "cpu_target_utilization": "95",
     "health_check_grace_period": "30",
     "wait_for_capacity_timeout": "5 minutes",
+    "lb_health_check_interval_s": "4",
+    "lb_unhealthy_threshold": "1",
+    "lb_healthy_threshold": "11",
+    "drain_margin_s": "-1",
     "compose_file_path": " ",
+    "rollout_script_path": " ",
     "compose_version": "1.29.2",
     "gateway_port": "80",
     "gateway_api_key_hashes": '["not-a-sha256"]',
@@ -602,7 +722,10 @@ def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[st
         res = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
         assert "*" not in res, statement
         actions.update(statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
+    completes = [st for st in inline["Statement"] if "autoscaling:CompleteLifecycleAction" in str(st["Action"])]
+    assert [st["Resource"] for st in completes] == [asg["arn"]], "only its own group's termination wait"
     assert actions == {
+        "autoscaling:CompleteLifecycleAction",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
         "logs:DescribeLogStreams",
@@ -633,6 +756,20 @@ def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[st
     assert all(not i.get("PublicIpAddress") for i in instances)
     tags = [{t["Key"]: t["Value"] for t in i.get("Tags", [])} for i in instances]
     assert all(t.get("Project") == "image-classification-api" for t in tags), tags
+    (hook,) = autoscaling.describe_lifecycle_hooks(AutoScalingGroupName="image-classification-api-prod")[
+        "LifecycleHooks"
+    ]
+    assert (hook["LifecycleTransition"], hook["HeartbeatTimeout"], hook["DefaultResult"]) == (
+        "autoscaling:EC2_INSTANCE_TERMINATING",
+        DEFAULT_DRAIN["hook"],
+        "CONTINUE",
+    )
+    elbv2 = session.client("elbv2", endpoint_url=moto_url)
+    tg_attributes = {
+        a["Key"]: a["Value"]
+        for a in elbv2.describe_target_group_attributes(TargetGroupArn=asg["target_group_arns"][0])["Attributes"]
+    }
+    assert tg_attributes["deregistration_delay.timeout_seconds"] == str(DEFAULT_DRAIN["deregistration"])
     ssm = session.client("ssm", endpoint_url=moto_url)
     stored = ssm.get_parameter(Name="/image-classification-api/prod/serve_image", WithDecryption=True)["Parameter"]
     assert (stored["Type"], stored["Value"]) == ("SecureString", SERVE_IMAGE)
