@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psutil
 import torch
 import yaml
 from PIL import Image, ImageOps
@@ -168,3 +169,25 @@ def slowest_answer_during(url: str, action: Callable[[], T]) -> tuple[T, float]:
     worker.join()
     assert results, "the action raised"
     return results[0], slowest
+
+
+class PeakRss:
+    """The highest RSS of a process, sampled every few milliseconds in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

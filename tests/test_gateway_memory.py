@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
-from support import Gateway, assert_problem, free_port, gateway_env
+from support import Gateway, PeakRss, assert_problem, free_port, gateway_env
 
 from gateway.auth import key_hash
 from gateway.problems import TYPE_BASE
@@ -140,28 +138,6 @@ async def heads_then_bodies(uploads: list[Upload], first_answer_s: float = 0.0) 
     if first_answer_s:
         await asyncio.wait([u.answer for u in uploads], timeout=first_answer_s, return_when=asyncio.FIRST_COMPLETED)
     return list(await asyncio.gather(*(upload.finish() for upload in uploads)))
-
-
-class PeakRss:
-    """The highest RSS of a process, sampled every few milliseconds in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def assert_read_and_refused(answer: Answer, files: int) -> None:

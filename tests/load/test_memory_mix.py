@@ -16,17 +16,15 @@ import base64
 import io
 import json
 import struct
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
-from support import Gateway, gateway_env
+from support import Gateway, PeakRss, gateway_env
 
 from gateway.auth import key_hash
 from gateway.settings import Settings
@@ -60,26 +58,6 @@ def large_png() -> bytes:
     out = io.BytesIO()
     img.save(out, "PNG", compress_level=1)
     return out.getvalue()
-
-
-class PeakRss:
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.start = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def v2_binary(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
