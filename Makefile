@@ -21,11 +21,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[serve,gateway,dev]'
 	touch $@
 
-# Builds the archive only when it is missing; `make mar FORCE=1` rebuilds. With WEIGHTS=imagenet and no
+# `make run` and `make bench` serve the archive that is there, whatever its engine or weights; it is built
+# only when missing. ENGINE=..., WEIGHTS=... or FORCE=1 (command line or environment) asks for an archive of that kind:
+# ENGINE rebuilds one of another engine, WEIGHTS and FORCE always rebuild. With WEIGHTS=imagenet and no
 # network, it falls back to random weights with a loud warning (the model is then untrained).
+asked = $(filter command line environment,$(origin $(1)))
 mar: setup
-	$(PY) -m modelserver build --weights $(WEIGHTS) --engine $(ENGINE) $(if $(FORCE),,--if-missing) \
-		$(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
+	$(PY) -m modelserver build --weights $(WEIGHTS) $(if $(call asked,ENGINE),--engine $(ENGINE)) \
+		$(if $(or $(FORCE),$(call asked,WEIGHTS)),,--if-missing) $(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
 
 run: mar
 	$(PY) -m modelserver run
@@ -46,9 +49,10 @@ clean:
 images:
 	WEIGHTS=$(WEIGHTS) ENGINE=$(ENGINE) docker/images.sh
 
-# Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES).
-api-key: setup
-	@$(PY) -m gateway.auth
+# Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES). Standard library only:
+# no virtualenv, any Python 3.
+api-key:
+	@python3 -m gateway.keys
 
 # Throughput and latency: in-process limit, TorchServe direct, through the gateway; cold start.
 # Writes bench/results/<timestamp>.json. `make bench BENCH_ARGS=--quick` for a short smoke run.

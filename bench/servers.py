@@ -7,7 +7,7 @@ import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.gateway_process import GatewayProcess, HttpProcess, Upstream, gateway_env
 from modelserver.torchserve import Ports, TorchServe
 

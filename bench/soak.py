@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.processes import process_roles, totals
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.gateway_process import GatewayProcess, gateway_env
 from modelserver.torchserve import Ports, TorchServe
 

@@ -1,7 +1,7 @@
 """API keys and per-key rate limiting.
 
 The gateway stores only SHA-256 hashes of keys. A key arrives in `Authorization: Bearer` or `X-API-Key`.
-Run `python -m gateway.auth` (or `make api-key`) to mint a key: it prints the key and its hash.
+Keys are minted by `gateway/keys.py` (`make api-key`), which needs only the standard library.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -18,15 +17,6 @@ from fastapi import Request, Response
 from gateway.problems import Problem
 
 AUTH_CHALLENGE = 'Bearer realm="image-classification-api", ApiKey header="X-API-Key"'
-
-
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def new_key() -> tuple[str, str]:
-    key = "ica_" + secrets.token_urlsafe(32)
-    return key, key_hash(key)
 
 
 class KeyStore:
@@ -126,13 +116,3 @@ def charge(request: Request, tokens: int, what: str, paid: int = 0) -> None:
         detail = f"rate limit of {limiter.rate:g} images/s (burst {limiter.burst}) exceeded by {what}"
         raise Problem("rate-limited", f"{detail}; retry in {retry} s", headers={**headers, "Retry-After": retry})
     request.state.rate_response.headers.update(headers)
-
-
-def main() -> None:
-    key, digest = new_key()
-    print(f"API key (give to the client, store nowhere else): {key}")
-    print(f"SHA-256 (put in GATEWAY_API_KEY_HASHES):          {digest}")
-
-
-if __name__ == "__main__":
-    main()

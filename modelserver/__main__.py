@@ -39,10 +39,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         except UnreadableArchive as exc:
             print(f"{exc}: rebuilding")
         else:
-            if built_engine == args.engine:
-                print(f"{args.output} exists; not rebuilding")
+            if args.engine in (None, built_engine):
+                print(f"{args.output} exists; not rebuilding (engine {built_engine})")
                 return 0
             print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
+    args.engine = args.engine or ENGINES[0]
     try:
         weights = resolve(args.weights, args.sha256, args.cache_dir)
     except DownloadError as exc:
@@ -134,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """TorchServe and the gateway together; Ctrl-C (or SIGTERM) stops both, and both die with this process
     whatever kills it."""
-    from gateway.auth import key_hash
+    from gateway.keys import key_hash
 
     signal.signal(signal.SIGTERM, _interrupt)
     api_key = os.environ.get("API_KEY") or "ica_" + secrets.token_urlsafe(24)
@@ -181,8 +182,12 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="build model_store/resnet50.mar")
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
-    build.add_argument("--engine", default=ENGINES[0], choices=ENGINES,
-                       help="onnx (fp32, default), onnx-int8 (quantised, gated against fp32) or eager")  # fmt: skip
+    build.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="onnx (fp32, the default), onnx-int8 (quantised, gated against fp32) or eager; with --if-missing and "
+        "no --engine, an existing archive of any engine is kept",
+    )
     int8 = build.add_argument_group("onnx-int8", "calibration and the accuracy gate (README, 'INT8 engine')")
     int8.add_argument(
         "--calibration",

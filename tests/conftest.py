@@ -12,7 +12,7 @@ from containers import build_images
 from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
 from testmodel import TEST_MODEL_FILE, Reference, build_store
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.mar import unpack
 from modelserver.torchserve import TorchServe
 

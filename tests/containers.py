@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.torchserve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

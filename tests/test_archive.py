@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from handlers.imaging import decode, preprocess
 from modelserver.__main__ import main, parser
 from modelserver.archive import ServingConfig
 from modelserver.onnx_export import VerificationError, verify
+from modelserver.torchserve import REPO_ROOT
 from modelserver.weights import from_seed
 
 
@@ -84,6 +87,35 @@ def test_if_missing_rebuilds_over_an_unreadable_file(model_store: Path, tmp_path
         out, err = capsys.readouterr()
         assert out.startswith(f"{bad} is not a readable model archive (") and out.rstrip().endswith(": rebuilding")
         assert err.rstrip().endswith(f"error: weights file {missing} does not exist")
+
+
+@pytest.mark.parametrize(
+    ("given", "engine", "if_missing"),
+    [
+        ([], None, True),
+        (["ENGINE=onnx-int8"], "onnx-int8", True),
+        (["WEIGHTS=random"], None, False),
+        (["FORCE=1"], None, False),
+    ],
+)
+def test_make_mar_keeps_the_archive_unless_asked(given: list[str], engine: str | None, if_missing: bool) -> None:
+    """`make run`/`make bench` build the archive only when it is missing, of whatever engine it is; ENGINE asks
+    for an engine (an archive of another one is rebuilt), WEIGHTS and FORCE always rebuild. Read from make's
+    dry run of the real Makefile."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ENGINE", "WEIGHTS", "FORCE")}
+    done = subprocess.run(
+        ["make", "-n", "--no-print-directory", "mar", *given],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    line = next(line for line in done.stdout.replace("\\\n", " ").splitlines() if "modelserver build" in line)
+    words = line.split()
+    assert words[words.index("--engine") + 1] == engine if engine else "--engine" not in words
+    assert ("--if-missing" in words) == if_missing
 
 
 def test_serving_defaults_per_engine() -> None:

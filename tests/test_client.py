@@ -19,7 +19,7 @@ from imagegen import encode, jpeg, truncated_jpeg
 from support import Gateway, client_env, free_port, gateway_env, imgcls, imgcls_cmd, jsonl, summary
 from testmodel import PHOTOS, photo, picture
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
 from modelserver.torchserve import TorchServe
 

@@ -17,7 +17,7 @@ import httpx
 from support import API_KEY, Gateway, assert_problem, gateway_env
 from testmodel import photo
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.torchserve import TorchServe
 
 KEYED = {"X-API-Key": API_KEY}

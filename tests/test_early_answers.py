@@ -18,7 +18,7 @@ import httpx
 import pytest
 from support import Gateway, free_port, gateway_env
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
 from gateway.protocol import DRAIN_BYTES
 from modelserver.gateway_process import Upstream

@@ -33,7 +33,7 @@ from containers import API_KEY, JPEG, ROOT, Stack, container_marks, docker
 from imagegen import jpeg
 from support import client_env, free_port, imgcls_cmd, jsonl, summary
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 
 pytestmark = container_marks("haproxy")
 

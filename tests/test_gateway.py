@@ -213,7 +213,7 @@ class TestAuth:
     def test_rate_limit(self, torchserve, tmp_path, api_key: str) -> None:
         from support import gateway_env
 
-        from gateway.auth import key_hash
+        from gateway.keys import key_hash
 
         env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="0.2", rate_limit_burst="2")
         with Gateway(tmp_path / "gw.log", env) as limited:

@@ -15,7 +15,7 @@ import pytest
 from imagegen import jpeg
 from support import Gateway, assert_problem, free_port, gateway_env, post, start_torchserve
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.gateway_process import Upstream
 from modelserver.torchserve import TorchServe
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from support import Gateway, PeakRss, assert_problem, free_port, gateway_env
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
 from gateway.settings import Settings
 from modelserver.gateway_process import Upstream

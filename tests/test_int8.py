@@ -7,6 +7,7 @@ photo. The gate is shown to refuse a real bad quantisation: calibrated on flat i
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import zipfile
@@ -22,7 +23,8 @@ from PIL import Image
 from support import API_KEY, PYTHON, Gateway, gateway_env, start_torchserve
 from testmodel import PHOTOS, TEST_MODEL_FILE, photo
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
+from modelserver.__main__ import main
 from modelserver.evaluate import classes, evaluate
 from modelserver.mar import archive_info
 from modelserver.quantize import GateReport, Thresholds
@@ -80,6 +82,18 @@ def test_the_build_measures_int8_against_fp32_and_records_it(int8_build: tuple[P
     assert {"model.onnx", "model.int8.onnx", "resnet50.pth"} <= names
     assert config["handler"]["engine"] == "onnx-int8"
     assert (config["minWorkers"], config["maxWorkers"], config["batchSize"]) == (2, 2, 4)  # INT8's defaults
+
+
+def test_if_missing_without_an_engine_keeps_the_int8_archive(
+    int8_build: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make run` after `make mar ENGINE=onnx-int8` serves that archive: `build --if-missing` with no --engine
+    keeps an archive of any engine (it used to rebuild it as fp32, here from weights it cannot download)."""
+    archive = int8_build[0] / "resnet50.mar"
+    before = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert main(["build", "--if-missing", "--output", str(archive)]) == 0
+    assert "exists; not rebuilding (engine onnx-int8)" in capsys.readouterr().out
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == before
 
 
 def test_evaluate_fp32_and_int8_on_the_test_models_photos(

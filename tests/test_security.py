@@ -8,10 +8,13 @@ TorchServe CVE to the control and the test here that guards it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.server
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ import pytest
 from imagegen import jpeg
 from support import API_KEY, OTHER_KEY, Gateway, assert_problem, free_port, gateway_env, post, slowest_answer_during
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.torchserve import REPO_ROOT, TorchServe, read_properties
 
 JPEG = {"Content-Type": "image/jpeg"}
@@ -528,3 +531,16 @@ def test_security_headers_on_every_kind_of_answer(gateway: Gateway, api_key: str
             assert response.headers.get(name) == value, (response.request.url, name)
         assert "default-src 'none'" in response.headers["content-security-policy"]
         assert "server" not in response.headers, "the server header names the stack"
+
+
+def test_api_keys_are_minted_with_the_standard_library_alone() -> None:
+    """`make api-key` needs no virtualenv: gateway.keys runs on a Python without site-packages (-S), where
+    FastAPI cannot be imported, and prints a key with its SHA-256."""
+    bare = [sys.executable, "-S"]
+    assert subprocess.run([*bare, "-c", "import fastapi"], capture_output=True, timeout=30).returncode != 0
+    for command in ([*bare, "-m", "gateway.keys"], ["make", "-s", "--no-print-directory", "api-key"]):
+        out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True).stdout
+        key = re.search(r"^API key .*:\s+(ica_[\w-]{43})$", out, re.M)
+        digest = re.search(r"^SHA-256 .*:\s+([0-9a-f]{64})$", out, re.M)
+        assert key and digest, out
+        assert hashlib.sha256(key.group(1).encode()).hexdigest() == digest.group(1)

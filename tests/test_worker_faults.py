@@ -21,7 +21,7 @@ from imagegen import jpeg
 from support import Gateway, gateway_env, start_torchserve
 
 from bench.processes import worker_processes
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.torchserve import TorchServe
 
 GATEWAY_TIMEOUT_S = 15.0

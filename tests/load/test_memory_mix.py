@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 from support import Gateway, PeakRss, gateway_env
 
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from gateway.settings import Settings
 from modelserver.torchserve import TorchServe
 

@@ -19,7 +19,7 @@ from imagegen import jpeg
 from support import Gateway, gateway_env
 
 from bench.soak import RssSampler, growth, saturate
-from gateway.auth import key_hash
+from gateway.keys import key_hash
 from modelserver.torchserve import TorchServe
 
 CONCURRENCY = 96
