@@ -34,11 +34,13 @@ run: mar
 	$(PY) -m modelserver run
 
 test: setup
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf .run $(MAR)
