@@ -60,7 +60,7 @@ def iter_inputs(paths: Iterable[str | Path], recursive: bool = False, glob: str 
         root = os.path.abspath(os.fspath(given))
         if os.path.isdir(root):
             walk = _walk(root, recursive)
-            candidates = (p for p in walk if glob is None or fnmatch.fnmatch(os.path.basename(p), glob))
+            candidates: Iterator[str] = (p for p in walk if glob is None or fnmatch.fnmatch(os.path.basename(p), glob))
         else:
             candidates = iter([root])
         for path in candidates:
