@@ -1,5 +1,5 @@
 """`imgcls classify PATH...` / `imgcls embed PATH... -o V.npy`: classify files and folders, or embed them,
-through the gateway. See README, "Batch client".
+through the gateway. See docs/client.md.
 
 Exit status: 0 all ok, 1 some file failed, 2 usage error or a fatal answer (bad API key), 130 interrupted.
 """
@@ -22,7 +22,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 N = TypeVar("N", int, float)
 
 
-def positive(kind: type[N], low: float = 1, high: float | None = None) -> Callable[[str], N]:
+def in_range(kind: type[N], low: float = 1, high: float | None = None) -> Callable[[str], N]:
     """An argparse type: a number of `kind` between `low` and `high` (no upper bound without one)."""
 
     def parse(text: str) -> N:
@@ -57,20 +57,20 @@ def add_common(c: argparse.ArgumentParser) -> None:
         default=os.environ.get("IMGCLS_APIGW_KEY"),
         help="Amazon API Gateway key, sent as x-api-key (env IMGCLS_APIGW_KEY)",
     )
-    c.add_argument("-c", "--concurrency", type=positive(int, 1, 256), default=4, help="requests in flight (4)")
+    c.add_argument("-c", "--concurrency", type=in_range(int, 1, 256), default=4, help="requests in flight (4)")
     c.add_argument(
         "-b",
         "--batch-size",
-        type=positive(int, 1, 256),
+        type=in_range(int, 1, 256),
         default=8,
         help="files per batch request; 1 sends one file per request (8; gateway max 32)",
     )
-    c.add_argument("--retries", type=positive(int, 0), default=5, help="retries on 429/503/504 and network errors (5)")
-    c.add_argument("--timeout", type=positive(float, 0.1), default=60.0, help="seconds per request (60)")
+    c.add_argument("--retries", type=in_range(int, 0), default=5, help="retries on 429/503/504 and network errors (5)")
+    c.add_argument("--timeout", type=in_range(float, 0.1), default=60.0, help="seconds per request (60)")
     c.add_argument("--resume", action="store_true", help="skip files already in --output and append to it")
     c.add_argument(
         "--max-file-bytes",
-        type=positive(int, 1),
+        type=in_range(int, 1),
         default=8 * 1024 * 1024,
         help="fail larger files without reading them (8 MiB, the gateway's limit)",
     )
@@ -96,8 +96,8 @@ def parser() -> argparse.ArgumentParser:
         description="Classify files and folders; one JSONL/CSV record per file.",
     )
     add_common(c)
-    c.add_argument("-k", "--top-k", type=positive(int, 1, 20), default=5, help="classes per image, 1-20 (5)")
-    c.add_argument("--min-score", type=positive(float, 0.0, 1.0), help="drop predictions scoring below this")
+    c.add_argument("-k", "--top-k", type=in_range(int, 1, 20), default=5, help="classes per image, 1-20 (5)")
+    c.add_argument("--min-score", type=in_range(float, 0.0, 1.0), help="drop predictions scoring below this")
     c.add_argument("-o", "--output", help="results file, .jsonl or .csv (default: JSONL on stdout)")
     c.add_argument(
         "--explain",

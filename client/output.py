@@ -110,7 +110,7 @@ def done_paths(path: str | Path) -> set[str]:
     return done
 
 
-class Writer:
+class RecordWriter:
     """Writes records to a file (appending with `resume`) or to stdout; one flush per record."""
 
     def __init__(self, path: str | Path | None, resume: bool = False) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from client import __version__
 from client.inputs import iter_inputs
-from client.output import VectorWriter, Writer, done_paths, vectors_so_far
+from client.output import RecordWriter, VectorWriter, done_paths, vectors_so_far
 from client.records import Record, client_error
 from client.sender import Fatal, RetryPolicy, Sender
 from client.tasks import Classify, Embed, Task
@@ -154,12 +154,12 @@ class Run:
 
     async def work(self) -> None:
         opts = self.opts
-        writer: Writer | VectorWriter
+        writer: RecordWriter | VectorWriter
         if isinstance(opts.task, Embed):
             assert opts.output is not None  # the CLI requires it
             writer = VectorWriter(opts.output, self.so_far)
         else:
-            writer = Writer(opts.output, resume=opts.resume)
+            writer = RecordWriter(opts.output, resume=opts.resume)
         queue: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=opts.concurrency)
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
         timeout = httpx.Timeout(opts.timeout, connect=min(10.0, opts.timeout))
@@ -208,7 +208,7 @@ class Run:
             await queue.put(None)
 
     async def consume(
-        self, queue: asyncio.Queue[list[str] | None], sender: Sender, writer: Writer | VectorWriter
+        self, queue: asyncio.Queue[list[str] | None], sender: Sender, writer: RecordWriter | VectorWriter
     ) -> None:
         while (batch := await queue.get()) is not None:
             for record in await sender.send(batch):
@@ -225,15 +225,15 @@ class Run:
     async def explain(self, sender: Sender, record: Record) -> None:
         """Write the file's explanation PNG into --explain DIR; the record says where, or why not."""
         assert self.opts.explain_dir is not None
-        answer = await sender.explanation(record["path"])
-        if not isinstance(answer, bytes):
-            record["explanation_error"] = answer
-            self.log(f"no explanation for {record['path']}: {answer['detail']}")
+        png = await sender.explanation(record["path"])
+        if not isinstance(png, bytes):
+            record["explanation_error"] = png
+            self.log(f"no explanation for {record['path']}: {png['detail']}")
             return
         # The file's own path mirrored under DIR: distinct files never share an overlay.
         target = Path(self.opts.explain_dir) / (record["path"].lstrip("/") + ".png")
         try:
-            await asyncio.to_thread(write_file, target, answer)
+            await asyncio.to_thread(write_file, target, png)
         except OSError as exc:
             record["explanation_error"] = client_error("output-error", f"cannot write {target}: {exc}")
             return

@@ -134,7 +134,7 @@ class Window:
 
 
 @dataclass
-class Attempt:
+class Outcome:
     """What one request gave: final records by index, indices to retry, and why."""
 
     records: dict[int, Record]
@@ -183,29 +183,29 @@ class Sender:
         while pending:
             await self._wait_turn()
             async with self.window:
-                result = await self._attempt([paths[i] for i in pending], [readable[i] for i in pending])
-                if result.pushed_back:
-                    if self.window.pushed_back(result.retry_after):
+                outcome = await self._attempt([paths[i] for i in pending], [readable[i] for i in pending])
+                if outcome.pushed_back:
+                    if self.window.pushed_back(outcome.retry_after):
                         self.log(f"server pushed back: at most {int(self.window.size)} request(s) in flight now")
-                elif not result.retry:
+                elif not outcome.retry:
                     self.window.success()
-            records.update({pending[j]: record for j, record in result.records.items()})
-            pending = [pending[j] for j in result.retry]
+            records.update({pending[j]: record for j, record in outcome.records.items()})
+            pending = [pending[j] for j in outcome.retry]
             if not pending:
                 break
             if attempt >= self.policy.retries:
-                error = result.error or client_error("retries-exhausted", "no answer")
+                error = outcome.error or client_error("retries-exhausted", "no answer")
                 for i in pending:
-                    records[i] = failed(paths[i], error, result.request_id)
+                    records[i] = failed(paths[i], error, outcome.request_id)
                 break
-            delay = self.policy.delay(attempt, result.retry_after)
-            if result.retry_after is not None:
-                self._not_before = max(self._not_before, time.monotonic() + result.retry_after)
+            delay = self.policy.delay(attempt, outcome.retry_after)
+            if outcome.retry_after is not None:
+                self._not_before = max(self._not_before, time.monotonic() + outcome.retry_after)
             attempt += 1
             self.retries += 1
-            why = result.error
+            why = outcome.error
             reason = f"{why['status'] or ''} {slug(why)}".strip() if why else ""
-            hint = f" (Retry-After {result.retry_after:g})" if result.retry_after is not None else ""
+            hint = f" (Retry-After {outcome.retry_after:g})" if outcome.retry_after is not None else ""
             self.log(
                 f"retry {attempt}/{self.policy.retries} for {len(pending)} file(s) after {reason}: "
                 f"waiting {delay:.2f} s{hint}"
@@ -218,7 +218,7 @@ class Sender:
         if wait > 0:
             await asyncio.sleep(wait + random.uniform(0, 0.1))  # noqa: S311
 
-    async def _attempt(self, paths: list[str], contents: list[bytes]) -> Attempt:
+    async def _attempt(self, paths: list[str], contents: list[bytes]) -> Outcome:
         """One request for these files (one batch request, or one single request when not batching)."""
         everyone = list(range(len(paths)))
         route, params = self.task.route, self.task.params()
@@ -233,9 +233,9 @@ class Sender:
                 headers = {"Content-Type": "application/octet-stream"}
                 response = await self.client.post(route, params=params, headers=headers, content=contents[0])
         except httpx.TimeoutException as exc:
-            return Attempt({}, everyone, client_error("timeout", f"no answer in time ({type(exc).__name__})"))
+            return Outcome({}, everyone, client_error("timeout", f"no answer in time ({type(exc).__name__})"))
         except httpx.TransportError as exc:
-            return Attempt({}, everyone, client_error("connection-error", f"{type(exc).__name__}: {exc}"))
+            return Outcome({}, everyone, client_error("connection-error", f"{type(exc).__name__}: {exc}"))
 
         request_id = response.headers.get("x-request-id")
         if response.status_code in FATAL:
@@ -243,34 +243,34 @@ class Sender:
             raise Fatal(f"HTTP {response.status_code} {error['type']}: {error['detail']}")
         if response.status_code in RETRYABLE:
             pushed_back = response.status_code in PUSH_BACK
-            return Attempt({}, everyone, problem_of(response), request_id, retry_after_s(response), pushed_back)
+            return Outcome({}, everyone, problem_of(response), request_id, retry_after_s(response), pushed_back)
         if response.status_code != 200:
             error = problem_of(response)
-            return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
+            return Outcome({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
         body = json_of(response)
         request_id = request_id_of(body, request_id)
         if not self.batch:
             if record := self.task.record(paths[0], body, request_id):
-                return Attempt({0: record}, [])
+                return Outcome({0: record}, [])
             error = client_error("bad-response", f"no {self.task.field} in the answer", 200)
-            return Attempt({0: failed(paths[0], error, request_id)}, [])
+            return Outcome({0: failed(paths[0], error, request_id)}, [])
         if not is_batch(body) or len(body["results"]) != len(paths):
             error = client_error("bad-response", f"expected {len(paths)} results in input order", 200)
-            return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
-        attempt = Attempt({}, [], request_id=request_id)
+            return Outcome({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
+        outcome = Outcome({}, [], request_id=request_id)
         for i, (path, result) in enumerate(zip(paths, body["results"], strict=True)):
             if record := self.task.record(path, result, request_id):
-                attempt.records[i] = record
+                outcome.records[i] = record
                 continue
             problem = result.get("error") if isinstance(result, dict) else None
             error = error_of(problem if isinstance(problem, dict) else {})
             if error["status"] in RETRYABLE:
-                attempt.retry.append(i)
-                attempt.error = error
-                attempt.pushed_back |= error["status"] in PUSH_BACK  # e.g. TorchServe's queue is full
+                outcome.retry.append(i)
+                outcome.error = error
+                outcome.pushed_back |= error["status"] in PUSH_BACK  # e.g. TorchServe's queue is full
             else:
-                attempt.records[i] = failed(path, error, request_id)
-        return attempt
+                outcome.records[i] = failed(path, error, request_id)
+        return outcome
 
     async def explanation(self, path: str) -> bytes | Error:
         """The PNG of `/v1/explain` (the top class's map over the image) for one file, or its error; not retried."""
