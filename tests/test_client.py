@@ -94,8 +94,9 @@ def test_walk_selects_by_glob_and_recursion_lazily(tree: Path) -> None:
     assert set(iter_inputs([tree], recursive=True, glob="*.png")) == pngs
     # a file named explicitly is taken whatever the glob; overlapping arguments give each file once
     both = list(iter_inputs([tree / "a/notes.txt", tree / "a", tree / "a/a1.jpg"], recursive=True, glob="*.jpg"))
-    assert sorted(both) == sorted(paths(tree, ["a/notes.txt", "a/a1.jpg", "a/a2.jpg", "a/b/b1.jpg", "a/b/b3.jpg",
-                                               "a/b/cut.jpg"]))  # fmt: skip
+    assert sorted(both) == sorted(
+        paths(tree, ["a/notes.txt", "a/a1.jpg", "a/a2.jpg", "a/b/b1.jpg", "a/b/b3.jpg", "a/b/cut.jpg"])
+    )
 
     # lazy: a file created after the walk started, in a folder it has not listed yet, is still found
     late = tree / "c" / "late.jpg"
@@ -150,8 +151,8 @@ def test_csv_output(gateway: Gateway, api_key: str, tree: Path, tmp_path: Path) 
     assert done.returncode == 1, done.stderr
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["path", "status", "top1_label", "top1_score", "error", "request_id",
-                                     "explanation", "explanation_error"]  # fmt: skip
+        header = "path status top1_label top1_score error request_id explanation explanation_error"
+        assert reader.fieldnames == header.split()
         rows = {row["path"]: row for row in reader}
     assert not any(row["explanation"] or row["explanation_error"] for row in rows.values())  # no --explain
     assert set(rows) == paths(tree, GOOD) | paths(tree, BAD)
@@ -225,8 +226,9 @@ def test_retries_honour_retry_after(limited: Gateway, api_key: str, tree: Path, 
     out = tmp_path / "out.jsonl"
     before = rate_limited_count(limited)
     files = sorted(paths(tree, GOOD))
-    done = imgcls(limited.url, api_key, *files, "--batch-size", "1", "--concurrency", "4", "--retries", "30",
-                  "-v", "-o", str(out))  # fmt: skip
+    done = imgcls(
+        limited.url, api_key, *files, "--batch-size", "1", "--concurrency", "4", "--retries", "30", "-v", "-o", str(out)
+    )
     assert done.returncode == 0, done.stderr
     counts = summary(done.stderr)
     assert counts["ok"] == 12 and counts["failed"] == 0 and counts["retries"] > 0
@@ -241,8 +243,14 @@ def test_retries_honour_retry_after(limited: Gateway, api_key: str, tree: Path, 
 def test_interrupt_then_resume(limited: Gateway, api_key: str, tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     args = [str(tree), "-r", "--batch-size", "1", "--concurrency", "2", "--retries", "30", "-o", str(out)]
-    process = subprocess.Popen(imgcls_cmd(*args), cwd=REPO, env=client_env(limited.url, api_key),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        imgcls_cmd(*args),
+        cwd=REPO,
+        env=client_env(limited.url, api_key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
