@@ -263,7 +263,11 @@ class Sender:
                 outcome.records[i] = record
                 continue
             problem = result.get("error") if isinstance(result, dict) else None
-            error = error_of(problem if isinstance(problem, dict) else {})
+            if not isinstance(problem, dict):
+                error = client_error("bad-response", f"neither {self.task.field} nor an error in result {i}", 200)
+                outcome.records[i] = failed(path, error, request_id)
+                continue
+            error = error_of(problem)
             if error["status"] in RETRYABLE:
                 outcome.retry.append(i)
                 outcome.error = error

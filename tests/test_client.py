@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
 import inspect
 import json
@@ -14,11 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from imagegen import encode, jpeg, truncated_jpeg
 from support import Gateway, client_env, free_port, gateway_env, imgcls, imgcls_cmd, jsonl, summary
 from testmodel import PHOTOS, photo, picture
 
+from client.records import Record
+from client.sender import Sender
+from client.tasks import Classify, Embed
 from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
 from modelserver.torchserve import TorchServe
@@ -202,6 +208,34 @@ def test_connection_errors_are_retried_then_recorded(api_key: str, tree: Path) -
     assert summary(done.stderr) == {"ok": 0, "failed": 1, "skipped": 0, "retries": 2}
     record = json.loads(done.stdout)
     assert record["status"] == "failed" and record["error"]["type"] == "client/connection-error"
+
+
+def test_malformed_answers_are_bad_response_records(tmp_path: Path) -> None:
+    """What the real gateway never sends (a fault only a stand-in can give): members of the wrong kind are
+    each file's `client/bad-response`, not an ok record that a writer then trips over."""
+    image = tmp_path / "a.jpg"
+    image.write_bytes(jpeg(64, 64, seed=1))
+    vector = base64.b64encode(np.ones(4, dtype="<f4").tobytes()).decode()
+    answers = {  # route -> the stand-in's answer
+        "/v1/embed/batch": {"results": [{"embedding": [0.5, 0.5]}, {"embedding": vector}, {"filename": "c.jpg"}]},
+        "/v1/predict": {"request_id": "r1", "predictions": [{"label": "tabby"}]},  # no rank, class_id, score
+    }
+
+    def stand_in(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[request.url.path])
+
+    async def send(task: Classify | Embed, batch: bool, n: int) -> list[Record]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(stand_in), base_url="http://gw") as http:
+            return await Sender(http, task, batch=batch).send([str(image)] * n)
+
+    embedded = asyncio.run(send(Embed(), batch=True, n=3))
+    assert [r["status"] for r in embedded] == ["failed", "ok", "failed"]
+    assert embedded[0]["error"]["type"] == embedded[2]["error"]["type"] == "client/bad-response"
+    assert embedded[1]["embedding"] == vector
+    [classified] = asyncio.run(send(Classify(top_k=3), batch=False, n=1))
+    assert classified["status"] == "failed" and classified["request_id"] == "r1"
+    error = {"type": "client/bad-response", "detail": "no predictions in the answer", "status": 200}
+    assert classified["error"] == error
 
 
 # --- against a gateway with a tiny rate limit ------------------------------------------------------
