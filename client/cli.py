@@ -1,5 +1,5 @@
 """`imgcls classify PATH...` / `imgcls embed PATH... -o V.npy`: classify files and folders, or embed them,
-through the gateway. See README, "Batch client".
+through the gateway. See docs/client.md.
 
 Exit status: 0 all ok, 1 some file failed, 2 usage error or a fatal answer (bad API key), 130 interrupted.
 """
