@@ -9,7 +9,9 @@ For README.md, SECURITY.md, infra/README.md and docs/*.md:
   flags `make bench` passes on in `BENCH_ARGS`) names a CLI that exists, a subcommand its parser has and
   only flags the subcommand's real `--help` lists (run in a subprocess); a module without an argument
   parser takes no flags;
-- every repository path named in code (`gateway/drain.py`, `deploy/rollout-instance.sh`) exists.
+- every repository path named in code (`gateway/drain.py`, `deploy/rollout-instance.sh`) exists;
+- every pointer from code, tests and config into the docs (`docs/model.md, "The handler"`) names a
+  heading of that doc.
 A failure names the document, the line and what is missing.
 """
 
@@ -315,6 +317,48 @@ def path_problems(doc: Doc) -> list[str]:
     return problems
 
 
+# --- pointers from the code into the docs ---------------------------------------------------------------
+
+POINTER = re.compile(r"(docs/[\w-]+\.md|SECURITY\.md|infra/README\.md)(?:,\s*|\s+\(?)([\"'])([A-Z][^\"']{0,80}?)\2")
+
+
+def pointer_sources() -> list[Path]:
+    """The files whose comments and strings point into the docs: code, tests, build and config files."""
+    folders = ("gateway", "handlers", "modelserver", "client", "bench", "tests", "deploy", "docker", ".ci", ".github")
+    named = [REPO / name for name in ("Makefile", "docker-compose.yml", ".env.example", "pyproject.toml")]
+    found = [*named, *REPO.glob("Dockerfile.*"), *REPO.glob("config*.properties")]
+    for folder in folders:
+        found += [
+            p for p in (REPO / folder).rglob("*") if p.suffix in {".py", ".sh", ".yml", ".yaml", ""} and p.is_file()
+        ]
+    return sorted(p for p in set(found) if p.is_file() and p != Path(__file__).resolve())
+
+
+def pointer_problems(path: Path, text: str) -> list[str]:
+    """`docs/model.md, "The handler"` names a heading of that doc (its beginning is enough)."""
+    problems = []
+    for match in POINTER.finditer(text):
+        doc, section = match.group(1), " ".join(re.sub(r"\n\s*#?", " ", match.group(3)).split())
+        target = REPO / doc
+        line = text.count("\n", 0, match.start()) + 1
+        where = f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path.name}:{line}"
+        if not target.is_file():
+            problems.append(f"{where}: points to {doc}, which does not exist")
+            continue
+        titles = [github_slug(h) for h in parse(target).headings]
+        if not any(title.startswith(github_slug(section)) for title in titles):
+            problems.append(f'{where}: points to {doc}, "{section}", which is no heading there')
+    return problems
+
+
+def test_pointers_from_the_code_name_real_sections() -> None:
+    sources = pointer_sources()
+    found = [m for p in sources for m in POINTER.finditer(p.read_text(errors="replace"))]
+    assert len(found) > 10, "the pointer search finds the code's pointers into the docs"
+    problems = [problem for p in sources for problem in pointer_problems(p, p.read_text(errors="replace"))]
+    assert not problems, "\n".join(problems)
+
+
 # --- the tests ------------------------------------------------------------------------------------------
 
 CHECKS = {"links": link_problems, "make": make_problems, "clis": cli_problems, "paths": path_problems}
@@ -376,3 +420,8 @@ def test_broken_docs_fail_with_doc_line_and_what(tmp_path: Path) -> None:
     ]
     for start, problem in zip(expected, found, strict=True):
         assert problem.startswith(start), (start, problem)
+    code = 'x = 1  # see docs/model.md, "The handler"\n# and docs/model.md, "No such\n# section"; docs/gone.md, "X"\n'
+    assert [p.split(": ", 1)[1] for p in pointer_problems(tmp_path / "code.py", code)] == [
+        'points to docs/model.md, "No such section", which is no heading there',
+        "points to docs/gone.md, which does not exist",
+    ]
