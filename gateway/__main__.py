@@ -1,8 +1,8 @@
 """`python -m gateway`: serve the gateway with uvicorn, configured from the GATEWAY_* settings.
 
 One process, on purpose: its /metrics and its per-key rate-limit buckets are then the whole gateway's (or
-container's). It spends a twentieth of the CPU TorchServe spends per request (README, "Run with
-Docker"), so one process keeps up with TorchServe; scale out with more containers, not workers.
+container's). It spends a twentieth of the CPU TorchServe spends per request (docs/docker.md,
+"What runs"), so one process keeps up with TorchServe; scale out with more containers, not workers.
 Signals (gateway/drain.py): SIGTERM drains for GATEWAY_DRAIN_S, then stops; SIGUSR1 drains; SIGINT stops.
 """
 

@@ -58,7 +58,7 @@ def test_embed_writes_vectors_and_paths_and_resumes(gateway: Gateway, folder: Pa
 
 
 def row_paths(vectors: Path) -> list[str]:
-    """The paths file read as the README says: one JSON string per line."""
+    """The paths file read as docs/client.md says: one JSON string per line."""
     return [json.loads(line) for line in vectors.with_suffix(".paths.txt").read_text().splitlines()]
 
 

@@ -1,7 +1,7 @@
 """Fuzzing: schemathesis against the live gateway's OpenAPI, and hypothesis against the validation layer.
 
 The schemathesis run is budgeted for the suite (`FUZZ_MAX_EXAMPLES`, default 50 per operation); the long
-run in README.md ("Reliability") is the same test with a larger budget.
+run in docs/operations.md ("Reliability") is the same test with a larger budget.
 """
 
 from __future__ import annotations
