@@ -15,18 +15,12 @@ from typing import Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.headers import API_CSP, SECURITY_HEADERS
 from gateway.metrics import Metrics
 from gateway.problems import Problem
 
 logger = logging.getLogger("gateway")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 class ObserveMiddleware:
