@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://image-classification-api.dev/problems/"
@@ -58,6 +58,11 @@ class Problem(Exception):
 
     def response(self, request_id: str | None) -> JSONResponse:
         return JSONResponse(self.body(request_id), self.status, headers=self.headers, media_type=PROBLEM_JSON)
+
+
+def problem_response(problem: Problem, request_id: str | None) -> Response:
+    """The /v1 API's error shape (and the default for every path that declares no other: gateway/errors.py)."""
+    return problem.response(request_id)
 
 
 def problem_schema() -> dict[str, Any]:
