@@ -7,7 +7,8 @@ reads them back, each with its type.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 
@@ -19,49 +20,29 @@ from gateway.service import Inference
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
 
-
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+T = TypeVar("T")
 
 
-def upstream_of(request: Request) -> TorchServeClient:
-    upstream: TorchServeClient = request.app.state.upstream  # made by the app's lifespan
-    return upstream
+def from_state(name: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency: the app's service `name` (gateway/main.py sets it in app.state), which must be a `kind`.
+    Async, as every dependency here: FastAPI runs a plain function in the thread pool, a hop per request."""
+
+    async def read(request: Request) -> T:
+        service = getattr(request.app.state, name)
+        if not isinstance(service, kind):
+            raise TypeError(f"app.state.{name} is a {type(service).__name__}, not a {kind.__name__}")
+        return service
+
+    return read
 
 
-def keys_of(request: Request) -> KeyStore:
-    keys: KeyStore = request.app.state.keys
-    return keys
-
-
-def limiter_of(request: Request) -> RateLimiter:
-    limiter: RateLimiter = request.app.state.limiter
-    return limiter
-
-
-def metrics_of(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
-
-
-def renders_of(request: Request) -> RenderSlots:
-    renders: RenderSlots = request.app.state.renders
-    return renders
-
-
-def drain_of(request: Request) -> Drain:
-    drain: Drain = request.app.state.drain
-    return drain
-
-
-SettingsDep = Annotated[Settings, Depends(settings_of)]
-UpstreamDep = Annotated[TorchServeClient, Depends(upstream_of)]
-KeysDep = Annotated[KeyStore, Depends(keys_of)]
-LimiterDep = Annotated[RateLimiter, Depends(limiter_of)]
-MetricsDep = Annotated[Metrics, Depends(metrics_of)]
-RendersDep = Annotated[RenderSlots, Depends(renders_of)]
-DrainDep = Annotated[Drain, Depends(drain_of)]
+SettingsDep = Annotated[Settings, Depends(from_state("settings", Settings))]
+UpstreamDep = Annotated[TorchServeClient, Depends(from_state("upstream", TorchServeClient))]  # made by the lifespan
+KeysDep = Annotated[KeyStore, Depends(from_state("keys", KeyStore))]
+LimiterDep = Annotated[RateLimiter, Depends(from_state("limiter", RateLimiter))]
+MetricsDep = Annotated[Metrics, Depends(from_state("metrics", Metrics))]
+RendersDep = Annotated[RenderSlots, Depends(from_state("renders", RenderSlots))]
+DrainDep = Annotated[Drain, Depends(from_state("drain", Drain))]
 
 
 async def authenticate(
@@ -74,7 +55,7 @@ async def authenticate(
 Authenticated = Annotated[Caller, Depends(authenticate)]
 
 
-def inference(request: Request, settings: SettingsDep, upstream: UpstreamDep, metrics: MetricsDep) -> Inference:
+async def inference(request: Request, settings: SettingsDep, upstream: UpstreamDep, metrics: MetricsDep) -> Inference:
     return Inference(request, settings, upstream, metrics)
 
 
