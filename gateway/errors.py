@@ -2,14 +2,13 @@
 
 Each protocol declares its shape with its routes (v1: problem+json, gateway/problems.py; v2: KServe's
 `{"error": ...}`, gateway/v2.py). Errors raised before a route is chosen (404, 405, request validation)
-are answered by the path they were asked on, so ERROR_SHAPES is the one decision, by path prefix: the
-first that matches wins, and "/" matches every path. (What the HTTP protocol refuses before there is a
-request, gateway/protocol.py, and an unhandled exception, gateway/observe.py, are problem+json everywhere.)
+and an unhandled exception turned into `internal-error` by the middleware (gateway/observe.py) are
+answered by the path they were asked on, so ERROR_SHAPES is the one decision, by path prefix: the first
+that matches wins, and "/" matches every path. (What the HTTP protocol refuses before there is a request
+to route, gateway/protocol.py, is problem+json: it has no path yet that it could trust.)
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -17,9 +16,7 @@ from starlette.exceptions import HTTPException
 
 from gateway import v2
 from gateway.metrics import Metrics
-from gateway.problems import Problem, problem_response
-
-ErrorShape = Callable[[Problem, str | None], Response]  # (problem, request id) → the answer
+from gateway.problems import ErrorShape, Problem, problem_response
 
 ERROR_SHAPES: tuple[tuple[str, ErrorShape], ...] = (
     (v2.PREFIX + "/", v2.error_response),
@@ -27,10 +24,14 @@ ERROR_SHAPES: tuple[tuple[str, ErrorShape], ...] = (
 )
 
 
+def shape_of(path: str) -> ErrorShape:
+    """The error shape of the protocol that `path` belongs to."""
+    return next(shape for prefix, shape in ERROR_SHAPES if path.startswith(prefix))
+
+
 def error_response(request: Request, problem: Problem) -> Response:
     """`problem` in the shape of the protocol of the request's path."""
-    shape = next(shape for prefix, shape in ERROR_SHAPES if request.url.path.startswith(prefix))
-    return shape(problem, getattr(request.state, "request_id", None))
+    return shape_of(request.url.path)(problem, getattr(request.state, "request_id", None))
 
 
 def install(app: FastAPI, metrics: Metrics) -> None:

@@ -56,6 +56,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app, metrics)
 
     app.add_middleware(BudgetMiddleware, budget=BodyBudget.of(settings))
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    app.add_middleware(ObserveMiddleware, metrics=metrics, shape_of=errors.shape_of)
     app.add_middleware(DrainMiddleware, drain=drain)
     return app
