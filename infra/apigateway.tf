@@ -22,8 +22,14 @@ resource "aws_api_gateway_rest_api" "this" {
 }
 
 locals {
-  nlb_base_url     = "http://${aws_lb.internal.dns_name}:${aws_lb_listener.gateway.port}"
-  health_endpoints = toset(["healthz", "readyz"])
+  nlb_base_url = "http://${aws_lb.internal.dns_name}:${aws_lb_listener.gateway.port}"
+  # Paths answered at the edge unless forwarded (path => forwarded). /metrics never is: the
+  # CloudWatch agent scrapes it on the instance's loopback, and it is nobody's business outside.
+  edge_paths = {
+    healthz = var.expose_health_endpoints
+    readyz  = var.expose_health_endpoints
+    metrics = false
+  }
 }
 
 # --- /{proxy+}: everything the gateway serves -----------------------------------------
@@ -62,12 +68,13 @@ resource "aws_api_gateway_integration" "proxy" {
   }
 }
 
-# --- /healthz and /readyz -------------------------------------------------------------
-# Explicit resources take precedence over {proxy+}. Unless expose_health_endpoints is
-# set they are answered at the edge with 404 (MOCK) and never reach the instances.
+# --- /healthz, /readyz and /metrics ---------------------------------------------------
+# Explicit resources take precedence over {proxy+}. Unless forwarded (the health paths with
+# expose_health_endpoints) they are answered at the edge with 404 (MOCK) and never reach the
+# instances.
 
 resource "aws_api_gateway_resource" "health" {
-  for_each = local.health_endpoints
+  for_each = local.edge_paths
 
   rest_api_id = aws_api_gateway_rest_api.this.id
   parent_id   = aws_api_gateway_rest_api.this.root_resource_id
@@ -75,7 +82,7 @@ resource "aws_api_gateway_resource" "health" {
 }
 
 resource "aws_api_gateway_method" "health" {
-  for_each = local.health_endpoints
+  for_each = local.edge_paths
 
   rest_api_id      = aws_api_gateway_rest_api.this.id
   resource_id      = aws_api_gateway_resource.health[each.key].id
@@ -85,30 +92,30 @@ resource "aws_api_gateway_method" "health" {
 }
 
 resource "aws_api_gateway_integration" "health" {
-  for_each = local.health_endpoints
+  for_each = local.edge_paths
 
   rest_api_id = aws_api_gateway_rest_api.this.id
   resource_id = aws_api_gateway_resource.health[each.key].id
   http_method = aws_api_gateway_method.health[each.key].http_method
 
-  type                    = var.expose_health_endpoints ? "HTTP_PROXY" : "MOCK"
-  integration_http_method = var.expose_health_endpoints ? "GET" : null
-  uri                     = var.expose_health_endpoints ? "${local.nlb_base_url}/${each.key}" : null
-  connection_type         = var.expose_health_endpoints ? "VPC_LINK" : "INTERNET"
-  connection_id           = var.expose_health_endpoints ? aws_api_gateway_vpc_link.this.id : null
+  type                    = each.value ? "HTTP_PROXY" : "MOCK"
+  integration_http_method = each.value ? "GET" : null
+  uri                     = each.value ? "${local.nlb_base_url}/${each.key}" : null
+  connection_type         = each.value ? "VPC_LINK" : "INTERNET"
+  connection_id           = each.value ? aws_api_gateway_vpc_link.this.id : null
   timeout_milliseconds    = var.api_integration_timeout_ms
 
-  passthrough_behavior = var.expose_health_endpoints ? null : "NEVER"
+  passthrough_behavior = each.value ? null : "NEVER"
   # With binary_media_types = ["*/*"] every request body counts as binary, and a MOCK's mapping
   # template is not applied to a binary body: convert it to text so the template below answers.
-  content_handling = var.expose_health_endpoints ? null : "CONVERT_TO_TEXT"
-  request_templates = var.expose_health_endpoints ? null : {
+  content_handling = each.value ? null : "CONVERT_TO_TEXT"
+  request_templates = each.value ? null : {
     "application/json" = jsonencode({ statusCode = 404 })
   }
 }
 
 resource "aws_api_gateway_method_response" "health_not_found" {
-  for_each = var.expose_health_endpoints ? toset([]) : local.health_endpoints
+  for_each = { for path, forwarded in local.edge_paths : path => forwarded if !forwarded }
 
   rest_api_id = aws_api_gateway_rest_api.this.id
   resource_id = aws_api_gateway_resource.health[each.key].id
@@ -117,7 +124,7 @@ resource "aws_api_gateway_method_response" "health_not_found" {
 }
 
 resource "aws_api_gateway_integration_response" "health_not_found" {
-  for_each = var.expose_health_endpoints ? toset([]) : local.health_endpoints
+  for_each = { for path, forwarded in local.edge_paths : path => forwarded if !forwarded }
 
   rest_api_id = aws_api_gateway_rest_api.this.id
   resource_id = aws_api_gateway_resource.health[each.key].id

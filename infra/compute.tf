@@ -82,10 +82,15 @@ resource "aws_iam_role_policy_attachment" "ssm_core" {
 }
 
 data "aws_iam_policy_document" "instance" {
+  # Docker's awslogs driver (container logs) and the CloudWatch agent (its Prometheus metrics
+  # are EMF log events: CloudWatch extracts the metrics from the log group, so the agent needs
+  # no cloudwatch:PutMetricData at all), each into its own log group only.
   statement {
-    sid       = "ContainerLogs"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-    resources = [aws_cloudwatch_log_group.containers.arn, "${aws_cloudwatch_log_group.containers.arn}:*"]
+    sid     = "WriteOwnLogs"
+    actions = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = flatten([
+      for group in [aws_cloudwatch_log_group.containers, aws_cloudwatch_log_group.metrics] : [group.arn, "${group.arn}:*"]
+    ])
   }
 
   statement {
@@ -95,6 +100,8 @@ data "aws_iam_policy_document" "instance" {
       aws_ssm_parameter.api_key_hashes.arn,
       aws_ssm_parameter.serve_image.arn,
       aws_ssm_parameter.gateway_image.arn,
+      aws_ssm_parameter.agent_config.arn,
+      aws_ssm_parameter.prometheus_config.arn,
     ]
   }
 
@@ -198,6 +205,10 @@ locals {
     param_api_key_hash  = aws_ssm_parameter.api_key_hashes.name
     param_serve_image   = aws_ssm_parameter.serve_image.name
     param_gateway_image = aws_ssm_parameter.gateway_image.name
+    param_agent_config  = aws_ssm_parameter.agent_config.name
+    param_prometheus    = aws_ssm_parameter.prometheus_config.name
+    prometheus_config   = local.prometheus_config_path
+    ts_metrics_port     = var.torchserve_metrics_port
   })
 }
 
@@ -268,6 +279,16 @@ resource "aws_autoscaling_group" "this" {
 
   # A new launch template version (AMI, instance type, user_data) rolls the group, launching each
   # replacement before it terminates the old instance (capacity never drops below 100 %).
+  # Group metrics (free, 1-minute): the capacity alarms and the dashboard read them.
+  metrics_granularity = "1Minute"
+  enabled_metrics = [
+    "GroupDesiredCapacity",
+    "GroupInServiceInstances",
+    "GroupMaxSize",
+    "GroupMinSize",
+    "GroupStandbyInstances",
+  ]
+
   instance_refresh {
     strategy = "Rolling"
     preferences {

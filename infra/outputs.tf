@@ -42,3 +42,13 @@ output "nlb_dns_name" {
   description = "DNS name of the internal NLB (reachable only inside the VPC)."
   value       = aws_lb.internal.dns_name
 }
+
+output "alarm_topic_arn" {
+  description = "SNS topic every alarm notifies (and tells when it is OK again): subscribe a pager or chat integration to it."
+  value       = aws_sns_topic.alarms.arn
+}
+
+output "dashboard_url" {
+  description = "CloudWatch dashboard: traffic, errors by kind, latency per stage, capacity, the alarms."
+  value       = "https://${var.aws_region}.console.aws.amazon.com/cloudwatch/home?region=${var.aws_region}#dashboards/dashboard/${aws_cloudwatch_dashboard.this.dashboard_name}"
+}

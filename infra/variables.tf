@@ -441,3 +441,73 @@ variable "manage_api_gateway_account" {
   type        = bool
   default     = true
 }
+
+# ---------------------------------------------------------------------------
+# Observability: CloudWatch agent, alarms, dashboard (observability.tf)
+# ---------------------------------------------------------------------------
+
+variable "alarm_email" {
+  description = "E-mail address subscribed to the alarms' SNS topic (the operator confirms the subscription from the mail). Null creates the topic without a subscription: subscribe a pager or chat integration to the topic yourself."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.alarm_email == null || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alarm_email))
+    error_message = "alarm_email must be null or an e-mail address such as ops@example.com."
+  }
+}
+
+variable "torchserve_metrics_port" {
+  description = "Port TorchServe's Prometheus metrics are published on, on the instance's 127.0.0.1 only (TORCHSERVE_METRICS_PORT in the compose file); the CloudWatch agent scrapes it."
+  type        = number
+  default     = 8082
+
+  validation {
+    condition     = var.torchserve_metrics_port >= 1024 && var.torchserve_metrics_port <= 65535 && floor(var.torchserve_metrics_port) == var.torchserve_metrics_port
+    error_message = "torchserve_metrics_port must be an unprivileged port between 1024 and 65535."
+  }
+}
+
+variable "metrics_scrape_interval_s" {
+  description = "Seconds between the CloudWatch agent's scrapes of the gateway's and TorchServe's /metrics (one data point per scrape: the alarms' periods are 60 s)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = contains([10, 15, 20, 30, 60], var.metrics_scrape_interval_s)
+    error_message = "metrics_scrape_interval_s must be 10, 15, 20, 30 or 60 (a divisor of the alarms' 60 s period)."
+  }
+}
+
+variable "alarm_error_rate_percent" {
+  description = "Percentage of requests failed with a 5xx (API Gateway 5XXError) or with a 503 / 504 from the gateway, over 3 of 5 minutes, that raises an alarm."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.alarm_error_rate_percent > 0 && var.alarm_error_rate_percent <= 100
+    error_message = "alarm_error_rate_percent must be greater than 0 and at most 100."
+  }
+}
+
+variable "alarm_latency_p99_ms" {
+  description = "API Gateway p99 Latency (ms) over 3 of 5 minutes that raises an alarm; below the integration timeout, where API Gateway answers 504 itself."
+  type        = number
+  default     = 20000
+
+  validation {
+    condition     = var.alarm_latency_p99_ms >= 100 && var.alarm_latency_p99_ms < var.api_integration_timeout_ms
+    error_message = "alarm_latency_p99_ms must be at least 100 and below api_integration_timeout_ms."
+  }
+}
+
+variable "no_traffic_alarm_minutes" {
+  description = "Raise an alarm when API Gateway counts no request at all for this many minutes (a multiple of 5, up to 1440). 0 turns the alarm off (the default: set it where traffic is always expected)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.no_traffic_alarm_minutes == 0 || (var.no_traffic_alarm_minutes >= 5 && var.no_traffic_alarm_minutes <= 1440 && var.no_traffic_alarm_minutes % 5 == 0)
+    error_message = "no_traffic_alarm_minutes must be 0 (off) or a multiple of 5 between 5 and 1440."
+  }
+}

@@ -34,6 +34,7 @@ provider "aws" {
     elbv2          = var.aws_endpoint_url
     iam            = var.aws_endpoint_url
     kms            = var.aws_endpoint_url
+    sns            = var.aws_endpoint_url
     ssm            = var.aws_endpoint_url
     sts            = var.aws_endpoint_url
   }

@@ -62,6 +62,7 @@ DEPLOY_WORKFLOW = REPO / ".github" / "workflows" / "deploy.yml"
 # API Gateway timeout, 30 s TorchServe stop) and with lb_health_check_interval_s=10, drain_margin_s=5.
 DEFAULT_DRAIN = dict(gateway_drain=55, lb_drain=55, lb_rise=40, gateway_stop=94, deregistration=39, stop=124, hook=184)
 TUNED_VARS = ("-var=lb_health_check_interval_s=10", "-var=drain_margin_s=5")
+ALARM_VARS = ("-var=alarm_email=ops@example.com", "-var=no_traffic_alarm_minutes=30")
 TUNED_DRAIN = dict(gateway_drain=35, lb_drain=35, lb_rise=25, gateway_stop=69, deregistration=34, stop=99, hook=159)
 
 PLAN_TIMEOUT = 300
@@ -179,8 +180,17 @@ def plan(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def plan_exposed(workdir: Path, tf_env: dict[str, str]) -> dict[str, Any]:
-    """The same plan with expose_health_endpoints = true and a faster health check (TUNED_VARS)."""
-    tf_plan(workdir, tf_env, "-parallelism=10", "-var=expose_health_endpoints=true", *TUNED_VARS, "-out=tfplan-exposed")
+    """The same plan with expose_health_endpoints = true, a faster health check (TUNED_VARS), an alarm e-mail and
+    the no-traffic alarm (ALARM_VARS)."""
+    tf_plan(
+        workdir,
+        tf_env,
+        "-parallelism=10",
+        "-var=expose_health_endpoints=true",
+        *TUNED_VARS,
+        *ALARM_VARS,
+        "-out=tfplan-exposed",
+    )
     return show_json(workdir, tf_env, "tfplan-exposed")
 
 
@@ -437,7 +447,7 @@ def test_instances_and_nlb_live_in_private_subnets(plan: dict[str, Any]) -> None
 
 def test_every_public_method_requires_an_api_key(plan: dict[str, Any]) -> None:
     methods = resources(plan["planned_values"]["root_module"], "aws_api_gateway_method")
-    assert len(methods) == 3  # {proxy+}, /healthz, /readyz
+    assert len(methods) == 4  # {proxy+}, /healthz, /readyz, /metrics
     for method in methods:
         assert method["values"]["api_key_required"] is True, method["address"]
 
@@ -539,8 +549,8 @@ def test_stage_has_access_logs_and_metrics(plan: dict[str, Any]) -> None:
 def test_health_endpoints_not_exposed_by_default(plan: dict[str, Any]) -> None:
     root = plan["planned_values"]["root_module"]
     paths = {r["values"]["path_part"] for r in resources(root, "aws_api_gateway_resource")}
-    assert {"healthz", "readyz"} <= paths, "explicit resources shadow {proxy+} for the health paths"
-    for name in ("healthz", "readyz"):
+    assert {"healthz", "readyz", "metrics"} <= paths, "explicit resources shadow {proxy+} for the health paths"
+    for name in ("healthz", "readyz", "metrics"):
         integration = one(root, f'aws_api_gateway_integration.health["{name}"]')
         assert integration["type"] == "MOCK"
         assert not integration.get("uri")
@@ -566,7 +576,10 @@ def test_health_endpoints_exposed_when_asked(plan_exposed: dict[str, Any]) -> No
         assert integration.get("content_handling") is None, "a proxy passes the body through"
         method = one(root, f'aws_api_gateway_method.health["{name}"]')
         assert method["api_key_required"] is True
-    assert not resources(root, "aws_api_gateway_integration_response")
+    # /metrics is never forwarded: the CloudWatch agent scrapes it on the instance's loopback.
+    assert one(root, 'aws_api_gateway_integration.health["metrics"]')["type"] == "MOCK"
+    responses = [r["address"] for r in resources(root, "aws_api_gateway_integration_response")]
+    assert responses == ['aws_api_gateway_integration_response.health_not_found["metrics"]']
     uri = config_resource(plan_exposed, "aws_api_gateway_integration.health")["expressions"]["uri"]
     assert "local.nlb_base_url" in references(uri)  # the NLB's DNS name is only known after apply
 
@@ -585,13 +598,311 @@ def test_outputs_expose_ids_never_the_key_value(plan: dict[str, Any]) -> None:
 def test_runtime_config_is_securestring(plan: dict[str, Any]) -> None:
     root = plan["planned_values"]["root_module"]
     params = {r["values"]["name"]: r["values"] for r in resources(root, "aws_ssm_parameter")}
-    assert set(params) == {
-        "/image-classification-api/prod/gateway_api_key_hashes",
-        "/image-classification-api/prod/serve_image",
-        "/image-classification-api/prod/gateway_image",
+    secrets = {
+        f"/image-classification-api/prod/{name}" for name in ("gateway_api_key_hashes", "serve_image", "gateway_image")
     }
-    assert all(p["type"] == "SecureString" for p in params.values())
+    agent = {
+        f"/image-classification-api/prod/{name}" for name in ("cloudwatch_agent_config", "cloudwatch_agent_prometheus")
+    }
+    assert set(params) == secrets | agent
+    assert all(params[name]["type"] == "SecureString" for name in secrets)
+    assert all(params[name]["type"] == "String" for name in agent), "the agent's configuration holds no secret"
     assert params["/image-classification-api/prod/gateway_api_key_hashes"]["value"] == ",".join(KEY_HASHES)
+
+
+# ---------------------------------------------------------------------------------------
+# observability: the CloudWatch agent's configuration, alarms, dashboard
+# ---------------------------------------------------------------------------------------
+
+PREFIX = "/image-classification-api/prod"
+NAMESPACE = "image-classification-api/prod"
+ALARM_ARN = "arn:aws:cloudwatch:us-east-1:123456789012:alarm:"  # in moto's account
+# The contract's health routes (gateway route templates): never counted as API traffic or errors.
+HEALTH_ROUTES = ["/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"]
+API_ROUTES = ["/v1/predict", "/v1/predict/batch", "/v2/models/{model_name}/infer", "unmatched"]
+# Published names that no component of this branch exports yet: the gateway gauges and the handler's custom
+# metrics of issue 21 (helper prom). Once they exist, the type check below covers them and this set must shrink.
+PENDING_ON_PROM = {
+    "gateway_requests_in_flight",
+    "gateway_upstream_in_flight",
+    "gateway_upstream_slots",
+    "gateway_draining",
+    "handler_preprocess_seconds",
+    "handler_inference_seconds",
+}
+
+
+def agent_configuration(plan: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The agent's JSON configuration and its Prometheus scrape configuration, as the SSM parameters carry them."""
+    params = {
+        r["values"]["name"]: r["values"]["value"]
+        for r in resources(plan["planned_values"]["root_module"])
+        if r["type"] == "aws_ssm_parameter"
+    }
+    return json.loads(params[f"{PREFIX}/cloudwatch_agent_config"]), yaml.safe_load(
+        params[f"{PREFIX}/cloudwatch_agent_prometheus"]
+    )
+
+
+def emf(agent: dict[str, Any]) -> dict[str, Any]:
+    return agent["logs"]["metrics_collected"]["prometheus"]["emf_processor"]
+
+
+def relabel(labels: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, str] | None:
+    """Prometheus metric_relabel_configs (replace, keep, drop) applied to one series; None when it is dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        value = rule.get("separator", ";").join(labels.get(name, "") for name in rule.get("source_labels", []))
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        action = rule.get("action", "replace")
+        if action == "keep" and not match or action == "drop" and match:
+            return None
+        if action == "replace" and match:
+            labels[rule["target_label"]] = match.expand(rule.get("replacement", "$1").replace("$", "\\"))
+    return labels
+
+
+def declarations_for(agent: dict[str, Any], prom: dict[str, Any], series: dict[str, str]) -> list[dict[str, Any]]:
+    """The EMF metric declarations a scraped series of job `series["job"]` ends up in (after the scrape's relabel)."""
+    jobs = {c["job_name"]: c for c in prom["scrape_configs"]}
+    if series["job"] not in jobs:
+        return []
+    labels = relabel(series, jobs[series["job"]].get("metric_relabel_configs", []))
+    if labels is None:
+        return []
+    return [
+        d
+        for d in emf(agent)["metric_declaration"]
+        if re.search(d["label_matcher"], ";".join(labels.get(name, "") for name in d["source_labels"]))
+        and any(re.search(selector, labels["__name__"]) for selector in d["metric_selectors"])
+    ]
+
+
+def publishes(agent: dict[str, Any], prom: dict[str, Any], name: str, dimensions: dict[str, str | None]) -> bool:
+    """Whether the agent's configuration publishes `name` with exactly these dimensions (a value None: any value;
+    then any scrape job may be the one)."""
+    jobs = [dimensions["job"]] if dimensions.get("job") else [c["job_name"] for c in prom["scrape_configs"]]
+    series_labels = {k: v for k, v in dimensions.items() if v is not None and k != "job"}
+    return any(
+        set(dimensions) in [set(dims) for dims in d["dimensions"]]
+        for job in jobs
+        for d in declarations_for(agent, prom, {"__name__": name, "job": job, **series_labels})
+    )
+
+
+def used_metrics(plan: dict[str, Any]) -> list[tuple[str, str, str, dict[str, str | None]]]:
+    """(where, namespace, metric name, dimensions) of every metric an alarm or a dashboard widget reads."""
+    root = plan["planned_values"]["root_module"]
+    used: list[tuple[str, str, str, dict[str, str | None]]] = []
+    for alarm in resources(root, "aws_cloudwatch_metric_alarm"):
+        for query in alarm["values"]["metric_query"]:
+            for metric in query["metric"]:
+                used.append(
+                    (alarm["address"], metric["namespace"], metric["metric_name"], metric.get("dimensions", {}))
+                )
+    body = json.loads(one(root, "aws_cloudwatch_dashboard.this")["dashboard_body"])
+    for widget in body["widgets"]:
+        for row in widget["properties"].get("metrics", []):
+            where = f"dashboard: {widget['properties']['title']}"
+            fields = [f for f in row if not isinstance(f, dict)]
+            if fields:
+                namespace, name, *pairs = fields
+                used.append((where, namespace, name, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+            expressions = " ".join(f.get("expression", "") for f in row if isinstance(f, dict))
+            for search in re.findall(r"SEARCH\('\{([^}]*)\} MetricName=\"([^\"]+)\"", expressions):
+                namespace, *keys = [part.strip('"') for part in search[0].split(",")]
+                used.append((where, namespace, search[1], dict.fromkeys(keys)))
+    return used
+
+
+def test_agent_scrapes_the_loopback_into_its_own_log_group(plan: dict[str, Any]) -> None:
+    agent, prom = agent_configuration(plan)
+    prometheus = agent["logs"]["metrics_collected"]["prometheus"]
+    assert prometheus["log_group_name"] == f"{PREFIX}/metrics"
+    assert emf(agent)["metric_namespace"] == NAMESPACE
+    targets = {c["job_name"]: [t for s in c["static_configs"] for t in s["targets"]] for c in prom["scrape_configs"]}
+    assert targets == {"gateway": ["127.0.0.1:8000"], "torchserve": ["127.0.0.1:8082"]}
+    assert all(c["metrics_path"] == "/metrics" for c in prom["scrape_configs"])
+    assert prom["global"]["scrape_interval"] == "60s"
+    # The boot script installs the agent, writes the scrape configuration where the agent reads it, and starts
+    # the agent from the SSM parameter.
+    script = user_data(plan)
+    assert "dnf install -y amazon-cloudwatch-agent" in script
+    assert f"--name '{PREFIX}/cloudwatch_agent_prometheus'" in script
+    assert f"> '{prometheus['prometheus_config_path']}'" in script
+    assert f"-c 'ssm:{PREFIX}/cloudwatch_agent_config'" in script
+    assert "TORCHSERVE_METRICS_PORT" in env_lines(script)
+    # Standard-tier SSM parameters hold 4 KB.
+    root = plan["planned_values"]["root_module"]
+    for param in resources(root, "aws_ssm_parameter"):
+        if "cloudwatch_agent" in param["values"]["name"]:
+            assert len(param["values"]["value"].encode()) <= 4096, param["values"]["name"]
+            assert param["values"]["tier"] == "Standard"
+
+
+def test_every_alarm_and_widget_metric_of_the_agent_is_published(plan: dict[str, Any]) -> None:
+    """An alarm on a metric the agent does not publish (a wrong name, a dimension set it is not published with, a
+    job it does not scrape, a name the scrape's keep rule drops) sits in INSUFFICIENT_DATA forever."""
+    agent, prom = agent_configuration(plan)
+    used = [(where, name, dims) for where, namespace, name, dims in used_metrics(plan) if namespace == NAMESPACE]
+    unpublished = [u for u in used if not publishes(agent, prom, u[1], u[2])]
+    assert not unpublished, unpublished
+    # The check is not vacuous: alarms and the dashboard both read the agent's metrics, and a wrong one is caught.
+    assert {where for where, _, _ in used} >= {
+        'aws_cloudwatch_metric_alarm.this["gateway_503_rate"]',
+        'aws_cloudwatch_metric_alarm.this["gateway_504_rate"]',
+        "dashboard: Errors: gateway answers by status (API routes)",
+    }
+    assert not publishes(agent, prom, "gateway_requests_total", {"job": "gateway", "route": "/v1/predict"})
+    assert not publishes(agent, prom, "gateway_request_duration_seconds", {"job": "gateway"})
+    assert not publishes(agent, prom, "gateway_requests_total", {"job": "torchserve"})
+    # And nothing is published that no alarm or widget reads.
+    declared = {s.strip("^$") for d in emf(agent)["metric_declaration"] for s in d["metric_selectors"]}
+    assert declared == {name for _, name, _ in used}
+
+
+def test_health_routes_and_a_draining_readyz_are_not_api_errors(plan: dict[str, Any]) -> None:
+    agent, prom = agent_configuration(plan)
+    requests = [d for d in emf(agent)["metric_declaration"] if "^gateway_requests_total$" in d["metric_selectors"]]
+    for route in HEALTH_ROUTES:  # /readyz's 503 `draining` among them
+        series = {
+            "__name__": "gateway_requests_total",
+            "job": "gateway",
+            "method": "GET",
+            "route": route,
+            "status": "503",
+        }
+        assert declarations_for(agent, prom, series) == [], route
+    for route in API_ROUTES:
+        series = {
+            "__name__": "gateway_requests_total",
+            "job": "gateway",
+            "method": "POST",
+            "route": route,
+            "status": "503",
+        }
+        assert declarations_for(agent, prom, series) == requests, route
+    # TorchServe's series are published from their own job only.
+    series = {"__name__": "ts_inference_requests_total", "job": "torchserve", "model_name": "resnet50"}
+    assert declarations_for(agent, prom, series)
+
+
+def exported_types() -> dict[str, str]:
+    """Prometheus type of every metric the gateway (its real registry) and TorchServe 0.12 (its metrics.yaml) export."""
+    from importlib.resources import files
+
+    from gateway.metrics import Metrics
+
+    types = {}
+    for family in Metrics().registry.collect():
+        types[family.name + ("_total" if family.type == "counter" else "")] = family.type
+    ts_config = yaml.safe_load((files("ts") / "configs" / "metrics.yaml").read_text())
+    for section in ("ts_metrics", "model_metrics"):
+        for kind, metrics in ts_config[section].items():
+            types.update((m["name"], kind) for m in metrics)
+    return types
+
+
+def test_the_agent_publishes_counters_and_gauges_only(plan: dict[str, Any]) -> None:
+    """The CloudWatch agent drops Prometheus histograms (and its EC2 mode has no use for a summary's quantiles)."""
+    agent, _ = agent_configuration(plan)
+    published = {s.strip("^$") for d in emf(agent)["metric_declaration"] for s in d["metric_selectors"]}
+    types = exported_types()
+    assert types["gateway_request_duration_seconds"] == "histogram", "the registry is read"
+    wrong = {name: types[name] for name in published if name in types and types[name] not in ("counter", "gauge")}
+    assert not wrong, f"the agent would drop these: {wrong}"
+    missing = {name for name in published if name not in types}
+    assert missing == PENDING_ON_PROM, "published but exported by nothing (or PENDING_ON_PROM is out of date)"
+
+
+def alarm_metrics(alarm: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """query id -> metric of an alarm's metric queries (expressions left out)."""
+    return {q["id"]: q["metric"][0] for q in alarm["metric_query"] if q["metric"]}
+
+
+def test_alarms_go_to_the_topic_with_their_thresholds(plan: dict[str, Any], plan_exposed: dict[str, Any]) -> None:
+    root = plan["planned_values"]["root_module"]
+    alarms = {r["index"]: r["values"] for r in resources(root, "aws_cloudwatch_metric_alarm")}
+    assert set(alarms) == {
+        "apigw_5xx_rate",
+        "apigw_latency_p99",
+        "healthy_hosts_below_min",
+        "asg_at_max",
+        "gateway_503_rate",
+        "gateway_504_rate",
+    }, "no no-traffic alarm by default"
+    expressions = config_resource(plan, "aws_cloudwatch_metric_alarm.this")["expressions"]
+    for key in ("alarm_actions", "ok_actions"):
+        assert "aws_sns_topic.alarms.arn" in references(expressions[key]), key
+    assert not resources(root, "aws_sns_topic_subscription"), "no subscription without alarm_email"
+    for alarm in alarms.values():
+        assert alarm["evaluation_periods"] * 60 <= 86400
+        assert alarm["datapoints_to_alarm"] <= alarm["evaluation_periods"]
+        assert sum(bool(q["return_data"]) for q in alarm["metric_query"]) == 1, "one series is compared"
+    five = alarms["apigw_5xx_rate"]
+    (errors,) = alarm_metrics(five).values()
+    assert (errors["metric_name"], errors["stat"], five["threshold"]) == ("5XXError", "Average", 0.05)
+    assert errors["dimensions"] == {"ApiName": "image-classification-api-prod", "Stage": "api"}
+    assert (five["evaluation_periods"], five["datapoints_to_alarm"]) == (5, 3)
+    p99 = alarms["apigw_latency_p99"]
+    (latency,) = alarm_metrics(p99).values()
+    assert (latency["metric_name"], latency["stat"], p99["threshold"]) == ("Latency", "p99", 20000)
+    healthy = alarms["healthy_hosts_below_min"]
+    assert (healthy["comparison_operator"], healthy["threshold"]) == ("LessThanThreshold", 2), "the group's minimum"
+    names = {key: m["metric_name"] for key, m in alarm_metrics(healthy).items()}
+    assert names == {"healthy": "HealthyHostCount", "standby": "GroupStandbyInstances"}
+    at_max = alarms["asg_at_max"]
+    names = {key: m["metric_name"] for key, m in alarm_metrics(at_max).items()}
+    assert names == {"in_service": "GroupInServiceInstances", "max_size": "GroupMaxSize"}
+    asg = one(root, "aws_autoscaling_group.this")
+    assert {"GroupInServiceInstances", "GroupMaxSize", "GroupStandbyInstances"} <= set(asg["enabled_metrics"])
+    for status in ("503", "504"):
+        alarm = alarms[f"gateway_{status}_rate"]
+        assert alarm["threshold"] == 5
+        assert alarm_metrics(alarm)["failed"]["dimensions"] == {"job": "gateway", "status": status}
+
+    root = plan_exposed["planned_values"]["root_module"]
+    (subscription,) = [r["values"] for r in resources(root, "aws_sns_topic_subscription")]
+    assert (subscription["protocol"], subscription["endpoint"]) == ("email", "ops@example.com")
+    quiet = one(root, 'aws_cloudwatch_metric_alarm.this["no_traffic"]')
+    (requests,) = alarm_metrics(quiet).values()
+    assert (requests["metric_name"], requests["stat"], requests["period"] * quiet["evaluation_periods"]) == (
+        "Count",
+        "Sum",
+        30 * 60,
+    )
+    assert quiet["treat_missing_data"] == "breaching", "no request at all means no data point at all"
+    body = json.loads(one(root, "aws_cloudwatch_dashboard.this")["dashboard_body"])
+    (alarm_widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    assert f"{ALARM_ARN}image-classification-api-prod-no-traffic" in alarm_widget["properties"]["alarms"]
+
+
+def test_dashboard_shows_traffic_errors_latency_per_stage_and_capacity(plan: dict[str, Any]) -> None:
+    body = json.loads(one(plan["planned_values"]["root_module"], "aws_cloudwatch_dashboard.this")["dashboard_body"])
+    titles = [w["properties"]["title"] for w in body["widgets"]]
+    for view in ("Traffic", "Errors", "Latency", "Capacity"):
+        assert any(t.startswith(view) for t in titles), view
+    names = {name for _, _, name, _ in used_metrics(plan)}
+    stages = {
+        "IntegrationLatency",
+        "ts_queue_latency_microseconds",
+        "handler_preprocess_seconds",
+        "handler_inference_seconds",
+    }
+    assert stages <= names, "gateway (and below), TorchServe queue, decode + preprocess, inference"
+    capacity = {
+        "GroupInServiceInstances",
+        "gateway_upstream_slots",
+        "gateway_upstream_in_flight",
+        "gateway_requests_in_flight",
+    }
+    assert capacity <= names
+    (alarm_widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    alarm_names = {
+        r["values"]["alarm_name"]
+        for r in resources(plan["planned_values"]["root_module"], "aws_cloudwatch_metric_alarm")
+    }
+    assert set(alarm_widget["properties"]["alarms"]) == {f"{ALARM_ARN}{name}" for name in alarm_names}
 
 
 # One value per validated variable that its `validation` block must refuse (HCL, as `-var` takes it).
@@ -632,6 +943,12 @@ INVALID = {
     "stage_throttle_rate_limit": "0",
     "stage_throttle_burst_limit": "0",
     "api_integration_timeout_ms": "30000",
+    "alarm_email": "ops-at-example.com",
+    "torchserve_metrics_port": "80",
+    "metrics_scrape_interval_s": "45",
+    "alarm_error_rate_percent": "0",
+    "alarm_latency_p99_ms": "29000",
+    "no_traffic_alarm_minutes": "7",
 }
 
 
@@ -650,7 +967,7 @@ def validation_messages() -> dict[str, list[str]]:
 
 # Validations that compare with another variable are not evaluated while that one is invalid too: each of
 # these gets a plan of its own, beside valid defaults; all the others share one plan.
-DEPENDENT = ["asg_max_size", "asg_desired_capacity"]
+DEPENDENT = ["asg_max_size", "asg_desired_capacity", "alarm_latency_p99_ms"]
 
 
 def test_every_validated_variable_has_a_bad_value_here() -> None:
@@ -774,6 +1091,37 @@ def test_apply_then_destroy(workdir: Path, tf_env: dict[str, str], plan: dict[st
     ssm = session.client("ssm", endpoint_url=moto_url)
     stored = ssm.get_parameter(Name="/image-classification-api/prod/serve_image", WithDecryption=True)["Parameter"]
     assert (stored["Type"], stored["Value"]) == ("SecureString", SERVE_IMAGE)
+
+    # Observability: the agent's configuration readable by the instance role, the alarms, the topic, the dashboard.
+    readable = [st["Resource"] for st in inline["Statement"] if st["Sid"] == "ReadRuntimeConfig"][0]
+    for name in ("cloudwatch_agent_config", "cloudwatch_agent_prometheus"):
+        param = ssm.get_parameter(Name=f"{PREFIX}/{name}")["Parameter"]
+        assert param["ARN"] in readable, name
+    (agent_config,) = [
+        r["values"]["value"]
+        for r in resources(root, "aws_ssm_parameter")
+        if r["values"]["name"] == f"{PREFIX}/cloudwatch_agent_config"
+    ]
+    assert ssm.get_parameter(Name=f"{PREFIX}/cloudwatch_agent_config")["Parameter"]["Value"] == agent_config
+    writable = [st["Resource"] for st in inline["Statement"] if st["Sid"] == "WriteOwnLogs"][0]
+    assert one(root, "aws_cloudwatch_log_group.metrics")["arn"] in writable
+    cloudwatch = session.client("cloudwatch", endpoint_url=moto_url)
+    alarms = cloudwatch.describe_alarms(AlarmNamePrefix="image-classification-api-prod-")["MetricAlarms"]
+    topic = one(root, "aws_sns_topic.alarms")["arn"]
+    assert {a["AlarmName"].removeprefix("image-classification-api-prod-") for a in alarms} == {
+        "apigw-5xx-rate",
+        "apigw-latency-p99",
+        "healthy-hosts-below-min",
+        "asg-at-max",
+        "gateway-503-rate",
+        "gateway-504-rate",
+    }
+    assert all(a["AlarmActions"] == [topic] and a["OKActions"] == [topic] for a in alarms)
+    assert {t["TopicArn"] for t in session.client("sns", endpoint_url=moto_url).list_topics()["Topics"]} == {topic}
+    dashboard = cloudwatch.get_dashboard(DashboardName="image-classification-api-prod")
+    assert json.loads(dashboard["DashboardBody"]) == json.loads(
+        one(root, "aws_cloudwatch_dashboard.this")["dashboard_body"]
+    )
 
     tf(
         workdir,
