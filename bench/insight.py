@@ -32,7 +32,8 @@ from bench.processes import CpuMeter
 from handlers.engines import ONNX_FILE, OUTPUTS, load_engine
 from handlers.imaging import decode, preprocess
 from modelserver.mar import unpack
-from modelserver.torchserve import REPO_ROOT, free_port
+from modelserver.paths import REPO_ROOT
+from modelserver.ports import free_port
 
 HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
 TARGETS = {"explain_json_p50_vs_predict_p50_c1": 1.2, "embed_c8_vs_predict_c8": 0.95}

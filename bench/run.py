@@ -54,7 +54,9 @@ from handlers.imaging import decode, preprocess
 from modelserver.archive import ENGINE_DEFAULTS
 from modelserver.gateway_process import Upstream
 from modelserver.mar import archive_info, unpack
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
+from modelserver.paths import REPO_ROOT
+from modelserver.ports import Ports, free_port
+from modelserver.torchserve import TorchServe
 
 RESULTS = REPO_ROOT / "bench" / "results"
 GATEWAY_HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from gateway.keys import key_hash
 from modelserver.gateway_process import GatewayProcess, HttpProcess, Upstream, gateway_env
-from modelserver.torchserve import Ports, TorchServe
+from modelserver.ports import Ports
+from modelserver.torchserve import TorchServe
 
 BENCH_KEY = "ica_bench-key"
 QUIET = Path(os.devnull)  # the servers' logs are not part of the results

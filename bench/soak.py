@@ -34,9 +34,10 @@ import httpx
 from bench.processes import process_roles, totals
 from gateway.keys import key_hash
 from modelserver.gateway_process import GatewayProcess, gateway_env
-from modelserver.torchserve import Ports, TorchServe
+from modelserver.paths import DEFAULT_MAR, MODEL_STORE, REPO_ROOT
+from modelserver.ports import Ports
+from modelserver.torchserve import TorchServe
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results"
 ACCEPTED = {200, 429, 503}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=25.0, help="the gateway's GATEWAY_REQUEST_TIMEOUT_S")
     parser.add_argument("--margin-s", type=float, default=10.0, help="beyond timeout + margin a request is a hang")
     parser.add_argument("--rate-limit-rps", type=float, default=10000.0, help="for the gateway started here")
-    parser.add_argument("--model-store", type=Path, default=REPO_ROOT / "model_store")
+    parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--url", help="a running gateway instead of starting one (loopback only)")
     parser.add_argument("--api-key", default=os.environ.get("API_KEY"), help="with --url (default $API_KEY)")
     parser.add_argument("--gateway-pid", type=int, help="with --url: the gateway's pid, for RSS")
@@ -306,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         check_loopback(args.url)
         report = run(args, args.url, args.api_key, args.gateway_pid, args.torchserve_pid)
     else:
-        if not (args.model_store / "resnet50.mar").exists():
-            parser.error(f"{args.model_store}/resnet50.mar is missing: run `make mar` first")
+        if not (args.model_store / DEFAULT_MAR.name).exists():
+            parser.error(f"{args.model_store / DEFAULT_MAR.name} is missing: run `make mar` first")
         workdir = REPO_ROOT / ".run" / f"soak-{stamp}"
         with Stack(args.model_store, workdir, args.rate_limit_rps, args.timeout_s) as stack:
             report = run(args, stack.url, stack.api_key, stack.gateway.process.pid, stack.torchserve.process.pid)

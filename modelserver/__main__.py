@@ -12,11 +12,11 @@ from pathlib import Path
 
 from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
+from modelserver.paths import DEFAULT_MAR, REPO_ROOT
+from modelserver.ports import Ports, port_in_use
 from modelserver.quantize import Thresholds
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, port_in_use, ready_workers
+from modelserver.torchserve import TorchServe, TorchServeError, ready_workers
 from modelserver.watchdog import Watchdog
-
-DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
 
 
 def _fail(message: str) -> int:
@@ -179,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m modelserver", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
 
-    build = sub.add_parser("build", help="build model_store/resnet50.mar")
+    build = sub.add_parser("build", help=f"build {DEFAULT_MAR.relative_to(REPO_ROOT)}")
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
     build.add_argument(

@@ -25,6 +25,7 @@ import torch
 import torchvision
 import yaml
 
+from handlers.contract import MODEL_NAME
 from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import JPEG_DRAFT_CHOICES
@@ -33,7 +34,6 @@ from modelserver.calibration import image_sets
 from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
 from modelserver.weights import IMAGENET, Weights, sha256_file
 
-MODEL_NAME = "resnet50"
 MODEL_VERSION = "1.0"
 HANDLER_PACKAGE = Path(__file__).resolve().parent.parent / "handlers"
 HANDLER_ENTRY = "handlers/image_handler.py"  # TorchServe calls its module-level handle()

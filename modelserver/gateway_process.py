@@ -15,8 +15,9 @@ from typing import Self
 
 import httpx
 
+from modelserver.ports import free_port
 from modelserver.process_groups import stop_groups
-from modelserver.torchserve import TorchServe, free_port
+from modelserver.torchserve import TorchServe
 
 
 class ServerProcessError(RuntimeError):

@@ -24,10 +24,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support import read_properties
 
 from gateway.settings import Settings
 from modelserver import __main__ as modelserver_cli
-from modelserver.torchserve import KEY_FILE, allowed_urls, command, read_properties
+from modelserver.torchserve import allowed_urls, command
+from modelserver.torchserve_keys import KEY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "Dockerfile.serve"
