@@ -13,4 +13,5 @@ from handlers.contract import MODEL_NAME
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "config.properties"  # TorchServe's settings; each run renders its own copy
 MODEL_STORE = REPO_ROOT / "model_store"
-DEFAULT_MAR = MODEL_STORE / f"{MODEL_NAME}.mar"  # what `make mar` builds and `make run` serves
+ARCHIVE_NAME = f"{MODEL_NAME}.mar"  # the archive's file name in a model store
+DEFAULT_MAR = MODEL_STORE / ARCHIVE_NAME  # what `make mar` builds and `make run` serves

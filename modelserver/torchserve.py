@@ -124,6 +124,17 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports.management}"
 
     @property
+    def predictions_url(self) -> str:
+        return f"{self.inference_url}/predictions/{MODEL_NAME}"
+
+    @property
+    def pid(self) -> int:
+        """The frontend's pid, the id of the process group of all its processes (started instances only)."""
+        if self.process is None:
+            raise TorchServeError("TorchServe is not started")
+        return self.process.pid
+
+    @property
     def key_file(self) -> Path:
         return self.workdir / KEY_FILE
 
@@ -146,6 +157,10 @@ class TorchServe:
     def keys(self) -> dict[str, str]:
         return read_keys(self.key_file)
 
+    def inference_headers(self) -> dict[str, str]:
+        """The Authorization header of a prediction sent to this instance directly (not through the gateway)."""
+        return bearer(self.keys()["inference"])
+
     def running_pid(self) -> int | None:
         """The pid of a TorchServe frontend started from this workdir that is still alive, if any."""
         try:
@@ -159,11 +174,15 @@ class TorchServe:
         """Raise TorchServeError, before anything is touched, if an instance from this workdir still runs or
         another program holds one of the ports."""
         if (pid := self.running_pid()) is not None:
-            raise TorchServeError(f"TorchServe started from {self.workdir} earlier is still running (pid {pid}); "
-                                  f"stop it with:\n  {self.stop_command}")  # fmt: skip
+            raise TorchServeError(
+                f"TorchServe started from {self.workdir} earlier is still running (pid {pid}); "
+                f"stop it with:\n  {self.stop_command}"
+            )
         if busy := self.ports.in_use():
-            raise TorchServeError(f"port {', '.join(busy)} already in use by another program; stop it, or choose "
-                                  "other ports (--inference-port, --management-port, ... --worker-port)")  # fmt: skip
+            raise TorchServeError(
+                f"port {', '.join(busy)} already in use by another program; stop it, or choose "
+                "other ports (--inference-port, --management-port, ... --worker-port)"
+            )
 
     def start(self) -> None:
         self.refuse_conflicts()  # never take over the key file, ports or worker sockets of a running instance
