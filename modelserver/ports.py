@@ -15,7 +15,8 @@ from pathlib import Path
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def worker_socket(port: int) -> Path:
@@ -69,10 +70,16 @@ class Ports:
     def in_use(self, workers: int = 4) -> list[str]:
         """'<port> (<name>)' for each port another program holds: TCP on loopback, and the first `workers`
         worker sockets."""
-        busy = [f"{getattr(self, f.name)} ({f.name.replace('_', ' ')})" for f in fields(self)
-                if f.name != "worker" and port_in_use(getattr(self, f.name))]  # fmt: skip
-        busy += [f"{self.worker + i} (worker socket {worker_socket(self.worker + i)})" for i in range(workers)
-                 if worker_socket_in_use(self.worker + i)]  # fmt: skip
+        busy = [
+            f"{getattr(self, f.name)} ({f.name.replace('_', ' ')})"
+            for f in fields(self)
+            if f.name != "worker" and port_in_use(getattr(self, f.name))
+        ]
+        busy += [
+            f"{self.worker + i} (worker socket {worker_socket(self.worker + i)})"
+            for i in range(workers)
+            if worker_socket_in_use(self.worker + i)
+        ]
         return busy
 
     def overrides(self, host: str = "127.0.0.1") -> dict[str, str]:
