@@ -70,6 +70,20 @@ class Plan:
     large: dict[str, bytes]  # part 6's photos by size
     profile_dir: Path | None  # py-spy profiles of each point, with --profile
 
+    def sweep(
+        self,
+        part: str,
+        contender: str,
+        url: str,
+        headers: dict[str, str],
+        meter: CpuMeter,
+        images: list[bytes] | None = None,
+        levels: tuple[int, ...] | None = None,
+    ) -> list[Row]:
+        """One row per concurrency level (`levels`, default the plan's), POSTing `images` (the plan's) to `url`."""
+        images, levels = images or self.images, levels or self.levels
+        return measure(part, contender, url, headers, images, levels, self.seconds, meter, self.profile_dir)
+
 
 @dataclass
 class Measured:
@@ -171,18 +185,7 @@ def cold_start(model_store: Path, workdir: Path, image: bytes) -> float:
 
 def on_torchserve(part: str, contender: str, server: TorchServe, plan: Plan) -> list[Row]:
     """Predictions sent to TorchServe directly, at each concurrency level."""
-    meter = CpuMeter(server.pid)
-    return measure(
-        part,
-        contender,
-        server.predictions_url,
-        server.inference_headers(),
-        plan.images,
-        plan.levels,
-        plan.seconds,
-        meter,
-        plan.profile_dir,
-    )
+    return plan.sweep(part, contender, server.predictions_url, server.inference_headers(), CpuMeter(server.pid))
 
 
 def bench_peer(model_dir: Path, plan: Plan, tmpdir: Path) -> list[Row]:
@@ -197,19 +200,15 @@ def bench_peer(model_dir: Path, plan: Plan, tmpdir: Path) -> list[Row]:
 
 def bench_ours(engine: str, store: Path, plan: Plan, tmpdir: Path, large: bool) -> tuple[list[Row], dict[str, Row]]:
     """Parts 3 and 4 for one engine: our TorchServe directly, then through the gateway; and part 6 (the large
-    photos through the gateway) when `large`."""
+    photos through the gateway, one client) when `large`."""
     with servers.torchserve(store, tmpdir / f"ts-{engine}") as ours:
         rows = on_torchserve("direct", engine, ours, plan)
         with servers.gateway(ours) as gateway:
             url, meter = f"{gateway.url}/v1/predict", CpuMeter(ours.pid, gateway=gateway.pid)
-            rows += measure(
-                "gateway", engine, url, GATEWAY_HEADERS, plan.images, plan.levels, plan.seconds, meter, plan.profile_dir
-            )
+            rows += plan.sweep("gateway", engine, url, GATEWAY_HEADERS, meter)
+            sizes = plan.large.items() if large else ()
             large_rows = {
-                name: measure("large", name, url, GATEWAY_HEADERS, [data], (1,), plan.seconds, meter, plan.profile_dir)[
-                    0
-                ]
-                for name, data in (plan.large.items() if large else ())
+                name: plan.sweep("large", name, url, GATEWAY_HEADERS, meter, [data], (1,))[0] for name, data in sizes
             }
     return rows, large_rows
 
@@ -222,29 +221,10 @@ def bench_overhead(plan: Plan, tmpdir: Path) -> list[Row]:
     stub = Upstream(f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{stub_port}", key_file)
     with servers.torchserve_stub(stub_port) as stub_server, servers.gateway(stub) as gateway:
         meter = CpuMeter(gateway=gateway.pid, stub=stub_server.pid)
-        rows = measure(
-            "overhead",
-            "gateway + stub",
-            f"{gateway.url}/v1/predict",
-            GATEWAY_HEADERS,
-            plan.images,
-            plan.levels,
-            plan.seconds,
-            meter,
-            plan.profile_dir,
-        )
+        rows = plan.sweep("overhead", "gateway + stub", f"{gateway.url}/v1/predict", GATEWAY_HEADERS, meter)
     with servers.uvicorn_app("bench.stubs:bare", free_port()) as bare:
-        rows += measure(
-            "overhead",
-            "bare starlette",
-            f"{bare.url}/v1/predict",
-            GATEWAY_HEADERS,
-            plan.images,
-            plan.levels,
-            plan.seconds,
-            CpuMeter(bare=bare.pid),
-            plan.profile_dir,
-        )
+        meter = CpuMeter(bare=bare.pid)
+        rows += plan.sweep("overhead", "bare starlette", f"{bare.url}/v1/predict", GATEWAY_HEADERS, meter)
     return rows
 
 
