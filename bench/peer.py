@@ -29,7 +29,7 @@ def build_stock_archive(model_dir: Path, out_store: Path, workdir: Path, workers
     model.load_state_dict(torch.load(model_dir / STATE_DICT_FILE, map_location="cpu", weights_only=True))
     model.eval()
     workdir.mkdir(parents=True, exist_ok=True)
-    traced = workdir / "resnet50_ts.pt"
+    traced = workdir / f"{MODEL_NAME}_ts.pt"
     with torch.inference_mode():
         torch.jit.trace(model, torch.zeros(1, 3, 224, 224)).save(str(traced))
     labels = json.loads((model_dir / "index_to_name.json").read_text())

@@ -113,7 +113,3 @@ def profiled(meter: CpuMeter, seconds: float, prefix: Path) -> Iterator[None]:
                 err = b"timed out"
             if spy.returncode != 0:
                 print(f"  py-spy could not profile {role} ({pid}): {err.decode(errors='replace').strip()[-200:]}")
-
-
-def worker_processes(torchserve_pid: int) -> list[psutil.Process]:
-    return process_roles(torchserve_pid)["worker"]

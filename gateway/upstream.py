@@ -34,7 +34,7 @@ import aiohttp
 
 from gateway.problems import Problem
 from gateway.settings import Settings
-from modelserver.torchserve_keys import MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
+from modelserver.torchserve_keys import MAX_RECOVERIES, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -147,7 +147,7 @@ class TorchServeClient:
         return answer
 
     async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> Answer:
-        headers = {**kwargs.pop("headers", {}), **bearer(key)}
+        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {key or ''}"}
         if isinstance(body := kwargs.get("data"), bytes):
             kwargs["data"], headers["Content-Length"] = slices(body), str(len(body))
         async with self.session.request(method, url, headers=headers, **kwargs) as response:

@@ -19,6 +19,7 @@ from modelserver.ports import Ports, port_in_use
 from modelserver.process_groups import stop_on_sigterm
 from modelserver.quantize import Thresholds
 from modelserver.torchserve import TorchServe, TorchServeError, ready_workers
+from modelserver.torchserve_keys import KEY_FILE
 from modelserver.watchdog import Watchdog
 
 
@@ -260,7 +261,7 @@ def parser() -> argparse.ArgumentParser:
 
     ready = sub.add_parser("ready", help="exit 0 when the model has a READY worker (health check)")
     ready.add_argument("--management-url", default=f"http://127.0.0.1:{Ports().management}")
-    ready.add_argument("--key-file", type=Path, default=Path("key_file.json"))
+    ready.add_argument("--key-file", type=Path, default=Path(KEY_FILE))
     ready.set_defaults(func=cmd_ready)
     return top
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageOps
 from torchvision.models import ResNet50_Weights
 from ts.context import Context, RequestProcessor
 
+from bench.processes import process_roles
 from gateway.problems import PROBLEM_JSON, TYPE_BASE
 from handlers.imaging import decode, preprocess
 from modelserver.gateway_process import GatewayProcess as Gateway
@@ -50,6 +51,7 @@ __all__ = [
     "make_context",
     "metrics_url",
     "read_properties",
+    "worker_processes",
     "summary",
     "free_port",
     "gateway_env",
@@ -220,3 +222,8 @@ def read_properties(text: str) -> dict[str, str]:
 def metrics_url(server: TorchServe) -> str:
     """TorchServe's metrics API (loopback only; the gateway never calls or proxies it)."""
     return f"http://127.0.0.1:{server.ports.metrics}"
+
+
+def worker_processes(server: TorchServe) -> list[psutil.Process]:
+    """The Python worker processes of a running TorchServe."""
+    return process_roles(server.pid)["worker"]
