@@ -47,7 +47,7 @@ clean:
 
 # Both container images, tagged as docker-compose.yml expects (…-serve:local, …-gateway:local). Falls back
 # to a stand-in base and the local CPU torch wheel only where Docker Hub / PyTorch's index are unreachable
-# (it says so). `make images WEIGHTS=random` for untrained smoke images. README, "Run with Docker".
+# (it says so). `make images WEIGHTS=random` for untrained smoke images. docs/docker.md, "Building the images".
 images:
 	WEIGHTS=$(WEIGHTS) ENGINE=$(ENGINE) docker/images.sh
 

@@ -48,7 +48,7 @@ def describe(cpuinfo: str) -> Cpu:
 
 
 def kind(features: dict[str, bool]) -> str:
-    """The CPU kind the README's tables are per: what decides INT8's speed."""
+    """The CPU kind docs/benchmarks.md's tables are per: what decides INT8's speed."""
     if features["AMX"]:
         return "AMX"
     if features["VNNI"]:

@@ -5,7 +5,7 @@
 For each floor (1 = full decode, the reference; 2, 4, 8 = reduced-scale decode down to 1/n) and every photo:
 decode + preprocess time (the fastest of --repeats, one thread, in process), and with the model unpacked in DIR
 (ONNX Runtime) the largest difference of any class probability from the full decode's (over all photos, and
-for the median photo), and whether the top-1 class stays. Prints a markdown table. README, "The handler",
+for the median photo), and whether the top-1 class stays. Prints a markdown table. docs/model.md, "The handler",
 quotes it for the test model's large photos (tests/testmodel.py, LARGE).
 """
 

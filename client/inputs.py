@@ -1,4 +1,4 @@
-"""Which files to send: a lazy walk of the command line's paths, and the set of paths already done.
+"""Which files to send: a lazy walk of the command line's paths (the set already done is output.py's).
 
 Nothing here reads an image: the walk yields absolute paths one at a time (os.scandir underneath), so a
 folder of 100 000 files is never listed into memory at once beyond one directory's entries.
@@ -49,7 +49,7 @@ def _walk(directory: str, recursive: bool) -> Iterator[str]:
 
 
 def iter_inputs(paths: Iterable[str | Path], recursive: bool = False, glob: str | None = None) -> Iterator[str]:
-    """Absolute paths of the files to classify, lazily, each once.
+    """Absolute paths of the files to send, lazily, each once.
 
     A file named on the command line is always taken; inside a directory only files whose name matches
     `glob` (all files by default; hidden files and directories are skipped) are taken, and subdirectories
@@ -60,7 +60,7 @@ def iter_inputs(paths: Iterable[str | Path], recursive: bool = False, glob: str 
         root = os.path.abspath(os.fspath(given))
         if os.path.isdir(root):
             walk = _walk(root, recursive)
-            candidates = (p for p in walk if glob is None or fnmatch.fnmatch(os.path.basename(p), glob))
+            candidates: Iterator[str] = (p for p in walk if glob is None or fnmatch.fnmatch(os.path.basename(p), glob))
         else:
             candidates = iter([root])
         for path in candidates:

@@ -17,9 +17,11 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, TextIO
 
 import numpy as np
+
+from client.records import Error, Record, slug
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 CSV_FIELDS = ["path", "status", "top1_label", "top1_score", "error", "request_id", "explanation", "explanation_error"]
@@ -38,20 +40,20 @@ def format_of(path: str | Path | None) -> str:
     return fmt
 
 
-def error_text(error: dict[str, Any]) -> str:
+def error_text(error: Error) -> str:
     """An error record as one CSV cell: '422 invalid-image: the file is empty'."""
-    slug = str(error.get("type") or "").rstrip("/").rsplit("/", 1)[-1]
-    status = error.get("status")
-    return f"{status if status is not None else '-'} {slug}: {error.get('detail', '')}"
+    status = error["status"]
+    return f"{status if status is not None else '-'} {slug(error)}: {error['detail'] or ''}"
 
 
-def csv_row(record: dict[str, Any]) -> dict[str, Any]:
-    top = (record.get("predictions") or [{}])[0]
+def csv_row(record: Record) -> dict[str, str | float]:
+    predictions = record.get("predictions")
+    top = predictions[0] if predictions else None
     return {
         "path": record["path"],
         "status": record["status"],
-        "top1_label": top.get("label", ""),
-        "top1_score": top.get("score", ""),
+        "top1_label": top["label"] if top else "",
+        "top1_score": top["score"] if top else "",
         "error": error_text(record["error"]) if "error" in record else "",
         "request_id": record.get("request_id") or "",
         "explanation": record.get("explanation", ""),  # --explain: the overlay's path, or why there is none
@@ -108,7 +110,7 @@ def done_paths(path: str | Path) -> set[str]:
     return done
 
 
-class Writer:
+class RecordWriter:
     """Writes records to a file (appending with `resume`) or to stdout; one flush per record."""
 
     def __init__(self, path: str | Path | None, resume: bool = False) -> None:
@@ -126,7 +128,7 @@ class Writer:
                 self._csv.writeheader()
                 self._file.flush()
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         if self._csv is not None:
             buf = io.StringIO()
             csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerow(csv_row(record))
@@ -227,7 +229,7 @@ class VectorWriter:
         if so_far is None:
             self.rows, self.dims = 0, 0
             self._file = self.path.open("w+b")
-            self._paths = self.paths_file.open("wb")
+            self._paths: IO[bytes] = self.paths_file.open("wb")
         else:
             self.rows, self.dims = len(so_far.paths), so_far.dims
             self._file = self.path.open("r+b")
@@ -245,7 +247,7 @@ class VectorWriter:
         self._file.seek(0, os.SEEK_END)
         self._file.flush()
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         if record["status"] != "ok":
             return
         vector = np.frombuffer(base64.b64decode(record["embedding"]), dtype="<f4")

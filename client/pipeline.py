@@ -15,15 +15,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 from tqdm import tqdm
 
 from client import __version__
 from client.inputs import iter_inputs
-from client.output import VectorWriter, Writer, done_paths, vectors_so_far
-from client.sender import Fatal, RetryPolicy, Sender, client_error
+from client.output import RecordWriter, VectorWriter, done_paths, vectors_so_far
+from client.records import Record, client_error
+from client.sender import Fatal, RetryPolicy, Sender
+from client.tasks import Classify, Embed, Task
 
 
 @dataclass
@@ -31,11 +32,10 @@ class Options:
     paths: list[str]
     url: str
     api_key: str
+    task: Task = field(default_factory=Classify)  # Embed: embeddings to .npy instead of classes
     apigw_key: str | None = None
     recursive: bool = False
     glob: str | None = None
-    top_k: int = 5
-    min_score: float | None = None
     concurrency: int = 4
     batch_size: int = 8
     retries: int = 5
@@ -46,8 +46,11 @@ class Options:
     verbose: bool = False
     max_file_bytes: int = 8 * 1024 * 1024
     backoff_s: float = 0.5
-    embed: bool = False  # embeddings to .npy instead of classes
     explain_dir: str | None = None  # classify: also write each image's /v1/explain PNG here
+
+    def __post_init__(self) -> None:
+        if self.explain_dir is not None and not isinstance(self.task, Classify):
+            raise ValueError("explain_dir goes with Classify: an explanation is of the classes")
 
 
 @dataclass
@@ -66,8 +69,8 @@ class Summary:
         return (self.ok + self.failed) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def line(self) -> str:
-        return (f"imgcls: {self.ok} ok, {self.failed} failed, {self.skipped} skipped, {self.retries} retries "
-                f"in {self.elapsed_s:.1f} s ({self.rate:.1f} img/s)")  # fmt: skip
+        counts = f"{self.ok} ok, {self.failed} failed, {self.skipped} skipped, {self.retries} retries"
+        return f"imgcls: {counts} in {self.elapsed_s:.1f} s ({self.rate:.1f} img/s)"
 
     def exit_code(self) -> int:
         if self.signal is not None:
@@ -92,13 +95,21 @@ class Run:
         self.opts = opts
         self.summary = Summary()
         resume = opts.output if opts.resume else None  # the CLI requires --output with --resume
-        self.so_far = vectors_so_far(resume) if opts.embed and resume else None  # checked before anything is sent
-        if opts.embed:
+        embed = isinstance(opts.task, Embed)
+        self.so_far = vectors_so_far(resume) if embed and resume else None  # checked before anything is sent
+        if embed:
             self.done = set(self.so_far.paths) if self.so_far else set()
         else:
             self.done = done_paths(resume) if resume else set()
-        self.bar = tqdm(total=None, unit="img", file=sys.stderr, disable=not opts.progress, dynamic_ncols=True,
-                        smoothing=0.1, mininterval=0.5)  # fmt: skip
+        self.bar = tqdm(
+            total=None,
+            unit="img",
+            file=sys.stderr,
+            disable=not opts.progress,
+            dynamic_ncols=True,
+            smoothing=0.1,
+            mininterval=0.5,
+        )
 
     def log(self, message: str) -> None:
         if self.opts.verbose:
@@ -136,19 +147,19 @@ class Run:
             self.bar.close()
         return self.summary
 
-    def _set_total(self, task: asyncio.Task[Any]) -> None:
+    def _set_total(self, task: asyncio.Task[int | None]) -> None:
         if not task.cancelled() and task.exception() is None and task.result() is not None:
             self.bar.total = task.result()
             self.bar.refresh()
 
     async def work(self) -> None:
         opts = self.opts
-        writer: Writer | VectorWriter
-        if opts.embed:
+        writer: RecordWriter | VectorWriter
+        if isinstance(opts.task, Embed):
             assert opts.output is not None  # the CLI requires it
             writer = VectorWriter(opts.output, self.so_far)
         else:
-            writer = Writer(opts.output, resume=opts.resume)
+            writer = RecordWriter(opts.output, resume=opts.resume)
         queue: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=opts.concurrency)
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
         timeout = httpx.Timeout(opts.timeout, connect=min(10.0, opts.timeout))
@@ -158,9 +169,15 @@ class Run:
             headers["x-api-key"] = opts.apigw_key
         try:
             async with httpx.AsyncClient(base_url=opts.url, limits=limits, timeout=timeout, headers=headers) as http:
-                sender = Sender(http, opts.top_k, opts.min_score, batch=opts.batch_size > 1,
-                                policy=RetryPolicy(opts.retries, opts.backoff_s), max_file_bytes=opts.max_file_bytes,
-                                log=self.log, concurrency=opts.concurrency, embed=opts.embed)  # fmt: skip
+                sender = Sender(
+                    http,
+                    opts.task,
+                    batch=opts.batch_size > 1,
+                    policy=RetryPolicy(opts.retries, opts.backoff_s),
+                    max_file_bytes=opts.max_file_bytes,
+                    log=self.log,
+                    concurrency=opts.concurrency,
+                )
                 try:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self.produce(queue))
@@ -190,10 +207,11 @@ class Run:
         for _ in range(self.opts.concurrency):
             await queue.put(None)
 
-    async def consume(self, queue: asyncio.Queue[list[str] | None], sender: Sender,
-                      writer: Writer | VectorWriter) -> None:  # fmt: skip
+    async def consume(
+        self, queue: asyncio.Queue[list[str] | None], sender: Sender, writer: RecordWriter | VectorWriter
+    ) -> None:
         while (batch := await queue.get()) is not None:
-            for record in await sender.classify(batch):
+            for record in await sender.send(batch):
                 if self.opts.explain_dir and record["status"] == "ok":
                     await self.explain(sender, record)
                 writer.write(record)
@@ -204,18 +222,18 @@ class Run:
                     self.log(f"failed: {record['path']}: {record['error']['detail']}")
             self.bar.update(len(batch))
 
-    async def explain(self, sender: Sender, record: dict[str, Any]) -> None:
+    async def explain(self, sender: Sender, record: Record) -> None:
         """Write the file's explanation PNG into --explain DIR; the record says where, or why not."""
         assert self.opts.explain_dir is not None
-        answer = await sender.explanation(record["path"])
-        if isinstance(answer, dict):
-            record["explanation_error"] = answer
-            self.log(f"no explanation for {record['path']}: {answer['detail']}")
+        png = await sender.explanation(record["path"])
+        if not isinstance(png, bytes):
+            record["explanation_error"] = png
+            self.log(f"no explanation for {record['path']}: {png['detail']}")
             return
         # The file's own path mirrored under DIR: distinct files never share an overlay.
         target = Path(self.opts.explain_dir) / (record["path"].lstrip("/") + ".png")
         try:
-            await asyncio.to_thread(write_file, target, answer)
+            await asyncio.to_thread(write_file, target, png)
         except OSError as exc:
             record["explanation_error"] = client_error("output-error", f"cannot write {target}: {exc}")
             return

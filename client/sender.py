@@ -17,14 +17,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import httpx
+
+from client.records import Error, Record, client_error, error_of, failed, slug
+from client.tasks import Task
+from client.wire import is_batch, is_problem, request_id_of
 
 RETRYABLE = frozenset({429, 503, 504})
 PUSH_BACK = frozenset({429, 503})  # also lower the number of requests in flight
 FATAL = frozenset({401, 403})
-CLIENT_TYPE = "client/"  # prefix of the error types the client itself assigns (no server answer)
 
 
 class Fatal(Exception):
@@ -63,40 +65,27 @@ def retry_after_s(response: httpx.Response) -> float | None:
         return None
 
 
-def client_error(kind: str, detail: str, status: int | None = None) -> dict[str, Any]:
-    return {"type": CLIENT_TYPE + kind, "detail": detail, "status": status}
-
-
-def problem_of(response: httpx.Response) -> dict[str, Any]:
+def problem_of(response: httpx.Response) -> Error:
     """The error part of a record from an error answer: the problem's type/detail/status (and code)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and "type" in body:
+    body = json_of(response)
+    if is_problem(body):
         return error_of(body, response.status_code)
     text = response.text[:200].strip() or response.reason_phrase
     return client_error("http-error", f"HTTP {response.status_code}: {text}", response.status_code)
 
 
-def error_of(problem: dict[str, Any], status: int | None = None) -> dict[str, Any]:
-    error = {"type": problem.get("type"), "detail": problem.get("detail"), "status": problem.get("status", status)}
-    if "code" in problem:
-        error["code"] = problem["code"]
-    return error
+def json_of(response: httpx.Response) -> object:
+    """The answer's JSON, or None when it is not JSON."""
+    try:
+        body: object = response.json()
+    except ValueError:
+        return None
+    return body
 
 
-def ok(path: str, field: str, answer: Any, request_id: str | None) -> dict[str, Any]:
-    return {"path": path, "status": "ok", field: answer, "request_id": request_id}
-
-
-def failed(path: str, error: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
-    return {"path": path, "status": "failed", "error": error, "request_id": request_id}
-
-
-def read_files(paths: list[str], max_bytes: int) -> list[bytes | dict[str, Any]]:
+def read_files(paths: list[str], max_bytes: int) -> list[bytes | Error]:
     """Each file's bytes, or the error that kept it from being read (files above `max_bytes` are not read)."""
-    out: list[bytes | dict[str, Any]] = []
+    out: list[bytes | Error] = []
     for path in paths:
         try:
             size = os.path.getsize(path)
@@ -145,38 +134,32 @@ class Window:
 
 
 @dataclass
-class Attempt:
+class Outcome:
     """What one request gave: final records by index, indices to retry, and why."""
 
-    records: dict[int, dict[str, Any]]
+    records: dict[int, Record]
     retry: list[int]
-    error: dict[str, Any] | None = None
+    error: Error | None = None
     request_id: str | None = None
     retry_after: float | None = None
     pushed_back: bool = False  # a 429 or 503: the server wants fewer requests
 
 
 class Sender:
+    """Sends files for one task (`Classify` or `Embed`): `send` gives one record per file, after retries."""
+
     def __init__(
         self,
         client: httpx.AsyncClient,
-        top_k: int = 5,
-        min_score: float | None = None,
+        task: Task,
         batch: bool = True,
         policy: RetryPolicy | None = None,
         max_file_bytes: int = 8 * 1024 * 1024,
         log: Callable[[str], None] = lambda _: None,
         concurrency: int = 4,
-        embed: bool = False,
     ) -> None:
         self.client = client
-        self.params: dict[str, Any] = {"top_k": top_k}
-        if min_score is not None:
-            self.params["min_score"] = min_score
-        # what is asked for, and the member of the answer that holds it
-        self.route, self.field = ("/v1/embed", "embedding") if embed else ("/v1/predict", "predictions")
-        if embed:
-            self.params = {"encoding": "base64"}
+        self.task = task
         self.batch = batch
         self.policy = policy or RetryPolicy()
         self.max_file_bytes = max_file_bytes
@@ -185,45 +168,48 @@ class Sender:
         self.retries = 0  # retry requests made, over the whole run
         self._not_before = 0.0  # monotonic time before which no worker sends (set by Retry-After)
 
-    async def classify(self, paths: list[str]) -> list[dict[str, Any]]:
+    async def send(self, paths: list[str]) -> list[Record]:
         """One record per path, in order, after retries. Reads the files now, not before."""
         contents = await asyncio.to_thread(read_files, paths, self.max_file_bytes)
-        records: dict[int, dict[str, Any]] = {}
-        pending = []
+        records: dict[int, Record] = {}
+        readable: dict[int, bytes] = {}
         for i, content in enumerate(contents):
-            if isinstance(content, dict):
-                records[i] = failed(paths[i], content)
+            if isinstance(content, bytes):
+                readable[i] = content
             else:
-                pending.append(i)
+                records[i] = failed(paths[i], content)
+        pending = list(readable)
         attempt = 0
         while pending:
             await self._wait_turn()
             async with self.window:
-                result = await self._send([paths[i] for i in pending], [contents[i] for i in pending])  # type: ignore[misc]
-                if result.pushed_back:
-                    if self.window.pushed_back(result.retry_after):
+                outcome = await self._attempt([paths[i] for i in pending], [readable[i] for i in pending])
+                if outcome.pushed_back:
+                    if self.window.pushed_back(outcome.retry_after):
                         self.log(f"server pushed back: at most {int(self.window.size)} request(s) in flight now")
-                elif not result.retry:
+                elif not outcome.retry:
                     self.window.success()
-            records.update({pending[j]: record for j, record in result.records.items()})
-            pending = [pending[j] for j in result.retry]
+            records.update({pending[j]: record for j, record in outcome.records.items()})
+            pending = [pending[j] for j in outcome.retry]
             if not pending:
                 break
             if attempt >= self.policy.retries:
+                error = outcome.error or client_error("retries-exhausted", "no answer")
                 for i in pending:
-                    records[i] = failed(paths[i], result.error or client_error("retries-exhausted", "no answer"),
-                                        result.request_id)  # fmt: skip
+                    records[i] = failed(paths[i], error, outcome.request_id)
                 break
-            delay = self.policy.delay(attempt, result.retry_after)
-            if result.retry_after is not None:
-                self._not_before = max(self._not_before, time.monotonic() + result.retry_after)
+            delay = self.policy.delay(attempt, outcome.retry_after)
+            if outcome.retry_after is not None:
+                self._not_before = max(self._not_before, time.monotonic() + outcome.retry_after)
             attempt += 1
             self.retries += 1
-            why = result.error or {}
-            reason = f"{why.get('status') or ''} {str(why.get('type', '')).rsplit('/', 1)[-1]}".strip()
-            hint = f" (Retry-After {result.retry_after:g})" if result.retry_after is not None else ""
-            self.log(f"retry {attempt}/{self.policy.retries} for {len(pending)} file(s) after {reason}: "
-                     f"waiting {delay:.2f} s{hint}")  # fmt: skip
+            why = outcome.error
+            reason = f"{why['status'] or ''} {slug(why)}".strip() if why else ""
+            hint = f" (Retry-After {outcome.retry_after:g})" if outcome.retry_after is not None else ""
+            self.log(
+                f"retry {attempt}/{self.policy.retries} for {len(pending)} file(s) after {reason}: "
+                f"waiting {delay:.2f} s{hint}"
+            )
             await asyncio.sleep(delay)
         return [records[i] for i in range(len(paths))]
 
@@ -232,69 +218,75 @@ class Sender:
         if wait > 0:
             await asyncio.sleep(wait + random.uniform(0, 0.1))  # noqa: S311
 
-    async def _send(self, paths: list[str], contents: list[bytes]) -> Attempt:
+    async def _attempt(self, paths: list[str], contents: list[bytes]) -> Outcome:
+        """One request for these files (one batch request, or one single request when not batching)."""
         everyone = list(range(len(paths)))
+        route, params = self.task.route, self.task.params()
         try:
             if self.batch:
-                files = [("files", (os.path.basename(p), data, "application/octet-stream"))
-                         for p, data in zip(paths, contents, strict=True)]  # fmt: skip
-                response = await self.client.post(f"{self.route}/batch", params=self.params, files=files)
+                files = [
+                    ("files", (os.path.basename(p), data, "application/octet-stream"))
+                    for p, data in zip(paths, contents, strict=True)
+                ]
+                response = await self.client.post(f"{route}/batch", params=params, files=files)
             else:
                 headers = {"Content-Type": "application/octet-stream"}
-                response = await self.client.post(self.route, params=self.params, headers=headers,
-                                                  content=contents[0])  # fmt: skip
+                response = await self.client.post(route, params=params, headers=headers, content=contents[0])
         except httpx.TimeoutException as exc:
-            return Attempt({}, everyone, client_error("timeout", f"no answer in time ({type(exc).__name__})"))
+            return Outcome({}, everyone, client_error("timeout", f"no answer in time ({type(exc).__name__})"))
         except httpx.TransportError as exc:
-            return Attempt({}, everyone, client_error("connection-error", f"{type(exc).__name__}: {exc}"))
+            return Outcome({}, everyone, client_error("connection-error", f"{type(exc).__name__}: {exc}"))
 
         request_id = response.headers.get("x-request-id")
         if response.status_code in FATAL:
             error = problem_of(response)
             raise Fatal(f"HTTP {response.status_code} {error['type']}: {error['detail']}")
         if response.status_code in RETRYABLE:
-            return Attempt({}, everyone, problem_of(response), request_id, retry_after_s(response),
-                           pushed_back=response.status_code in PUSH_BACK)  # fmt: skip
+            pushed_back = response.status_code in PUSH_BACK
+            return Outcome({}, everyone, problem_of(response), request_id, retry_after_s(response), pushed_back)
         if response.status_code != 200:
             error = problem_of(response)
-            return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        request_id = body.get("request_id", request_id) if isinstance(body, dict) else request_id
+            return Outcome({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
+        body = json_of(response)
+        request_id = request_id_of(body, request_id)
         if not self.batch:
-            if not isinstance(body, dict) or not isinstance(body.get(self.field), list | str):
-                error = client_error("bad-response", f"no {self.field} in the answer", 200)
-                return Attempt({0: failed(paths[0], error, request_id)}, [])
-            return Attempt({0: ok(paths[0], self.field, body[self.field], request_id)}, [])
-        results = body.get("results") if isinstance(body, dict) else None
-        if not isinstance(results, list) or len(results) != len(paths):
+            if record := self.task.record(paths[0], body, request_id):
+                return Outcome({0: record}, [])
+            error = client_error("bad-response", f"no {self.task.field} in the answer", 200)
+            return Outcome({0: failed(paths[0], error, request_id)}, [])
+        if not is_batch(body) or len(body["results"]) != len(paths):
             error = client_error("bad-response", f"expected {len(paths)} results in input order", 200)
-            return Attempt({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
-        attempt = Attempt({}, [], request_id=request_id)
-        for i, (path, result) in enumerate(zip(paths, results, strict=True)):
-            if isinstance(result.get(self.field), list | str):
-                attempt.records[i] = ok(path, self.field, result[self.field], request_id)
+            return Outcome({i: failed(p, error, request_id) for i, p in enumerate(paths)}, [])
+        outcome = Outcome({}, [], request_id=request_id)
+        for i, (path, result) in enumerate(zip(paths, body["results"], strict=True)):
+            if record := self.task.record(path, result, request_id):
+                outcome.records[i] = record
                 continue
-            error = error_of(result.get("error") or {})
+            problem = result.get("error") if isinstance(result, dict) else None
+            if not isinstance(problem, dict):
+                error = client_error("bad-response", f"neither {self.task.field} nor an error in result {i}", 200)
+                outcome.records[i] = failed(path, error, request_id)
+                continue
+            error = error_of(problem)
             if error["status"] in RETRYABLE:
-                attempt.retry.append(i)
-                attempt.error = error
-                attempt.pushed_back |= error["status"] in PUSH_BACK  # e.g. TorchServe's queue is full
+                outcome.retry.append(i)
+                outcome.error = error
+                outcome.pushed_back |= error["status"] in PUSH_BACK  # e.g. TorchServe's queue is full
             else:
-                attempt.records[i] = failed(path, error, request_id)
-        return attempt
+                outcome.records[i] = failed(path, error, request_id)
+        return outcome
 
-    async def explanation(self, path: str) -> bytes | dict[str, Any]:
+    async def explanation(self, path: str) -> bytes | Error:
         """The PNG of `/v1/explain` (the top class's map over the image) for one file, or its error; not retried."""
         [content] = await asyncio.to_thread(read_files, [path], self.max_file_bytes)
-        if isinstance(content, dict):
+        if not isinstance(content, bytes):
             return content
+        headers = {"Content-Type": "application/octet-stream"}
         try:
             async with self.window:
-                response = await self.client.post("/v1/explain", params={"format": "png"}, content=content,
-                                                  headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+                response = await self.client.post(
+                    "/v1/explain", params={"format": "png"}, content=content, headers=headers
+                )
         except httpx.HTTPError as exc:
             return client_error("connection-error", f"{type(exc).__name__}: {exc}")
         return response.content if response.status_code == 200 else problem_of(response)

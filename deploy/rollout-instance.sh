@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one per-instance rollout (README, "Rollout runbook"): pull, out of rotation, recreate, warm up and
+# The one per-instance rollout (docs/operations.md, "Rollout runbook"): pull, out of rotation, recreate, warm up and
 # wait until ready, back into rotation; when the new images never get ready, back to the previous ones
 # and exit 1. Used by the EC2 unit's reload, by deploy.yml through SSM (one instance at a time) and by
 # tests/test_fleet.py. Everything comes from the environment:

@@ -1,8 +1,8 @@
 """`python -m gateway`: serve the gateway with uvicorn, configured from the GATEWAY_* settings.
 
 One process, on purpose: its /metrics and its per-key rate-limit buckets are then the whole gateway's (or
-container's). It spends a twentieth of the CPU TorchServe spends per request (README, "Run with
-Docker"), so one process keeps up with TorchServe; scale out with more containers, not workers.
+container's). It spends a twentieth of the CPU TorchServe spends per request (docs/docker.md,
+"What runs"), so one process keeps up with TorchServe; scale out with more containers, not workers.
 Signals (gateway/drain.py): SIGTERM drains for GATEWAY_DRAIN_S, then stops; SIGUSR1 drains; SIGINT stops.
 """
 
@@ -16,6 +16,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from gateway.drain import DrainingServer
 from gateway.main import create_app
+from gateway.protocol import ConnectionLimits, guarded_protocol
 from gateway.settings import get_settings
 
 
@@ -27,10 +28,10 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="gateway.protocol:GuardedHttpToolsProtocol",
-        timeout_keep_alive=settings.keep_alive_s,
+        http=guarded_protocol(ConnectionLimits.of(settings)),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # typed int; used as call_later's float
         # once stopping, a request in flight has this long to finish: a wait for an upstream slot, then the call
-        timeout_graceful_shutdown=settings.queue_timeout_s + settings.request_timeout_s,
+        timeout_graceful_shutdown=settings.queue_timeout_s + settings.request_timeout_s,  # type: ignore[arg-type]  # typed int; asyncio.wait's float timeout
         server_header=False,
         access_log=False,
         log_config=None,

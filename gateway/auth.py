@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import Request, Response
 
+from gateway.metrics import Metrics
 from gateway.problems import Problem
 
 AUTH_CHALLENGE = 'Bearer realm="image-classification-api", ApiKey header="X-API-Key"'
@@ -73,46 +74,59 @@ def presented_keys(request: Request) -> list[str]:
     return keys
 
 
-async def authenticate(request: Request, response: Response) -> str:
-    """FastAPI dependency: the caller's key id, after auth and rate limiting; else a 401 or 429 problem.
-    This takes the request's first token, from the head alone; `charge_images` takes the rest."""
-    keys: KeyStore = request.app.state.keys
+def identify(keys: KeyStore, request: Request) -> str:
+    """The id of the first known key the request presents, from the head alone; else 401."""
     key_id = next((found for key in presented_keys(request) if (found := keys.identify(key))), None)
     if key_id is None:
         # Missing, unknown and wrong keys get the same answer.
-        raise Problem("unauthorized", "send a valid API key in X-API-Key or Authorization: Bearer",
-                      headers={"WWW-Authenticate": AUTH_CHALLENGE})  # fmt: skip
-    request.state.key_id = key_id
-    request.state.rate_response = response
-    charge(request, 1, "a request")
+        detail = "send a valid API key in X-API-Key or Authorization: Bearer"
+        raise Problem("unauthorized", detail, headers={"WWW-Authenticate": AUTH_CHALLENGE})
     return key_id
 
 
-def charge_images(request: Request, count: int) -> None:
-    """Once a request's image count is known: the tokens for its images beyond the first, or 429 (none of
-    them taken). Its Retry-After is the wait for the whole request's tokens, which a retry pays again."""
-    limiter: RateLimiter = request.app.state.limiter
-    if count > limiter.burst:
-        detail = f"{count} images cost {count} rate-limit tokens, more than the burst of {limiter.burst}"
-        raise Problem("payload-too-large", f"{detail}: send at most {limiter.burst} images per request")
-    if count > 1:
-        charge(request, count - 1, f"{count} images", 1)
+@dataclass
+class Caller:
+    """An authenticated caller: its key id and its bucket, charged as its request's images become known.
+    The RateLimit headers of each charge go on `response` (FastAPI's, merged into the route's answer)."""
+
+    key_id: str
+    limiter: RateLimiter
+    response: Response
+    metrics: Metrics
+
+    def charge_images(self, count: int) -> None:
+        """Once a request's image count is known: the tokens for its images beyond the first, or 429 (none of
+        them taken). Its Retry-After is the wait for the whole request's tokens, which a retry pays again."""
+        limiter = self.limiter
+        if count > limiter.burst:
+            detail = f"{count} images cost {count} rate-limit tokens, more than the burst of {limiter.burst}"
+            raise Problem("payload-too-large", f"{detail}: send at most {limiter.burst} images per request")
+        if count > 1:
+            self.charge(count - 1, f"{count} images", 1)
+
+    def charge(self, tokens: int, what: str, paid: int = 0) -> None:
+        """Take `tokens` from the caller's bucket, or 429 with the wait for them and the `paid` ones before."""
+        limiter = self.limiter
+        allowed, remaining, wait = limiter.take(self.key_id, tokens)
+        if not allowed:
+            wait += paid / limiter.rate
+        headers = {
+            "RateLimit-Limit": str(limiter.burst),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(math.ceil(wait)),
+        }
+        if not allowed:
+            self.metrics.rate_limited.inc()
+            retry = str(max(1, math.ceil(wait)))
+            detail = f"rate limit of {limiter.rate:g} images/s (burst {limiter.burst}) exceeded by {what}"
+            raise Problem("rate-limited", f"{detail}; retry in {retry} s", headers={**headers, "Retry-After": retry})
+        self.response.headers.update(headers)
 
 
-def charge(request: Request, tokens: int, what: str, paid: int = 0) -> None:
-    """Take `tokens` from the caller's bucket, or 429 with the wait for them and the `paid` ones before."""
-    limiter: RateLimiter = request.app.state.limiter
-    allowed, remaining, wait = limiter.take(request.state.key_id, tokens)
-    if not allowed:
-        wait += paid / limiter.rate
-    headers = {
-        "RateLimit-Limit": str(limiter.burst),
-        "RateLimit-Remaining": str(remaining),
-        "RateLimit-Reset": str(math.ceil(wait)),
-    }
-    if not allowed:
-        request.app.state.metrics.rate_limited.inc()
-        retry = str(max(1, math.ceil(wait)))
-        detail = f"rate limit of {limiter.rate:g} images/s (burst {limiter.burst}) exceeded by {what}"
-        raise Problem("rate-limited", f"{detail}; retry in {retry} s", headers={**headers, "Retry-After": retry})
-    request.state.rate_response.headers.update(headers)
+def admit(request: Request, response: Response, keys: KeyStore, limiter: RateLimiter, metrics: Metrics) -> Caller:
+    """The caller, after auth and the request's first token (from the head alone); else a 401 or 429 problem.
+    The key id goes in the request's state for its log line."""
+    caller = Caller(identify(keys, request), limiter, response, metrics)
+    request.state.key_id = caller.key_id
+    caller.charge(1, "a request")
+    return caller

@@ -74,7 +74,9 @@ class Hold:
 
 
 def hold_of(request: Request) -> Hold:
-    return request.state.body_hold
+    """The request's reservation, from its state (set by `BudgetMiddleware`)."""
+    hold: Hold = request.state.body_hold
+    return hold
 
 
 class BudgetMiddleware:

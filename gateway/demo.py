@@ -1,7 +1,8 @@
 """The demo page: `GET /` and its two static files. No build step, no CDN, no external fonts.
 
 Links are relative, so the page works under a path prefix such as an API Gateway stage (`.../api/`).
-Its Content-Security-Policy allows only the page's own script and style (set in gateway/main.py).
+Its Content-Security-Policy (PAGE_CSP, sent with each file here) allows only the page's own script and style;
+gateway/observe.py gives every other answer the API's stricter one.
 """
 
 from __future__ import annotations

@@ -7,20 +7,19 @@ box they cover, in the original's pixels) or draws one of them over the image as
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from gateway import schemas
-from gateway.answers import MAX_TOP_K, AnswerOptions, shape
-from gateway.auth import authenticate
-from gateway.routes import classify, model_block, single_image, single_route, timing_ms
+from gateway.deps import Authenticated, InferenceDep, RendersDep
+from gateway.ranking import MAX_TOP_K, RankOptions, ranked
+from gateway.service import model_block
+from handlers.contract import Explanation, ItemAnswer
 
 router = APIRouter()
 MAX_SIDE = 1024  # the PNG's longer side at most
-Authenticated = Annotated[str, Depends(authenticate)]
 
 
 @dataclass(frozen=True)
@@ -28,12 +27,6 @@ class ExplainOptions:
     top_k: int
     class_id: int | None
     format: Literal["json", "png"]
-
-    def upstream_headers(self) -> dict[str, str]:
-        headers = {"X-Output": "cam"}
-        if self.class_id is not None:
-            headers["X-Explain-Classes"] = str(self.class_id)
-        return headers
 
 
 async def explain_options(
@@ -49,12 +42,12 @@ async def explain_options(
 Options = Annotated[ExplainOptions, Depends(explain_options)]
 
 
-def explained(result: dict[str, Any], class_ids: list[int]) -> list[dict[str, Any]]:
-    by_class = {e["class_id"]: e for e in result["explanations"]}
+def explained(answer: ItemAnswer, class_ids: list[int]) -> list[Explanation]:
+    by_class = {e["class_id"]: e for e in answer["explanations"]}
     return [by_class[c] for c in dict.fromkeys(class_ids)]
 
 
-@single_route(
+@schemas.single_route(
     router,
     "/v1/explain",
     schemas.Explanation,
@@ -64,29 +57,29 @@ def explained(result: dict[str, Any], class_ids: list[int]) -> list[dict[str, An
     f"at most {MAX_SIDE} px, with the map of `class_id` (default: the top class) over it.",
     responses={200: {"content": {"image/png": {}}}, **schemas.ERRORS},
 )
-async def explain(request: Request, _: Authenticated, options: Options) -> Any:
-    started = time.perf_counter()
-    image = await single_image(request)
-    result, upstream_s = await classify(request, image, options.top_k, options.upstream_headers())
-    request.app.state.metrics.images.labels("classified").inc()
-    predictions, decision = shape(result, AnswerOptions(options.top_k, None, None, None))
-    geometry = result["geometry"]
+async def explain(_: Authenticated, options: Options, renders: RendersDep, service: InferenceDep) -> Any:
+    image = await service.one_image()
+    asked = await service.explain(image, options.top_k, options.class_id)
+    service.classified()
+    answer = asked.answer
+    predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None))
+    geometry = answer["geometry"]
     if options.format == "png":
-        [chosen] = explained(result, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
+        [chosen] = explained(answer, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
         from gateway.overlay import render  # NumPy, only for this form
 
-        png = await request.app.state.renders.run(render, image.data, chosen["cam"], geometry, MAX_SIDE)
+        png = await renders.run(render, image.data, chosen["cam"], geometry, MAX_SIDE)
         headers = {"X-Explained-Class-Id": str(chosen["class_id"]), "X-Explained-Label": chosen["label"]}
         return Response(png, media_type="image/png", headers=headers)
     left, top, right, bottom = geometry["crop"]
     extra = [options.class_id] if options.class_id is not None else []
     return {
-        "request_id": request.state.request_id,
-        "model": model_block(result),
+        "request_id": service.request_id,
+        "model": model_block(answer),
         "predictions": predictions,
         "decision": decision,
-        "explanations": explained(result, [p["class_id"] for p in predictions] + extra),
+        "explanations": explained(answer, [p["class_id"] for p in predictions] + extra),
         "image": {"width": geometry["width"], "height": geometry["height"]},
         "crop": {"left": left, "top": top, "right": right, "bottom": bottom},
-        "timing_ms": timing_ms(started, upstream_s),
+        "timing_ms": service.timing_ms(asked.upstream_s),
     }

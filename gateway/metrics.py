@@ -11,21 +11,30 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "gateway_requests_total", "HTTP requests by route and status", ["method", "route", "status"],
+            "gateway_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
-            "gateway_request_duration_seconds", "Time to answer a request", ["route"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "gateway_request_duration_seconds",
+            "Time to answer a request",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.upstream_latency = Histogram(
-            "gateway_upstream_duration_seconds", "Time TorchServe took per image", buckets=LATENCY_BUCKETS,
+            "gateway_upstream_duration_seconds",
+            "Time TorchServe took per image",
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.images = Counter(
-            "gateway_images_total", "Images by outcome (classified, rejected, failed)", ["outcome"],
+            "gateway_images_total",
+            "Images by outcome (classified, rejected, failed)",
+            ["outcome"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.rejected = Counter(
             "gateway_rejected_inputs_total", "Inputs refused, by problem type", ["reason"], registry=self.registry
         )

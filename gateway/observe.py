@@ -10,29 +10,32 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.headers import API_CSP, SECURITY_HEADERS
 from gateway.metrics import Metrics
-from gateway.problems import Problem
+from gateway.problems import ErrorShape, Problem
 
 logger = logging.getLogger("gateway")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
 class ObserveMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    """`shape_of` gives the error shape of a path's protocol (gateway/errors.py), for the internal error."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        shape_of: Callable[[str], ErrorShape],
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.shape_of = shape_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +69,7 @@ class ObserveMiddleware:
             if response_started:
                 raise
             problem = Problem("internal-error", "an internal error occurred; it has been logged")
-            await problem.response(request_id)(scope, receive, send_with_headers)
+            await self.shape_of(path)(problem, request_id)(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")

@@ -15,6 +15,8 @@ import math
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from handlers.contract import Geometry
+
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: a 1024 px overlay in a few ms instead of tens
 REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 TURNED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
@@ -47,7 +49,8 @@ def heatmap(cam: np.ndarray, crop: list[float], scale: tuple[float, float], size
     wy, inside_y = interpolation(cam.shape[0], top * sy, bottom * sy, height)
     wx, inside_x = interpolation(cam.shape[1], left * sx, right * sx, width)
     peak = float(cam.max())
-    values = (wy @ (cam / peak if peak > 0 else cam) @ wx.T).astype(np.float32)  # float32 from here: half the work
+    # float32 from here: half the work
+    values: np.ndarray = (wy @ (cam / peak if peak > 0 else cam) @ wx.T).astype(np.float32)
     values[~inside_y, :] = np.nan
     values[:, ~inside_x] = np.nan
     return values
@@ -70,9 +73,10 @@ def reduced(img: Image.Image, target: tuple[int, int]) -> Image.Image:
 
 def upright_thumbnail(data: bytes, size: tuple[int, int]) -> Image.Image:
     """The image decoded upright (EXIF orientation applied) in RGB, resized to `size`."""
-    img = Image.open(io.BytesIO(data))
+    img: Image.Image = Image.open(io.BytesIO(data))
     if img.format == "JPEG":  # decode at a reduced DCT scale when the output is much smaller
-        img.draft("RGB", tuple(math.ceil(side * max(size) / max(img.size)) for side in img.size))
+        width, height = (math.ceil(side * max(size) / max(img.size)) for side in img.size)
+        img.draft("RGB", (width, height))
     else:  # other formats decode in full: reduce at once, before the full-size copies below
         turned = img.getexif().get(ExifTags.Base.Orientation, 1) in TURNED
         img = reduced(img, (size[1], size[0]) if turned else size)
@@ -80,7 +84,7 @@ def upright_thumbnail(data: bytes, size: tuple[int, int]) -> Image.Image:
     return img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)
 
 
-def render(data: bytes, cam: list[list[float]], geometry: dict, max_side: int) -> bytes:
+def render(data: bytes, cam: list[list[float]], geometry: Geometry, max_side: int) -> bytes:
     """PNG bytes of the image `data` with `cam` laid over the crop box of `geometry` (the handler's)."""
     width, height = geometry["width"], geometry["height"]
     size = output_size(width, height, max_side)

@@ -5,9 +5,10 @@ Every error the gateway returns is a `Problem`; the `type` values below are part
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://image-classification-api.dev/problems/"
@@ -58,6 +59,14 @@ class Problem(Exception):
 
     def response(self, request_id: str | None) -> JSONResponse:
         return JSONResponse(self.body(request_id), self.status, headers=self.headers, media_type=PROBLEM_JSON)
+
+
+ErrorShape = Callable[[Problem, str | None], Response]  # a protocol's error answer: (problem, request id) → it
+
+
+def problem_response(problem: Problem, request_id: str | None) -> Response:
+    """The /v1 API's error shape (and the default for every path that declares no other: gateway/errors.py)."""
+    return problem.response(request_id)
 
 
 def problem_schema() -> dict[str, Any]:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.digits import ascii_int
 from gateway.framing import Boundary, Framer, TooLarge, Unframed
-from gateway.observe import API_CSP, SECURITY_HEADERS
+from gateway.headers import API_CSP, SECURITY_HEADERS
 from gateway.problems import PROBLEM_JSON, Problem
-from gateway.settings import get_settings
+
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 
 def problem_answer(slug: str, detail: str) -> bytes:
@@ -22,8 +25,14 @@ def problem_answer(slug: str, detail: str) -> bytes:
     problem = Problem(slug, detail)
     request_id = uuid.uuid4().hex
     body = json.dumps(problem.body(request_id)).encode()
-    headers = {"Content-Type": PROBLEM_JSON, "Content-Length": str(len(body)), "Connection": "close",
-               "X-Request-ID": request_id, **SECURITY_HEADERS, "Content-Security-Policy": API_CSP}  # fmt: skip
+    headers = {
+        "Content-Type": PROBLEM_JSON,
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+        "X-Request-ID": request_id,
+        **SECURITY_HEADERS,
+        "Content-Security-Policy": API_CSP,
+    }
     head = [f"HTTP/1.1 {problem.status} {problem.title}", *(f"{name}: {value}" for name, value in headers.items())]
     return "\r\n".join(head).encode() + b"\r\n\r\n" + body
 
@@ -31,6 +40,30 @@ def problem_answer(slug: str, detail: str) -> bytes:
 # A refused request's body up to this size is read to its end before the answer, keeping the connection (the
 # usual case: a small upload whose head arrived first). Beyond it, the answer closes the connection.
 DRAIN_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What a connection is allowed (the GATEWAY_* settings of the same names, given by `python -m gateway`)."""
+
+    max_header_bytes: int
+    header_timeout_s: float
+    linger_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> ConnectionLimits:
+        return cls(settings.max_header_bytes, settings.header_timeout_s, settings.linger_s)
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
+    """The protocol class for uvicorn's `http`, its connections held to `limits` (uvicorn makes one per
+    connection with its own arguments, so the limits travel on the class)."""
+
+    class Limited(GuardedHttpToolsProtocol):
+        pass
+
+    Limited.limits = limits
+    return Limited
 
 
 class ClosingHook:
@@ -73,7 +106,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     the write side is shut down after the answer (the client reads it to the end), what the client still
     sends is read and thrown away unparsed, and the socket closes when the client closes its side or after
     `linger_s`. The same for the 431 and 400 refusals above. Nothing after an early answer is ever taken for
-    a request."""
+    a request.
+
+    `limits` is set on the class that `guarded_protocol` makes."""
+
+    limits: ClassVar[ConnectionLimits]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._transport = transport
@@ -87,12 +124,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._answered = 0  # responses completed on it
         self._refusal: bytes | None = None  # an answer to send once the requests before it are answered
         self._deadline: asyncio.TimerHandle | None = None
-        self._framer = Framer(get_settings().max_header_bytes)
+        self._framer = Framer(self.limits.max_header_bytes)
         self._await_head()
 
     def _await_head(self) -> None:
         """Start the clock for the next request head."""
-        self._deadline = self.loop.call_later(get_settings().header_timeout_s, self._too_slow, self._heads)
+        self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._too_slow, self._heads)
 
     def _stop_clock(self) -> None:
         if self._deadline is not None:
@@ -119,7 +156,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.send_400_response("unframed")
                 return
             heads, messages = self._heads, self._messages
-            super().data_received(memoryview(data)[start:end] if start or end < len(data) else data)
+            piece = memoryview(data)[start:end] if start or end < len(data) else data  # a view: no copy
+            super().data_received(piece)  # type: ignore[arg-type]  # typed bytes; httptools takes any buffer
             if self.lingering or self._refusal is not None:
                 return  # the parser refused the request
             seen = (self._heads - heads, self._messages - messages)  # what the parser completed in the piece
@@ -180,7 +218,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle.waiting_for_100_continue or length is None or length > DRAIN_BYTES:
             return False
         try:
-            async with asyncio.timeout(get_settings().linger_s):
+            async with asyncio.timeout(self.limits.linger_s):
                 while cycle.more_body and not cycle.disconnected:
                     await cycle.receive()
         except TimeoutError:
@@ -220,7 +258,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._transport.can_write_eof():
             self._transport.write_eof()
         self.flow.resume_reading()
-        self._linger_timer = self.loop.call_later(get_settings().linger_s, self._transport.close)
+        self._linger_timer = self.loop.call_later(self.limits.linger_s, self._transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_clock()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from gateway.problems import PROBLEM_JSON, problem_schema
+from handlers.contract import MODEL_NAME
 
 UNTRAINED_NOTE = "true when the archive was built with random weights: predictions are then meaningless"
 
@@ -49,7 +52,7 @@ class Prediction(BaseModel):
                 {
                     "request_id": "5b0d6c4e2f0a4c47",
                     "model": {
-                        "name": "resnet50",
+                        "name": MODEL_NAME,
                         "version": "1.0",
                         "weights": "ResNet50_Weights.IMAGENET1K_V2",
                         "untrained": False,
@@ -57,7 +60,7 @@ class Prediction(BaseModel):
                     "predictions": [{"rank": 1, "class_id": 281, "label": "tabby", "score": 0.61}],
                     "decision": {"label": "tabby", "class_id": 281, "score": 0.61},
                     "timing_ms": {"total": 61.2, "upstream": 58.9},
-                }  # fmt: skip
+                }
             ]
         }
     }
@@ -202,3 +205,38 @@ BATCH_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+Route = TypeVar("Route", bound=Callable[..., Any])
+
+
+def single_route(
+    on: APIRouter,
+    path: str,
+    response_model: type[BaseModel],
+    summary: str,
+    description: str,
+    responses: dict[int | str, dict[str, Any]] | None = None,
+) -> Callable[[Route], Route]:
+    """The decorator of a one-image route: multipart `file` or the raw body."""
+    return on.post(
+        path,
+        response_model=response_model,
+        responses=responses or ERRORS,
+        openapi_extra=SINGLE_BODY,
+        summary=summary,
+        description=description,
+    )
+
+
+def batch_route(on: APIRouter, path: str, response_model: type[BaseModel], summary: str) -> Callable[[Route], Route]:
+    """The decorator of a batch route: multipart `files`, results in input order."""
+    return on.post(
+        path,
+        response_model=response_model,
+        response_model_exclude_unset=True,
+        responses=ERRORS,
+        openapi_extra=BATCH_BODY,
+        summary=summary,
+        description="Repeated multipart field `files`. Results come in input order; a bad file never fails the others.",
+    )

@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from handlers.contract import MODEL_NAME
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=None, extra="ignore")
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
     inference_url: str = Field("http://127.0.0.1:8080", description="TorchServe inference API")
     management_url: str = Field("http://127.0.0.1:8081", description="TorchServe management API (internal only)")
     key_file: Path = Field(Path(".run/torchserve/key_file.json"), description="TorchServe's key_file.json")
-    model_name: str = "resnet50"
+    model_name: str = Field(MODEL_NAME, description="the archive's model name in TorchServe")
     connect_timeout_s: float = Field(2.0, gt=0)
     request_timeout_s: float = Field(25.0, gt=0, description="whole upstream call; below API Gateway's 29 s")
     max_connections: int = Field(

@@ -34,6 +34,7 @@ import aiohttp
 
 from gateway.problems import Problem
 from gateway.settings import Settings
+from handlers.contract import ItemAnswer, ModelDescription
 from modelserver.torchserve_keys import MAX_RECOVERIES, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
@@ -96,8 +97,8 @@ async def slices(body: bytes) -> AsyncIterator[memoryview]:
 
 
 @dataclass(frozen=True)
-class Answer:
-    """TorchServe's answer, read whole."""
+class RawResponse:
+    """An HTTP response of TorchServe, read whole."""
 
     status: int
     body: bytes
@@ -127,12 +128,12 @@ class TorchServeClient:
         self.keys = KeySource(settings.key_file, settings.management_url, self.session)
         self._readiness = Readiness(False, "not checked yet")
         self._readiness_lock = asyncio.Lock()
-        self._model_info: dict[str, Any] | None = None
+        self._model_info: ModelDescription | None = None
 
     async def close(self) -> None:
         await self.session.close()
 
-    async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> Answer:
+    async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> RawResponse:
         key = self.keys.get(kind)
         answer = await self._send(key, method, url, **kwargs)
         # At most two recoveries: a newer key from the file (TorchServe restarted or someone rotated it),
@@ -146,19 +147,24 @@ class TorchServeClient:
             answer = await self._send(key, method, url, **kwargs)
         return answer
 
-    async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> Answer:
+    async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> RawResponse:
         headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {key or ''}"}
         if isinstance(body := kwargs.get("data"), bytes):
             kwargs["data"], headers["Content-Length"] = slices(body), str(len(body))
         async with self.session.request(method, url, headers=headers, **kwargs) as response:
-            return Answer(response.status, await response.read())
+            return RawResponse(response.status, await response.read())
 
-    async def predict(self, image: bytes, top_k: int, request_id: str,
-                      extra_headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    async def predict(
+        self, image: bytes, top_k: int, request_id: str, extra_headers: dict[str, str] | None = None
+    ) -> ItemAnswer:
         """The handler's 200 body for one image, or a Problem. `extra_headers` ask for more (X-Output)."""
         url = f"{self.settings.inference_url}/predictions/{self.settings.model_name}"
-        headers = {"X-Top-K": str(top_k), "X-Request-ID": request_id, "Content-Type": "application/octet-stream",
-                   **(extra_headers or {})}  # fmt: skip
+        headers = {
+            "X-Top-K": str(top_k),
+            "X-Request-ID": request_id,
+            "Content-Type": "application/octet-stream",
+            **(extra_headers or {}),
+        }
         try:
             async with asyncio.timeout(self.settings.queue_timeout_s):
                 await self.slots.acquire()
@@ -186,14 +192,16 @@ class TorchServeClient:
     def unavailable(self, detail: str) -> Problem:
         return Problem("model-unavailable", detail, headers={"Retry-After": str(self.settings.retry_after_s)})
 
-    def _interpret(self, answer: Answer) -> dict[str, Any]:
+    def _interpret(self, answer: RawResponse) -> ItemAnswer:
         status = answer.status
         try:
             body = answer.json()
         except ValueError:
             body = None
-        if status == 200 and isinstance(body, dict) and isinstance(body.get("predictions"), list):
-            return body
+        predictions = body.get("predictions") if isinstance(body, dict) else None
+        if status == 200 and isinstance(predictions, list):
+            item: ItemAnswer = body  # the handler's answer (handlers/contract.py)
+            return item
         if status == 422 and isinstance(body, dict) and isinstance(body.get("error"), dict):
             code = str(body["error"].get("code", "undecodable"))
             detail = str(body["error"].get("detail", "the image cannot be decoded"))
@@ -223,8 +231,9 @@ class TorchServeClient:
         url = f"{self.settings.management_url}/models/{self.settings.model_name}"
         try:
             timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout_s)
-            answer: Answer | None = await self._authorized("management", "GET", url, timeout=timeout)
-            workers = answer.json()[0].get("workers", []) if answer.status == 200 else None
+            described = await self._authorized("management", "GET", url, timeout=timeout)
+            workers = described.json()[0].get("workers", []) if described.status == 200 else None
+            answer: RawResponse | None = described
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, AttributeError):
             workers, answer = None, None
         if workers is None:
@@ -237,14 +246,15 @@ class TorchServeClient:
             self._readiness = Readiness(ready > 0, reason, ready, time.monotonic())
         return self._readiness
 
-    async def model_info(self) -> dict[str, Any]:
+    async def model_info(self) -> ModelDescription:
         """The handler's own description (TorchServe custom describe); cached once known."""
         if self._model_info is None:
             url = f"{self.settings.management_url}/models/{self.settings.model_name}"
             try:
                 answer = await self._authorized("management", "GET", url, params={"customized": "true"})
                 described = answer.json()[0]["customizedMetadata"]
-                self._model_info = json.loads(described) if isinstance(described, str) else dict(described)
+                description: ModelDescription = json.loads(described) if isinstance(described, str) else described
+                self._model_info = description
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError):
                 raise self.unavailable("the model description is not available yet") from None
         return self._model_info

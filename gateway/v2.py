@@ -1,8 +1,10 @@
 """Open Inference Protocol (KServe v2) on the gateway, for Triton/KServe clients.
 
-    GET  /v2/health/live, /v2/health/ready            open, like /healthz and /readyz
-    GET  /v2/models/resnet50, /v2/models/resnet50/ready
-    POST /v2/models/resnet50/infer
+    GET  /v2/health/live, /v2/health/ready        open, like /healthz and /readyz
+    GET  /v2/models/{name}, /v2/models/{name}/ready
+    POST /v2/models/{name}/infer
+
+({name}: the served model, GATEWAY_MODEL_NAME, by default handlers/contract.py's MODEL_NAME.)
 
 Input: one BYTES tensor of encoded images, shape [N] (N = batch, at most GATEWAY_MAX_BATCH_FILES), as
 base64 strings in JSON, or raw with the binary-data extension (`Inference-Header-Content-Length`; each
@@ -10,30 +12,34 @@ element a 4-byte little-endian length and the bytes). Output `probabilities` (FP
 `classification` parameter k, BYTES [N, k] of Triton-style "score:index:label" strings; output `embedding`
 (FP32 [N, 2048]): the L2-normalised embeddings of /v1/embed, from the same forward pass. Binary outputs are
 sent when asked for (`binary_data`). Same auth, validation, limits and error mapping as /v1; errors come
-in the protocol's `{"error": "..."}` shape.
+in the protocol's `{"error": "..."}` shape (`error_response`; gateway/errors.py picks it for every path
+under /v2/, unknown ones included).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
 import struct
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
-from gateway.auth import authenticate, charge_images
+from gateway import service
 from gateway.budget import hold_of
+from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
-from gateway.routes import classify, readyz, reserve_body, settings_of, upstream_of, upstream_ready
-from gateway.validation import ENVELOPE_BYTES, check_image, read_capped
+from gateway.settings import Settings
+from gateway.uploads import reserve_body
+from gateway.validation import ENVELOPE_BYTES, CheckedImage, check_image, read_capped
 from gateway.vectors import floats
+from handlers.contract import ItemAnswer, ModelBlock, ModelDescription
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
-Authenticated = Annotated[str, Depends(authenticate)]
+PREFIX = "/v2"
+router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
 HEADER_LENGTH = "inference-header-content-length"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -45,12 +51,17 @@ EMBEDDING_SIZE = 2048
 BODY_COPIES = 2
 
 
-def served_version(model: dict[str, Any]) -> str:
+def error_response(problem: Problem, request_id: str | None) -> Response:
+    """An error in the protocol's shape: `{"error": "..."}` (KServe v2 has no error types)."""
+    return JSONResponse({"error": f"{problem.title}: {problem.detail}"}, problem.status, headers=problem.headers)
+
+
+def served_version(model: ModelBlock) -> str:
     """The served model's version, from the handler's model block (the archive's metadata)."""
     return str(model["version"])
 
 
-def metadata(model_name: str, model: dict[str, Any]) -> dict[str, Any]:
+def metadata(model_name: str, model: ModelDescription) -> dict[str, Any]:
     """v2 metadata of what is served: `model` is the handler's description (version, engine, outputs)."""
     outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]}]
     if "embedding" in (model.get("outputs") or []):  # archives built before embeddings have none
@@ -108,7 +119,8 @@ def bytes_elements(tensor: dict[str, Any], tail: memoryview, max_images: int) ->
     if size is not None:
         if not isinstance(size, int) or size < 0 or size > len(tail):
             raise bad("binary_data_size does not match the binary data sent")
-        raw, bounds, offset = tail[:size], [], 0
+        raw, offset = tail[:size], 0
+        bounds: list[tuple[int, int]] = []
         while offset < len(raw):
             if len(bounds) == max_images:
                 raise batch_size(max_images)
@@ -148,21 +160,24 @@ def classification_k(output: dict[str, Any]) -> int | None:
     return k
 
 
-def encode_output(output: dict[str, Any], results: list[dict[str, Any]]) -> tuple[dict[str, Any], bytes]:
+def encode_output(output: dict[str, Any], results: list[ItemAnswer]) -> tuple[dict[str, Any], bytes]:
     """One output tensor as JSON, plus its binary form when the client asked for binary data."""
     k = classification_k(output)
     binary = bool((output.get("parameters") or {}).get("binary_data"))
+    tensor: dict[str, Any]
+    values: list[float] | list[str]
     if output["name"] == EMBEDDING_NAME:
         raw = b"".join(base64.b64decode(result["embedding"]) for result in results)
         values = floats(raw)
         tensor = {"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [len(results), EMBEDDING_SIZE]}
     elif k is None:
-        values: list[Any] = [0.0] * (len(results) * LABELS)
+        scores = [0.0] * (len(results) * LABELS)
         for row, result in enumerate(results):
             for p in result["predictions"]:
-                values[row * LABELS + p["class_id"]] = p["score"]
-        tensor: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), LABELS]}
-        raw = struct.pack(f"<{len(values)}f", *values)
+                scores[row * LABELS + p["class_id"]] = p["score"]
+        tensor = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), LABELS]}
+        raw = struct.pack(f"<{len(scores)}f", *scores)
+        values = scores
     else:
         strings = [f"{p['score']:.6f}:{p['class_id']}:{p['label']}" for r in results for p in r["predictions"][:k]]
         tensor = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(results), k]}
@@ -176,41 +191,47 @@ def encode_output(output: dict[str, Any], results: list[dict[str, Any]]) -> tupl
 
 
 @router.get("/health/live", summary="The gateway process is alive")
-async def live() -> dict:
+async def live() -> dict[str, Any]:
     return {"live": True}
 
 
 @router.get("/health/ready", summary="TorchServe has a READY worker", responses={503: {}})
-async def ready(request: Request) -> dict:
-    await readyz(request)
+async def ready(drain: DrainDep, upstream: UpstreamDep) -> dict[str, Any]:
+    service.refuse_while_draining(drain)
+    await service.ready(upstream)
     return {"ready": True}
 
 
-NOT_FOUND = {404: {"description": "Unknown model"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model"}}
 
 
 @router.get("/models/{model_name}", summary="Model metadata", responses=NOT_FOUND)
-async def model_metadata(request: Request, model_name: str, _: Authenticated) -> dict:
-    expect_model(request, model_name)
-    return metadata(model_name, await upstream_of(request).model_info())
+async def model_metadata(
+    model_name: str, _: Authenticated, settings: SettingsDep, upstream: UpstreamDep
+) -> dict[str, Any]:
+    expect_model(settings, model_name)
+    return metadata(model_name, await upstream.model_info())
 
 
 @router.get("/models/{model_name}/ready", summary="The model is ready", responses=NOT_FOUND)
-async def model_ready(request: Request, model_name: str, _: Authenticated) -> dict:
-    expect_model(request, model_name)
-    await upstream_ready(request)  # the model serves while the gateway drains: only /v2/health/ready turns 503
+async def model_ready(
+    model_name: str, _: Authenticated, settings: SettingsDep, upstream: UpstreamDep
+) -> dict[str, Any]:
+    expect_model(settings, model_name)
+    await service.ready(upstream)  # the model serves while the gateway drains: only /v2/health/ready turns 503
     return {"name": model_name, "ready": True}
 
 
-def expect_model(request: Request, model_name: str) -> None:
-    if model_name != settings_of(request).model_name:
+def expect_model(settings: Settings, model_name: str) -> None:
+    if model_name != settings.model_name:
         raise Problem("not-found", f"unknown model {model_name!r}")
 
 
 @router.post("/models/{model_name}/infer", summary="Classify a batch of encoded images", responses=NOT_FOUND)
-async def infer(request: Request, model_name: str, _: Authenticated) -> Response:
-    expect_model(request, model_name)
-    settings = settings_of(request)
+async def infer(
+    request: Request, model_name: str, caller: Authenticated, settings: SettingsDep, inference: InferenceDep
+) -> Response:
+    expect_model(settings, model_name)
     limit = settings.max_batch_bytes + ENVELOPE_BYTES
     reserve_body(request, limit, BODY_COPIES)
     body = await read_capped(request.stream(), limit, hold_of(request), "the inference request", BODY_COPIES)
@@ -222,12 +243,11 @@ async def infer(request: Request, model_name: str, _: Authenticated) -> Response
     images = bytes_elements(inputs[0], tail, settings.max_batch_files)
     if not images:
         raise batch_size(settings.max_batch_files)
-    charge_images(request, len(images))
+    caller.charge_images(len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
     top_k = max([(classification_k(o) or LABELS) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
-    extra_headers = {"X-Output": "embedding"} if EMBEDDING_NAME in wanted else None
-    checked = []
+    checked: list[CheckedImage] = []
     for index, data in enumerate(images):
         if len(data) > settings.max_upload_bytes:
             raise Problem("payload-too-large", f"image {index} exceeds {settings.max_upload_bytes} bytes")
@@ -236,19 +256,17 @@ async def infer(request: Request, model_name: str, _: Authenticated) -> Response
         except Problem as problem:
             problem.detail = f"image {index}: {problem.detail}"
             raise
-    answers = await asyncio.gather(*(classify(request, image, top_k, extra_headers) for image in checked))
-    results = [result for result, _ in answers]
-    request.app.state.metrics.images.labels("classified").inc(len(results))
+    results = await inference.classify_all(checked, top_k, embedding=EMBEDDING_NAME in wanted)
     encoded = [encode_output(output, results) for output in outputs]
     response_json = {
         "model_name": model_name,
         "model_version": served_version(results[0]["model"]),
-        "id": request_json.get("id", request.state.request_id),
+        "id": request_json.get("id", inference.request_id),
         "outputs": [tensor for tensor, _ in encoded],
     }
     binary = b"".join(raw for _, raw in encoded)
     header = json.dumps(response_json).encode()
     if not binary:
         return Response(header, media_type="application/json")
-    return Response(header + binary, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    headers = {"Inference-Header-Content-Length": str(len(header))}
+    return Response(header + binary, media_type="application/octet-stream", headers=headers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,7 @@ class CheckedImage:
 
 async def capped(
     chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     """The chunks of a streamed body, each reserved in the request's `hold` (`copies` bytes for each byte
     the route will hold) before it is passed on; 413 as soon as the body passes `limit` (Content-Length or not)."""
     received = 0

@@ -19,6 +19,7 @@ from PIL import Image
 from gateway.problems import Problem
 from gateway.settings import get_settings
 from gateway.upstream import TorchServeClient
+from handlers.contract import ItemAnswer
 
 
 def warmup_image() -> bytes:
@@ -28,7 +29,7 @@ def warmup_image() -> bytes:
     return buffer.getvalue()
 
 
-async def warm_up() -> dict:
+async def warm_up() -> ItemAnswer:
     client = TorchServeClient(get_settings())
     try:
         return await client.predict(warmup_image(), top_k=1, request_id=f"warmup-{uuid.uuid4().hex[:12]}")
@@ -43,7 +44,7 @@ def main() -> int:
         print(f"warm-up inference failed: {problem.detail}", file=sys.stderr)
         return 1
     top = answer["predictions"][0]
-    print(f"warm-up inference answered: {top.get('label')} {top.get('score')}")
+    print(f"warm-up inference answered: {top['label']} {top['score']}")
     return 0
 
 

@@ -78,3 +78,16 @@ class ItemAnswer(TypedDict):
     explanations: NotRequired[list[Explanation]]
     geometry: NotRequired[Geometry]
     error: NotRequired[ItemError]
+
+
+class ModelDescription(ModelBlock):
+    """The handler's own description (TorchServe's custom describe, `customizedMetadata` in the management
+    API's answer): the model block, its labels, what it gives besides scores and its bounds."""
+
+    labels: int
+    label_names: list[str]
+    int8_gate: dict[str, object] | None  # onnx-int8: INT8 against fp32 as the build measured it; else null
+    outputs: list[str]  # the extras the archive supports: "embedding", "cam"
+    max_pixels: int
+    default_top_k: int
+    max_top_k: int

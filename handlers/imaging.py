@@ -13,7 +13,7 @@ That holds for every image by default, large JPEGs included. One opt-in exceptio
 `jpeg_draft` set to 2, 4 or 8, a JPEG is decoded with libjpeg's DCT scaling (`Image.draft`) at the strongest
 power-of-two reduction, at most 1/jpeg_draft, that keeps the shorter side at or above 232 px; it is then
 resized exactly as above. That skips most of the decoding work for large photos, but the pixels, and so the
-probabilities, are no longer the reference's (README, "The handler", has the measured trade-off).
+probabilities, are no longer the reference's (docs/model.md, "The handler", has the measured trade-off).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
                           max(math.ceil(height * scale), height // jpeg_draft)))  # fmt: skip
     try:
         img.load()
-        # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (README, "The handler").
+        # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (docs/model.md, "The handler").
         ImageOps.exif_transpose(img, in_place=True)
         return img if img.mode == "RGB" else img.convert("RGB")
     except TooManyReads as exc:

@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
         help="onnx (fp32, the default), onnx-int8 (quantised, gated against fp32) or eager; with --if-missing and "
         "no --engine, an existing archive of any engine is kept",
     )
-    int8 = build.add_argument_group("onnx-int8", "calibration and the accuracy gate (README, 'INT8 engine')")
+    int8 = build.add_argument_group("onnx-int8", "calibration and the accuracy gate (docs/model.md, 'INT8 engine')")
     int8.add_argument(
         "--calibration",
         type=Path,
@@ -221,7 +221,7 @@ def parser() -> argparse.ArgumentParser:
     int8.add_argument("--min-top1-agreement", type=float, default=gate.min_top1_agreement, metavar="F")
     int8.add_argument("--min-top5-overlap", type=float, default=gate.min_top5_overlap, metavar="F")
     int8.add_argument("--max-prob-diff", type=float, default=gate.max_prob_diff, metavar="F")
-    build.add_argument("--workers", type=int, help="default per engine: onnx 1, onnx-int8 2 (README, Serving defaults)")
+    build.add_argument("--workers", type=int, help="default per engine: onnx 1, onnx-int8 2 (docs/model.md)")
     build.add_argument("--batch-size", type=int, help="default per engine: onnx 8, onnx-int8 4")
     build.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
     build.add_argument(
@@ -230,7 +230,7 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         choices=[1, 2, 4, 8],
         help="1 (default): decode every image in full, exactly as torchvision's reference; 2, 4 or 8: let the "
-        "handler decode JPEGs at reduced scale, down to 1/N (faster for large photos, not exact; see README)",
+        "handler decode JPEGs at reduced scale, down to 1/N (faster for large photos, not exact; see docs/model.md)",
     )
     build.add_argument("--output", type=Path, default=DEFAULT_MAR)
     build.add_argument("--cache-dir", type=Path, default=None, help="download cache (default: torch hub's)")

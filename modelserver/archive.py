@@ -5,7 +5,7 @@
 The ONNX export is checked against the eager model before anything is packaged; a model that fails the
 check is refused. With `--engine onnx-int8` the archive also carries the statically quantised model,
 which must pass the accuracy gate against fp32 (modelserver/quantize.py), else the build refuses. The
-archive's model-config.yaml carries the serving defaults chosen by measurement (see README, "Serving
+archive's model-config.yaml carries the serving defaults chosen by measurement (see docs/model.md, "Serving
 defaults").
 """
 
@@ -44,7 +44,7 @@ class ArchiveError(Exception):
     """torch-model-archiver could not package the staged files."""
 
 
-# Workers and batch size per engine, measured with `python -m bench.serving_defaults` (README, "Serving
+# Workers and batch size per engine, measured with `python -m bench.serving_defaults` (docs/model.md, "Serving
 # defaults"): INT8 serves more per CPU-second from two single-threaded workers (one decodes while the other
 # runs the model); fp32 keeps one two-threaded worker for its single-request latency.
 ENGINE_DEFAULTS: dict[str, dict[str, int]] = {

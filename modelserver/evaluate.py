@@ -117,12 +117,12 @@ def in_process(mar: Path, images: list[Labelled], settings: dict[str, Any], prog
 def via_gateway(url: str, api_key: str, images: list[Labelled], progress: bool) -> Iterator[Outcome]:
     """Every image through the running service, sent by the batch client `imgcls` (its retries included)."""
     from client.pipeline import Options, run
+    from client.tasks import Classify
 
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         out = Path(tmp) / "answers.jsonl"
-        summary = run(
-            Options([str(i.path) for i in images], url, api_key, top_k=TOP_K, output=str(out), progress=progress)
-        )
+        paths = [str(i.path) for i in images]
+        summary = run(Options(paths, url, api_key, task=Classify(top_k=TOP_K), output=str(out), progress=progress))
         if summary.fatal:
             raise EvaluationError(f"the gateway refused: {summary.fatal}")
         answers = {}

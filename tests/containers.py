@@ -57,7 +57,8 @@ def container_marks(*programs: str) -> list[pytest.MarkDecorator]:
         pytest.fail(f"the container suite cannot run in CI: {problem}", pytrace=False)
     return [
         pytest.mark.skipif(problem is not None, reason=str(problem)),
-        # A cold build of the serve image takes longer than the suite's default 600 s (README, "Run with Docker").
+        # A cold build of the serve image takes longer than the suite's default 600 s (docs/docker.md,
+        # "Building the images").
         pytest.mark.timeout(3600),
     ]
 
@@ -132,7 +133,7 @@ class Stack:
         return self.compose("exec", "-T", "gateway", "python", *command, timeout=60).stdout
 
     def keys(self) -> dict[str, str]:
-        """TorchServe's key file, read the way README's ops section does."""
+        """TorchServe's key file, read the way docs/operations.md does ("The management API of the containers")."""
         text = self.compose("exec", "-T", "torchserve", "cat", "/srv/torchserve/key_file.json").stdout
         return {name: entry["key"] for name, entry in json.loads(text).items()}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import csv
 import inspect
 import json
@@ -14,11 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from imagegen import encode, jpeg, truncated_jpeg
 from support import Gateway, client_env, free_port, gateway_env, imgcls, imgcls_cmd, jsonl, summary
 from testmodel import PHOTOS, photo, picture
 
+from client.records import Record
+from client.sender import Sender
+from client.tasks import Classify, Embed
 from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
 from modelserver.torchserve import TorchServe
@@ -94,8 +100,9 @@ def test_walk_selects_by_glob_and_recursion_lazily(tree: Path) -> None:
     assert set(iter_inputs([tree], recursive=True, glob="*.png")) == pngs
     # a file named explicitly is taken whatever the glob; overlapping arguments give each file once
     both = list(iter_inputs([tree / "a/notes.txt", tree / "a", tree / "a/a1.jpg"], recursive=True, glob="*.jpg"))
-    assert sorted(both) == sorted(paths(tree, ["a/notes.txt", "a/a1.jpg", "a/a2.jpg", "a/b/b1.jpg", "a/b/b3.jpg",
-                                               "a/b/cut.jpg"]))  # fmt: skip
+    assert sorted(both) == sorted(
+        paths(tree, ["a/notes.txt", "a/a1.jpg", "a/a2.jpg", "a/b/b1.jpg", "a/b/b3.jpg", "a/b/cut.jpg"])
+    )
 
     # lazy: a file created after the walk started, in a folder it has not listed yet, is still found
     late = tree / "c" / "late.jpg"
@@ -150,8 +157,8 @@ def test_csv_output(gateway: Gateway, api_key: str, tree: Path, tmp_path: Path) 
     assert done.returncode == 1, done.stderr
     with out.open(newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["path", "status", "top1_label", "top1_score", "error", "request_id",
-                                     "explanation", "explanation_error"]  # fmt: skip
+        header = "path status top1_label top1_score error request_id explanation explanation_error"
+        assert reader.fieldnames == header.split()
         rows = {row["path"]: row for row in reader}
     assert not any(row["explanation"] or row["explanation_error"] for row in rows.values())  # no --explain
     assert set(rows) == paths(tree, GOOD) | paths(tree, BAD)
@@ -203,6 +210,34 @@ def test_connection_errors_are_retried_then_recorded(api_key: str, tree: Path) -
     assert record["status"] == "failed" and record["error"]["type"] == "client/connection-error"
 
 
+def test_malformed_answers_are_bad_response_records(tmp_path: Path) -> None:
+    """What the real gateway never sends (a fault only a stand-in can give): members of the wrong kind are
+    each file's `client/bad-response`, not an ok record that a writer then trips over."""
+    image = tmp_path / "a.jpg"
+    image.write_bytes(jpeg(64, 64, seed=1))
+    vector = base64.b64encode(np.ones(4, dtype="<f4").tobytes()).decode()
+    answers = {  # route -> the stand-in's answer
+        "/v1/embed/batch": {"results": [{"embedding": [0.5, 0.5]}, {"embedding": vector}, {"filename": "c.jpg"}]},
+        "/v1/predict": {"request_id": "r1", "predictions": [{"label": "tabby"}]},  # no rank, class_id, score
+    }
+
+    def stand_in(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=answers[request.url.path])
+
+    async def send(task: Classify | Embed, batch: bool, n: int) -> list[Record]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(stand_in), base_url="http://gw") as http:
+            return await Sender(http, task, batch=batch).send([str(image)] * n)
+
+    embedded = asyncio.run(send(Embed(), batch=True, n=3))
+    assert [r["status"] for r in embedded] == ["failed", "ok", "failed"]
+    assert embedded[0]["error"]["type"] == embedded[2]["error"]["type"] == "client/bad-response"
+    assert embedded[1]["embedding"] == vector
+    [classified] = asyncio.run(send(Classify(top_k=3), batch=False, n=1))
+    assert classified["status"] == "failed" and classified["request_id"] == "r1"
+    error = {"type": "client/bad-response", "detail": "no predictions in the answer", "status": 200}
+    assert classified["error"] == error
+
+
 # --- against a gateway with a tiny rate limit ------------------------------------------------------
 
 
@@ -225,8 +260,9 @@ def test_retries_honour_retry_after(limited: Gateway, api_key: str, tree: Path, 
     out = tmp_path / "out.jsonl"
     before = rate_limited_count(limited)
     files = sorted(paths(tree, GOOD))
-    done = imgcls(limited.url, api_key, *files, "--batch-size", "1", "--concurrency", "4", "--retries", "30",
-                  "-v", "-o", str(out))  # fmt: skip
+    done = imgcls(
+        limited.url, api_key, *files, "--batch-size", "1", "--concurrency", "4", "--retries", "30", "-v", "-o", str(out)
+    )
     assert done.returncode == 0, done.stderr
     counts = summary(done.stderr)
     assert counts["ok"] == 12 and counts["failed"] == 0 and counts["retries"] > 0
@@ -241,8 +277,14 @@ def test_retries_honour_retry_after(limited: Gateway, api_key: str, tree: Path, 
 def test_interrupt_then_resume(limited: Gateway, api_key: str, tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     args = [str(tree), "-r", "--batch-size", "1", "--concurrency", "2", "--retries", "30", "-o", str(out)]
-    process = subprocess.Popen(imgcls_cmd(*args), cwd=REPO, env=client_env(limited.url, api_key),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        imgcls_cmd(*args),
+        cwd=REPO,
+        env=client_env(limited.url, api_key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:

@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +39,14 @@ def served_embedding(gateway: Gateway, data: bytes) -> np.ndarray:
 
 def test_embed_writes_vectors_and_paths_and_resumes(gateway: Gateway, folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "vectors.npy"
-    first = imgcls(gateway.url, API_KEY, str(folder), "--glob", "*.jpg", "-o", str(out), "--batch-size", "2",
-                   command="embed", timeout=180)  # fmt: skip
+
+    def embed(*args: str) -> subprocess.CompletedProcess[str]:
+        return imgcls(gateway.url, API_KEY, str(folder), *args, command="embed", timeout=180)
+
+    first = embed("--glob", "*.jpg", "-o", str(out), "--batch-size", "2")
     assert first.returncode == 1, first.stderr  # broken.jpg failed
     assert "3 ok, 1 failed" in first.stderr
-    resumed = imgcls(gateway.url, API_KEY, str(folder), "-r", "-o", str(out), "--resume", "--batch-size", "4",
-                     command="embed", timeout=180)  # fmt: skip
+    resumed = embed("-r", "-o", str(out), "--resume", "--batch-size", "4")
     assert "3 ok, 1 failed, 3 skipped" in resumed.stderr, resumed.stderr
     vectors = np.load(out)
     lines = row_paths(out)
@@ -55,7 +58,7 @@ def test_embed_writes_vectors_and_paths_and_resumes(gateway: Gateway, folder: Pa
 
 
 def row_paths(vectors: Path) -> list[str]:
-    """The paths file read as the README says: one JSON string per line."""
+    """The paths file read as docs/client.md says: one JSON string per line."""
     return [json.loads(line) for line in vectors.with_suffix(".paths.txt").read_text().splitlines()]
 
 
@@ -178,8 +181,8 @@ def test_classify_explain_writes_the_overlays(gateway: Gateway, folder: Path, tm
     wide.write_bytes(encode(picture("chelsea").resize((1800, 1200)), "JPEG", quality=90))
     out = tmp_path / "results.jsonl"
     cat = next(folder.rglob("chelsea.jpg"))
-    done = imgcls(gateway.url, API_KEY, str(cat), str(wide), str(folder / "broken.jpg"),
-                  "--explain", str(overlays), "-o", str(out), timeout=180)  # fmt: skip
+    inputs = [str(cat), str(wide), str(folder / "broken.jpg")]
+    done = imgcls(gateway.url, API_KEY, *inputs, "--explain", str(overlays), "-o", str(out), timeout=180)
     assert done.returncode == 1, done.stderr
     records = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
     for path, size in ((cat, picture("chelsea").size), (wide, (1024, 683))):
@@ -201,8 +204,9 @@ def test_classify_explain_to_csv_keeps_every_overlay(gateway: Gateway, tmp_path:
     broken = tmp_path / "in" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really")
     overlays, out = tmp_path / "why", tmp_path / "results.csv"
-    done = imgcls(gateway.url, API_KEY, str(tmp_path / "in"), "-r", "--explain", str(overlays), "-o", str(out),
-                  timeout=180)  # fmt: skip
+    done = imgcls(
+        gateway.url, API_KEY, str(tmp_path / "in"), "-r", "--explain", str(overlays), "-o", str(out), timeout=180
+    )
     assert done.returncode == 1, done.stderr  # broken.jpg failed
     with out.open(newline="") as f:
         rows = {row["path"]: row for row in csv.DictReader(f)}

@@ -350,16 +350,20 @@ def test_gateway_image_runs_the_gateway_without_torch() -> None:
 
 
 def test_gateway_image_carries_the_handler_modules_the_gateway_imports() -> None:
-    """The gateway shares handlers/bounds.py with the handler (one place for the bounds both check): its image
-    copies that file, and what it imports from handlers/ imports nothing else from there."""
+    """The gateway shares handlers/bounds.py (the bounds both check) and handlers/contract.py (the model name,
+    the formats, the answers' shapes) with the handler: its image copies those files, and what it imports from
+    handlers/ imports nothing else from there, nor anything outside the standard library."""
     sources = (ROOT / "gateway").rglob("*.py")
     imported = {m for f in sources for m in re.findall(r"^from (handlers\.\w+) import", f.read_text(), re.M)}
-    assert imported == {"handlers.bounds"}
+    assert imported == {"handlers.bounds", "handlers.contract"}
     copied = {source for stage, paths, _ in copies(instructions(GATEWAY)) if not stage for source in paths}
     for module in imported:
         path = module.replace(".", "/") + ".py"
         assert {path, "handlers/__init__.py"} <= copied, f"Dockerfile.gateway does not COPY {path}"
-        assert not re.search(r"^\s*(from|import) handlers", (ROOT / path).read_text(), re.M)
+        source = (ROOT / path).read_text()
+        assert not re.search(r"^\s*(from|import) handlers", source, re.M)
+        top_level = {name.split(".")[0] for name in re.findall(r"^\s*(?:from|import) (\w[\w.]*)", source, re.M)}
+        assert top_level <= sys.stdlib_module_names | {"__future__"}, f"{path} imports {top_level}"
 
 
 def test_both_images_carry_the_torchserve_key_policy() -> None:

@@ -1,6 +1,6 @@
 """Reduced-scale JPEG decoding (the handler's `jpeg_draft`) is off by default; when allowed, it is faster
 and not exact. With the test model on 2-12 MP photos, its deviation from the full decode is measured here
-and bounded by the numbers README documents ("The handler"), so a change that makes it worse fails."""
+and bounded by the numbers docs/model.md documents ("The handler"), so a change that makes it worse fails."""
 
 from __future__ import annotations
 

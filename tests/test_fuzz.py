@@ -1,7 +1,7 @@
 """Fuzzing: schemathesis against the live gateway's OpenAPI, and hypothesis against the validation layer.
 
 The schemathesis run is budgeted for the suite (`FUZZ_MAX_EXAMPLES`, default 50 per operation); the long
-run in README.md ("Reliability") is the same test with a larger budget.
+run in docs/operations.md ("Reliability") is the same test with a larger budget.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from gateway.problems import PROBLEM_JSON, Problem
-from gateway.protocol import GuardedHttpToolsProtocol
+from gateway.protocol import ConnectionLimits, guarded_protocol
 from gateway.settings import Settings
 from gateway.validation import SIGNATURES, CheckedImage, check_image, sniff
 
@@ -235,9 +235,10 @@ class Socket(asyncio.Transport):
 
 async def serve(data: bytes, cuts: list[int]) -> bytes:
     """`data` through the gateway's real protocol (gateway/protocol.py) in reads split at `cuts`: the answers."""
-    config = Config(app=echo_length, http=GuardedHttpToolsProtocol, log_config=None)
+    protocol_class = guarded_protocol(ConnectionLimits.of(SETTINGS))
+    config = Config(app=echo_length, http=protocol_class, log_config=None)
     config.load()
-    protocol = GuardedHttpToolsProtocol(config, ServerState(), {}, _loop=asyncio.get_running_loop())
+    protocol = protocol_class(config, ServerState(), {}, _loop=asyncio.get_running_loop())
     sock = Socket()
     protocol.connection_made(sock)
     for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(data)]):

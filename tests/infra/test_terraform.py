@@ -467,8 +467,8 @@ def media_type_matches(pattern: str, content_type: str) -> bool:
 
 def sent_content_types() -> dict[str, set[str]]:
     """Content type -> where it comes from: every request content type the project's clients (client/, bench/)
-    set, and every one the curl examples in the READMEs send (-F: multipart; --data-binary: its -H or curl's
-    default form encoding)."""
+    set, and every one the curl examples in the docs (READMEs, SECURITY.md, docs/) send (-F: multipart;
+    --data-binary: its -H or curl's default form encoding)."""
     found: dict[str, set[str]] = {}
     for path in sorted([*(REPO / "client").glob("*.py"), *(REPO / "bench").glob("*.py")]):
         text = path.read_text()
@@ -476,7 +476,8 @@ def sent_content_types() -> dict[str, set[str]]:
             found.setdefault(value, set()).add(path.name)
         if re.search(r"\bfiles=", text):
             found.setdefault("multipart/form-data", set()).add(path.name)
-    for doc in (REPO / "README.md", REPO / "infra" / "README.md", REPO / "SECURITY.md"):
+    docs = [REPO / "README.md", REPO / "infra" / "README.md", REPO / "SECURITY.md", *(REPO / "docs").glob("*.md")]
+    for doc in docs:
         commands = re.sub(r"\\\n\s*", " ", doc.read_text())
         for command in re.findall(r"^.*\bcurl\b.*$", commands, flags=re.M):
             explicit = re.findall(r"-H\s+[\"']Content-Type:\s*([^\"']+)[\"']", command, flags=re.I)

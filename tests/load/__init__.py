@@ -1,1 +1,1 @@
-"""Load and soak tests (the long soak is `python -m bench.soak`, see README.md, "Reliability")."""
+"""Load and soak tests (the long soak is `python -m bench.soak`, see docs/operations.md, "Reliability")."""

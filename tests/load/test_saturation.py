@@ -33,8 +33,13 @@ WARMUP_S = 30.0
 def saturated_gateway(
     torchserve: TorchServe, api_key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
-    env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="10000", rate_limit_burst="10000",
-                      request_timeout_s=str(GATEWAY_TIMEOUT_S))  # fmt: skip
+    env = gateway_env(
+        torchserve,
+        [key_hash(api_key)],
+        rate_limit_rps="10000",
+        rate_limit_burst="10000",
+        request_timeout_s=str(GATEWAY_TIMEOUT_S),
+    )
     with Gateway(tmp_path_factory.mktemp("gw-saturation") / "gw.log", env) as server:
         yield server
 
@@ -46,14 +51,16 @@ def predict_requests_counted(gateway: Gateway) -> int:
 
 
 @pytest.mark.timeout(240)
-def test_saturation_every_request_answered(saturated_gateway: Gateway, torchserve: TorchServe, api_key: str,
-                                           tmp_path: Path) -> None:  # fmt: skip
+def test_saturation_every_request_answered(
+    saturated_gateway: Gateway, torchserve: TorchServe, api_key: str, tmp_path: Path
+) -> None:
     bodies = [jpeg(320, 240, seed=s) for s in range(8)]
     before = predict_requests_counted(saturated_gateway)
     assert saturated_gateway.process is not None and torchserve.process is not None
     with RssSampler(saturated_gateway.process.pid, torchserve.process.pid, interval=2.0) as sampler:
-        result = asyncio.run(saturate(saturated_gateway.url, api_key, bodies, CONCURRENCY, SECONDS,
-                                      GATEWAY_TIMEOUT_S + MARGIN_S))  # fmt: skip
+        result = asyncio.run(
+            saturate(saturated_gateway.url, api_key, bodies, CONCURRENCY, SECONDS, GATEWAY_TIMEOUT_S + MARGIN_S)
+        )
     print(f"\nsaturation: {result}")
     growths = {role: growth(sampler.samples, role, WARMUP_S) for role in ("gateway", "frontend", "worker")}
     print(f"RSS growth after {WARMUP_S:g} s: {growths}")

@@ -1,4 +1,4 @@
-"""Shaping the handler's scores into the answer a client asked for.
+"""Ranking the handler's scores as the client asked: the `predictions` and `decision` of an answer.
 
 - `top_k` and `min_score` cut the ranked list.
 - `classes` (comma-separated class ids or label names) restricts the answer to an allow-list; the scores
@@ -10,19 +10,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, TypedDict
 
-from fastapi import Query, Request
+from fastapi import Query
 
+from gateway.deps import UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
+from handlers.contract import ItemAnswer, Prediction
 
 MAX_TOP_K = 20
 ALL_CLASSES = 1000
 
 
 @dataclass(frozen=True)
-class AnswerOptions:
+class RankOptions:
     top_k: int
     min_score: float | None
     unknown_below: float | None
@@ -44,9 +46,9 @@ def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
     for entry in (part.strip() for part in raw.split(",")):
         if not entry:
             continue
-        class_id = ascii_int(entry)
-        if class_id is not None and class_id < len(labels):
-            ids.add(class_id)
+        number = ascii_int(entry)
+        if number is not None and number < len(labels):
+            ids.add(number)
         elif entry.lower() in by_name:
             ids.update(by_name[entry.lower()])
         else:
@@ -58,8 +60,18 @@ def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
     return frozenset(ids)
 
 
-async def answer_options(
-    request: Request,
+class Ranked(Prediction):
+    rank: int
+
+
+class Decision(TypedDict):
+    label: str  # "unknown" when no score passes `unknown_below`
+    class_id: int | None
+    score: float | None
+
+
+async def rank_options(
+    upstream: UpstreamDep,
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="number of classes to return")] = 5,
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="drop predictions below this")] = None,
     unknown_below: Annotated[
@@ -68,22 +80,23 @@ async def answer_options(
     classes: Annotated[
         str | None, Query(max_length=20000, description="allow-list: comma-separated class ids or label names")
     ] = None,
-) -> AnswerOptions:
+) -> RankOptions:
     allowed = None
     if classes is not None:
-        info = await request.app.state.upstream.model_info()
+        info = await upstream.model_info()
         allowed = resolve_classes(classes, info["label_names"])
-    return AnswerOptions(top_k, min_score, unknown_below, allowed)
+    return RankOptions(top_k, min_score, unknown_below, allowed)
 
 
-def shape(result: dict[str, Any], options: AnswerOptions) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def ranked(answer: ItemAnswer, options: RankOptions) -> tuple[list[Ranked], Decision]:
     """(ranked predictions, decision) for one image."""
-    scored = result["predictions"]
+    scored = answer["predictions"]
     if options.classes is not None:
         kept = [p for p in scored if p["class_id"] in options.classes]
         total = sum(p["score"] for p in kept) or 1.0
         scored = [{**p, "score": p["score"] / total} for p in kept]
     best = scored[0] if scored else None
+    decision: Decision
     if best is None or (options.unknown_below is not None and best["score"] < options.unknown_below):
         decision = {"label": "unknown", "class_id": None, "score": best["score"] if best else None}
     else:

@@ -1,0 +1,62 @@
+"""The routes' dependencies, typed, defined once: each router takes what it needs as a parameter of its
+route (`settings: SettingsDep`, `_: Authenticated`, ...) and none reads the app's state itself.
+
+`create_app` (gateway/main.py) keeps the app's services in `app.state`; this module is the one place that
+reads them back, each with its type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Request, Response
+
+from gateway.auth import Caller, KeyStore, RateLimiter, admit
+from gateway.drain import Drain
+from gateway.metrics import Metrics
+from gateway.renders import RenderSlots
+from gateway.service import Inference
+from gateway.settings import Settings
+from gateway.upstream import TorchServeClient
+
+T = TypeVar("T")
+
+
+def from_state(name: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """A dependency: the app's service `name` (gateway/main.py sets it in app.state), which must be a `kind`.
+    Async, as every dependency here: FastAPI runs a plain function in the thread pool, a hop per request."""
+
+    async def read(request: Request) -> T:
+        service = getattr(request.app.state, name)
+        if not isinstance(service, kind):
+            raise TypeError(f"app.state.{name} is a {type(service).__name__}, not a {kind.__name__}")
+        return service
+
+    return read
+
+
+SettingsDep = Annotated[Settings, Depends(from_state("settings", Settings))]
+UpstreamDep = Annotated[TorchServeClient, Depends(from_state("upstream", TorchServeClient))]  # made by the lifespan
+KeysDep = Annotated[KeyStore, Depends(from_state("keys", KeyStore))]
+LimiterDep = Annotated[RateLimiter, Depends(from_state("limiter", RateLimiter))]
+MetricsDep = Annotated[Metrics, Depends(from_state("metrics", Metrics))]
+RendersDep = Annotated[RenderSlots, Depends(from_state("renders", RenderSlots))]
+DrainDep = Annotated[Drain, Depends(from_state("drain", Drain))]
+
+
+async def authenticate(
+    request: Request, response: Response, keys: KeysDep, limiter: LimiterDep, metrics: MetricsDep
+) -> Caller:
+    """The caller, after auth and rate limiting (gateway/auth.py); else a 401 or 429 problem."""
+    return admit(request, response, keys, limiter, metrics)
+
+
+Authenticated = Annotated[Caller, Depends(authenticate)]
+
+
+async def inference(request: Request, settings: SettingsDep, upstream: UpstreamDep, metrics: MetricsDep) -> Inference:
+    return Inference(request, settings, upstream, metrics)
+
+
+InferenceDep = Annotated[Inference, Depends(inference)]
