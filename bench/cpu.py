@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypedDict
 
 # what we report → the /proc/cpuinfo flags that imply it
 FEATURES = {
@@ -19,7 +20,14 @@ FEATURES = {
 }
 
 
-def describe(cpuinfo: str) -> dict:
+class Cpu(TypedDict):
+    model: str
+    cpus: int | None
+    features: dict[str, bool]  # FEATURES' names → present
+    kind: str  # see kind()
+
+
+def describe(cpuinfo: str) -> Cpu:
     """Model name and features from the text of /proc/cpuinfo (the first processor's entry)."""
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
@@ -31,8 +39,12 @@ def describe(cpuinfo: str) -> dict:
         fields[key.strip()] = value.strip()
     flags = set(fields.get("flags", "").split())
     features = {name: any(flag in flags for flag in implied) for name, implied in FEATURES.items()}
-    return {"model": fields.get("model name", "unknown"), "cpus": os.cpu_count(), "features": features,
-            "kind": kind(features)}  # fmt: skip
+    return {
+        "model": fields.get("model name", "unknown"),
+        "cpus": os.cpu_count(),
+        "features": features,
+        "kind": kind(features),
+    }
 
 
 def kind(features: dict[str, bool]) -> str:
@@ -44,11 +56,11 @@ def kind(features: dict[str, bool]) -> str:
     return "AVX2" if features["AVX2"] else "pre-AVX2"
 
 
-def this_cpu() -> dict:
+def this_cpu() -> Cpu:
     path = Path("/proc/cpuinfo")
     return describe(path.read_text() if path.exists() else "")
 
 
-def line(cpu: dict) -> str:
+def line(cpu: Cpu) -> str:
     have = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in cpu["features"].items())
     return f"CPU: {cpu['model']}, {cpu['cpus']} cores, {have} (kind: {cpu['kind']})"

@@ -55,14 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         for floor in JPEG_DRAFT_CHOICES
     }
     full = probabilities[1]
-    lines = ["| jpeg_draft | max prob diff (median photo) | top-1 agreement | decode+preprocess ms: median photo, "
-             f"largest file ({args.photos[largest].name}) |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| jpeg_draft | max prob diff (median photo) | top-1 agreement | decode+preprocess ms: median photo, "
+        f"largest file ({args.photos[largest].name}) |",
+        "|---|---|---|---|",
+    ]
     for floor in JPEG_DRAFT_CHOICES:
         top1, _, worst = compare(full, probabilities[floor])  # as the INT8 gate measures it
         per_photo = np.abs(probabilities[floor] - full).max(axis=1)  # for the median photo
         agree = round(top1 * len(images))
-        lines.append(f"| {floor} | {worst:.3f} ({np.median(per_photo):.3f}) | {agree}/{len(images)} | "
-                     f"{statistics.median(times[floor]):.1f}, {times[floor][largest]:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {floor} | {worst:.3f} ({np.median(per_photo):.3f}) | {agree}/{len(images)} | "
+            f"{statistics.median(times[floor]):.1f}, {times[floor][largest]:.1f} |"
+        )
     print("\n".join(lines))
     return 0
 

@@ -27,17 +27,21 @@ import httpx
 import numpy as np
 
 from bench import cpu, servers
+from bench.inputs import GATEWAY_HEADERS, photos
 from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
-from handlers.engines import ONNX_FILE, OUTPUTS, load_engine
+from handlers.engines import ONNX_FILE, OUTPUTS, Engine, load_engine
 from handlers.imaging import decode, preprocess
 from modelserver.mar import unpack
-from modelserver.torchserve import REPO_ROOT, free_port
+from modelserver.paths import DEFAULT_MAR
 
-HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
 TARGETS = {"explain_json_p50_vs_predict_p50_c1": 1.2, "embed_c8_vs_predict_c8": 0.95}
-ROUTES = {"predict": "/v1/predict", "explain json": "/v1/explain", "explain png": "/v1/explain?format=png",
-          "embed": "/v1/embed?encoding=base64"}  # fmt: skip
+ROUTES = {
+    "predict": "/v1/predict",
+    "explain json": "/v1/explain",
+    "explain png": "/v1/explain?format=png",
+    "embed": "/v1/embed?encoding=base64",
+}
 LATENCY = ("predict", "explain json", "explain png")  # at 1 client
 THROUGHPUT = ("predict", "embed")  # at 8 clients
 ROUNDS = 4
@@ -80,6 +84,15 @@ def logits_only_copy(model_dir: Path, target: Path) -> Path:
     return target
 
 
+def fetches(before: Engine, engine: Engine, inputs: np.ndarray, batch: int) -> dict[str, Callable[[int], object]]:
+    """The three contenders of part 7a on one batch: the logits-only graph, the logits alone, every output."""
+    return {
+        f"logits-only graph batch {batch}": lambda _: before.run(inputs),
+        f"logits batch {batch}": lambda _: engine.run(inputs),
+        f"all outputs batch {batch}": lambda _: engine.run_outputs(inputs, list(OUTPUTS)),
+    }
+
+
 def bench_fetch(model_dir: Path, image: bytes, seconds: float, threads: int, tmpdir: Path) -> list[Row]:
     """At batch 1 and 8: the graph with the extra outputs fetching the logits alone (what /v1/predict does),
     fetching every output (/v1/explain and /v1/embed together), and the logits-only graph (before them)."""
@@ -88,17 +101,14 @@ def bench_fetch(model_dir: Path, image: bytes, seconds: float, threads: int, tmp
     rows = []
     for batch in (1, 8):
         inputs = np.ascontiguousarray(np.stack([preprocess(decode(image, 10**8))] * batch))
-        runs = {f"logits-only graph batch {batch}": lambda _, x=inputs: before.run(x),
-                f"logits batch {batch}": lambda _, x=inputs: engine.run(x),
-                f"all outputs batch {batch}": lambda _, x=inputs: engine.run_outputs(x, list(OUTPUTS))}  # fmt: skip
-        rows += rows_of("fetch", interleaved(runs, seconds), batch)
+        rows += rows_of("fetch", interleaved(fetches(before, engine, inputs, batch), seconds), batch)
     return rows
 
 
 def bench_served(gateway_url: str, images: list[bytes], seconds: float, meter: CpuMeter) -> list[Row]:
     """Latency at 1 client, the routes taking turns on the same image; throughput at 8 clients, the two routes
     taking turns in ROUNDS rounds of half the time each."""
-    client = httpx.Client(timeout=60, headers=HEADERS)
+    client = httpx.Client(timeout=60, headers=GATEWAY_HEADERS)
 
     def call(route: str) -> Callable[[int], object]:
         return lambda i: client.post(gateway_url + route, content=images[i % len(images)]).raise_for_status()
@@ -108,13 +118,14 @@ def bench_served(gateway_url: str, images: list[bytes], seconds: float, meter: C
     rounds: dict[str, list[Row]] = {name: [] for name in THROUGHPUT}
     for _ in range(ROUNDS):
         for name in THROUGHPUT:
-            rounds[name] += measure("served", name, gateway_url + ROUTES[name], HEADERS, images, (8,), seconds / 2,
-                                    meter)  # fmt: skip
+            rounds[name] += measure(
+                "served", name, gateway_url + ROUTES[name], GATEWAY_HEADERS, images, (8,), seconds / 2, meter
+            )
     for name, measured in rounds.items():
         images_done, busy = sum(r.images for r in measured), sum(r.seconds for r in measured)
-        tails = (float(np.median([getattr(r, f) for r in measured])) for f in ("p50_ms", "p95_ms", "p99_ms"))
+        p50, p95, p99 = (float(np.median([getattr(r, f) for r in measured])) for f in ("p50_ms", "p95_ms", "p99_ms"))
         errors = sum(r.errors for r in measured)
-        rows.append(Row("served", name, 8, images_done, errors, busy, images_done / busy, *tails))
+        rows.append(Row("served", name, 8, images_done, errors, busy, images_done / busy, p50, p95, p99))
         print(f"  served   {name:22} c=8 over {ROUNDS} rounds {rows[-1].img_per_s:8.2f}/s", flush=True)
     return rows
 
@@ -128,11 +139,17 @@ def summary(rows: list[Row]) -> dict[str, float]:
         "explain_json_p50_vs_predict_p50_c1": row("explain json", 1).p50_ms / row("predict", 1).p50_ms,
         "explain_png_p50_vs_predict_p50_c1": row("explain png", 1).p50_ms / row("predict", 1).p50_ms,
         "embed_c8_vs_predict_c8": row("embed", 8).img_per_s / row("predict", 8).img_per_s,
-        **{f"predict_graph_vs_logits_only_graph_batch{b}": fetch[f"logits batch {b}"].img_per_s
-           / fetch[f"logits-only graph batch {b}"].img_per_s for b in (1, 8)},
-        **{f"all_outputs_vs_logits_batch{b}": fetch[f"all outputs batch {b}"].img_per_s
-           / fetch[f"logits batch {b}"].img_per_s for b in (1, 8)},
-    }  # fmt: skip
+        **{
+            f"predict_graph_vs_logits_only_graph_batch{b}": fetch[f"logits batch {b}"].img_per_s
+            / fetch[f"logits-only graph batch {b}"].img_per_s
+            for b in (1, 8)
+        },
+        **{
+            f"all_outputs_vs_logits_batch{b}": fetch[f"all outputs batch {b}"].img_per_s
+            / fetch[f"logits batch {b}"].img_per_s
+            for b in (1, 8)
+        },
+    }
 
 
 def verdicts(values: dict[str, float]) -> list[str]:
@@ -140,8 +157,9 @@ def verdicts(values: dict[str, float]) -> list[str]:
     for name, target in TARGETS.items():
         at_most = name.startswith("explain")  # a latency ratio: lower is better
         met = values[name] <= target if at_most else values[name] >= target
-        out.append(f"{name}: {values[name]:.3f} (target {'<=' if at_most else '>='} {target}, "
-                   f"{'met' if met else 'NOT met'})")  # fmt: skip
+        out.append(
+            f"{name}: {values[name]:.3f} (target {'<=' if at_most else '>='} {target}, {'met' if met else 'NOT met'})"
+        )
     return out
 
 
@@ -150,23 +168,21 @@ def run(model_store: Path, model_dir: Path, images: list[bytes], seconds: float,
     print("7a. fetching the map and the pooled vector from the same graph (in process, ONNX fp32)", flush=True)
     rows = bench_fetch(model_dir, images[0], seconds, 2, tmpdir)
     print("7b. predict vs explain vs embed, served (TorchServe + gateway, fp32)", flush=True)
-    port = free_port()
-    with servers.torchserve(model_store, tmpdir / "ts-insight") as ours, servers.gateway(ours, port) as gateway:
-        meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
-        rows += bench_served(f"http://127.0.0.1:{port}", images, seconds, meter)
+    with servers.torchserve(model_store, tmpdir / "ts-insight") as ours, servers.gateway(ours) as gateway:
+        meter = CpuMeter(ours.pid, gateway=gateway.pid)
+        rows += bench_served(gateway.url, images, seconds, meter)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import photo
-
-    parser = argparse.ArgumentParser(prog="python -m bench.insight", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--mar", type=Path, default=REPO_ROOT / "model_store" / "resnet50.mar")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.insight", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mar", type=Path, default=DEFAULT_MAR)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     print(cpu.line(cpu.this_cpu()), flush=True)
-    images = [photo(816, 612, seed) for seed in range(16)]
+    images = photos()
     with tempfile.TemporaryDirectory(prefix="bench-insight-") as tmp:
         tmpdir = Path(tmp)
         rows = run(args.mar.parent, unpack(args.mar, tmpdir / "model"), images, args.seconds, tmpdir)

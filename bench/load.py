@@ -84,8 +84,11 @@ def measure(
         row.part, row.contender = part, contender
         row.cpu_ms = cpu_ms_per_request(before, meter.read(), row.images)
         cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in row.cpu_ms.items())
-        print(f"  {part:8} {contender:22} c={concurrency:<3} {row.img_per_s:8.2f}/s  p50 {row.p50_ms:7.1f} ms  "
-              f"errors {row.errors}  CPU ms/request: {cpu}", flush=True)  # fmt: skip
+        print(
+            f"  {part:8} {contender:22} c={concurrency:<3} {row.img_per_s:8.2f}/s  p50 {row.p50_ms:7.1f} ms  "
+            f"errors {row.errors}  CPU ms/request: {cpu}",
+            flush=True,
+        )
         rows.append(row)
         if profile_dir and concurrency == (8 if 8 in levels else max(levels)):
             with profiled(meter, seconds, profile_dir / f"{part}-{contender.replace(' ', '-')}-c{concurrency}"):

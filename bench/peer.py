@@ -18,15 +18,18 @@ import torch
 import yaml
 from torchvision.models import resnet50
 
+from handlers.contract import MODEL_NAME
+from handlers.engines import STATE_DICT_FILE
+
 
 def build_stock_archive(model_dir: Path, out_store: Path, workdir: Path, workers: int | None = None) -> Path:
     """Trace our archive's state dict to TorchScript and package it for the stock handler; `workers` fixes
     the worker count (default: TorchServe's)."""
     model = resnet50(weights=None)
-    model.load_state_dict(torch.load(model_dir / "resnet50.pth", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(model_dir / STATE_DICT_FILE, map_location="cpu", weights_only=True))
     model.eval()
     workdir.mkdir(parents=True, exist_ok=True)
-    traced = workdir / "resnet50_ts.pt"
+    traced = workdir / f"{MODEL_NAME}_ts.pt"
     with torch.inference_mode():
         torch.jit.trace(model, torch.zeros(1, 3, 224, 224)).save(str(traced))
     labels = json.loads((model_dir / "index_to_name.json").read_text())
@@ -38,9 +41,26 @@ def build_stock_archive(model_dir: Path, out_store: Path, workdir: Path, workers
         config = ["--config-file", str(workdir / "model-config.yaml")]
     archiver = str(Path(sys.executable).with_name("torch-model-archiver"))
     subprocess.run(
-        [archiver, "--model-name", "resnet50", "--version", "1.0", "--handler", "image_classifier",
-         "--serialized-file", str(traced), "--extra-files", str(workdir / "index_to_name.json"),
-         "--export-path", str(out_store), "--force", *config],
-        check=True, capture_output=True, timeout=600, env={"TMPDIR": str(workdir), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        [
+            archiver,
+            "--model-name",
+            MODEL_NAME,
+            "--version",
+            "1.0",
+            "--handler",
+            "image_classifier",
+            "--serialized-file",
+            str(traced),
+            "--extra-files",
+            str(workdir / "index_to_name.json"),
+            "--export-path",
+            str(out_store),
+            "--force",
+            *config,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+        env={"TMPDIR": str(workdir), "PATH": "/usr/bin:/bin"},
+    )
     return out_store

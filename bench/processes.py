@@ -82,15 +82,25 @@ def cpu_ms_per_request(before: dict[str, float], after: dict[str, float], reques
 def profiled(meter: CpuMeter, seconds: float, prefix: Path) -> Iterator[None]:
     """py-spy flame graphs (SVG, `<prefix>-<role>-<pid>.svg`) of every python process of `meter`, and of the
     load generator, for `seconds`; a process py-spy cannot attach to is reported and skipped."""
-    targets = [(role, proc.pid) for role, procs in meter.roles().items() for proc in procs
-               if "python" in proc.name()]  # fmt: skip
+    targets = [(role, proc.pid) for role, procs in meter.roles().items() for proc in procs if "python" in proc.name()]
     targets.append((LOAD_GENERATOR, os.getpid()))
     py_spy = Path(sys.executable).parent / "py-spy"
     spies = []
     for role, pid in targets:
         path = prefix.with_name(f"{prefix.name}-{role.replace(' ', '-')}-{pid}.svg")
-        args = [str(py_spy), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", "200",
-                "--nonblocking", "--output", str(path)]  # fmt: skip
+        args = [
+            str(py_spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--output",
+            str(path),
+        ]
         spies.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     try:
         yield
@@ -103,7 +113,3 @@ def profiled(meter: CpuMeter, seconds: float, prefix: Path) -> Iterator[None]:
                 err = b"timed out"
             if spy.returncode != 0:
                 print(f"  py-spy could not profile {role} ({pid}): {err.decode(errors='replace').strip()[-200:]}")
-
-
-def worker_processes(torchserve_pid: int) -> list[psutil.Process]:
-    return process_roles(torchserve_pid)["worker"]

@@ -26,59 +26,79 @@ table and a PNG plot.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import platform
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
-from bench import cpu, insight, peer, servers
+from bench import cpu, insight, peer, report, servers
+from bench.inputs import ENGINES, GATEWAY_HEADERS, LARGE_PHOTO_SIZE, PHOTO_SIZE, photo, photos
 from bench.load import Row, measure, percentiles
 from bench.processes import CpuMeter
-from handlers.engines import load_engine
+from handlers.engines import STATE_DICT_FILE, load_engine
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import decode, preprocess
 from modelserver.archive import ENGINE_DEFAULTS
 from modelserver.gateway_process import Upstream
 from modelserver.mar import archive_info, unpack
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
+from modelserver.paths import ARCHIVE_NAME, DEFAULT_MAR
+from modelserver.ports import Ports, free_port
+from modelserver.process_groups import stop_on_sigterm
+from modelserver.torchserve import TorchServe
 
-RESULTS = REPO_ROOT / "bench" / "results"
-GATEWAY_HEADERS = {"X-API-Key": servers.BENCH_KEY, "Content-Type": "image/jpeg"}
-ENGINES = ("onnx", "onnx-int8")  # served side by side; "eager" is measured in process only
 LIMIT_BATCHES = {"eager": (1, 8), "onnx": (1, 4, 8), "onnx-int8": (1, 4, 8)}
-# (ratio, target) as in the issue; INT8 vs the tuned stock handler is 3x on a VNNI/AMX CPU, 2x otherwise
-TARGETS = {"int8_gateway_c8_vs_int8_limit": 0.85, "fp32_gateway_c8_vs_fp32_limit": 0.90}
+PEERS = (("stock handler", None), ("stock handler, 1 worker", 1))  # (contender, workers: None = TorchServe's)
 
 
-def photo(width: int, height: int, seed: int) -> bytes:
-    """A photo-like JPEG (smooth gradients plus sensor-like noise, quality 90)."""
-    rng = np.random.default_rng(seed)
-    x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
-    y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
-    tint = np.full((height, width, 1), 16.0 * (seed % 16), dtype=np.float32)
-    base = np.concatenate([np.broadcast_to(x, (height, width, 1)), np.broadcast_to(y, (height, width, 1)), tint], 2)
-    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+@dataclass(frozen=True)
+class Plan:
+    """What every part measures with: the images, the concurrency levels, the seconds per point."""
+
+    seconds: float
+    levels: tuple[int, ...]
+    images: list[bytes]
+    large: dict[str, bytes]  # part 6's photos by size
+    profile_dir: Path | None  # py-spy profiles of each point, with --profile
+
+    def sweep(
+        self,
+        part: str,
+        contender: str,
+        url: str,
+        headers: dict[str, str],
+        meter: CpuMeter,
+        images: list[bytes] | None = None,
+        levels: tuple[int, ...] | None = None,
+    ) -> list[Row]:
+        """One row per concurrency level (`levels`, default the plan's), POSTing `images` (the plan's) to `url`."""
+        images, levels = images or self.images, levels or self.levels
+        return measure(part, contender, url, headers, images, levels, self.seconds, meter, self.profile_dir)
 
 
-def pipeline(model_dir: Path, engine_name: str, images: list[bytes], batch: int, workers: int,
-             seconds: float) -> tuple[int, list[float], float]:  # fmt: skip
+@dataclass
+class Measured:
+    """Everything one run measured, for the report."""
+
+    weights: str
+    rows: list[Row] = field(default_factory=list)
+    large_p50_ms: dict[str, float] = field(default_factory=dict)
+    insight_rows: list[Row] = field(default_factory=list)
+    cold_start_s: float = 0.0
+
+
+def pipeline(
+    model_dir: Path, engine_name: str, images: list[bytes], batch: int, workers: int, seconds: float
+) -> tuple[int, list[float], float]:
     """`workers` threads, each what one served worker does for a batch (its own engine with cores / workers
     intra-op threads, its own decode pool), without TorchServe and HTTP; (images, latencies, seconds)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -128,7 +148,7 @@ def archives(mar: Path, tmpdir: Path) -> dict[str, Path]:
     meta, settings = archive_info(mar)
     weights = tmpdir / "weights.pth"
     with zipfile.ZipFile(mar) as archive:
-        weights.write_bytes(archive.read("resnet50.pth"))
+        weights.write_bytes(archive.read(STATE_DICT_FILE))
     stores = {}
     for engine in ENGINES:
         if settings["engine"] == engine:
@@ -136,8 +156,9 @@ def archives(mar: Path, tmpdir: Path) -> dict[str, Path]:
             continue
         stores[engine] = tmpdir / f"store-{engine}"
         waive = ["--min-top1-agreement", "0", "--min-top5-overlap", "0", "--max-prob-diff", "1"]
-        cmd = [sys.executable, "-m", "modelserver", "build", "--weights", str(weights), "--engine", engine,
-               "--output", str(stores[engine] / "resnet50.mar"), *(waive if meta["untrained"] else [])]  # fmt: skip
+        output = ["--output", str(stores[engine] / ARCHIVE_NAME)]
+        cmd = [sys.executable, "-m", "modelserver", "build", "--weights", str(weights), "--engine", engine, *output]
+        cmd += waive if meta["untrained"] else []
         print(f"  building the {engine} archive from {mar.name}'s weights", flush=True)
         subprocess.run(cmd, check=True, timeout=900)
     return stores
@@ -150,9 +171,8 @@ def cold_start(model_store: Path, workdir: Path, image: bytes) -> float:
     try:
         while time.perf_counter() - started < 240:
             try:
-                key = server.keys()["inference"]
-                response = httpx.post(f"{server.inference_url}/predictions/resnet50", content=image,
-                                      headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+                headers = server.inference_headers()
+                response = httpx.post(server.predictions_url, content=image, headers=headers, timeout=30)
                 if response.status_code == 200:
                     return time.perf_counter() - started
             except (OSError, ValueError, KeyError, httpx.HTTPError):
@@ -163,168 +183,126 @@ def cold_start(model_store: Path, workdir: Path, image: bytes) -> float:
         server.stop()
 
 
-def at(rows: list[Row], part: str, concurrency: int, contender: str | None = None) -> Row:
-    return next(r for r in rows if r.part == part and r.concurrency == concurrency and contender in (None, r.contender))
+def on_torchserve(part: str, contender: str, server: TorchServe, plan: Plan) -> list[Row]:
+    """Predictions sent to TorchServe directly, at each concurrency level."""
+    return plan.sweep(part, contender, server.predictions_url, server.inference_headers(), CpuMeter(server.pid))
 
 
-def limit(rows: list[Row], engine: str) -> float:
-    """An engine's in-process limit: its best batch size."""
-    return max(r.img_per_s for r in rows if r.part == "limit" and r.contender.rsplit(" batch", 1)[0] == engine)
+def bench_peer(model_dir: Path, plan: Plan, tmpdir: Path) -> list[Row]:
+    """Part 2: the same weights behind TorchServe's stock handler, stock settings, then tuned."""
+    rows = []
+    for n, (contender, workers) in enumerate(PEERS):
+        store = peer.build_stock_archive(model_dir, tmpdir / f"peer_store{n}", tmpdir / f"peer_build{n}", workers)
+        with servers.torchserve(store, tmpdir / f"ts-peer{n}") as stock:
+            rows += on_torchserve("peer", contender, stock, plan)
+    return rows
 
 
-def ratios(rows: list[Row], large: dict[str, float]) -> dict[str, float]:
-    int8_8, fp32_8 = at(rows, "gateway", 8, "onnx-int8"), at(rows, "gateway", 8, "onnx")
-    tuned8, stock8 = at(rows, "peer", 8, "stock handler, 1 worker"), at(rows, "peer", 8, "stock handler")
-    stub = {c: at(rows, "overhead", c, "gateway + stub") for c in (1, 8)}
-    bare = {c: at(rows, "overhead", c, "bare starlette") for c in (1, 8)}
-    return {
-        "int8_gateway_c8_vs_tuned_stock_c8": int8_8.img_per_s / tuned8.img_per_s,
-        "int8_gateway_c8_vs_int8_limit": int8_8.img_per_s / limit(rows, "onnx-int8"),
-        "fp32_gateway_c8_vs_fp32_limit": fp32_8.img_per_s / limit(rows, "onnx"),
-        "fp32_gateway_c8_vs_tuned_stock_c8": fp32_8.img_per_s / tuned8.img_per_s,
-        "int8_gateway_c8_vs_stock_defaults_c8": int8_8.img_per_s / stock8.img_per_s,
-        "overhead_p50_added_ms_c1": stub[1].p50_ms - bare[1].p50_ms,
-        "overhead_rps_vs_bare_c8": stub[8].img_per_s / bare[8].img_per_s,
-        "large_12mp_p50_vs_0_5mp_p50": large["12mp"] / large["0.5mp"],
+def bench_ours(engine: str, store: Path, plan: Plan, tmpdir: Path, large: bool) -> tuple[list[Row], dict[str, Row]]:
+    """Parts 3 and 4 for one engine: our TorchServe directly, then through the gateway; and part 6 (the large
+    photos through the gateway, one client) when `large`."""
+    with servers.torchserve(store, tmpdir / f"ts-{engine}") as ours:
+        rows = on_torchserve("direct", engine, ours, plan)
+        with servers.gateway(ours) as gateway:
+            url, meter = f"{gateway.url}/v1/predict", CpuMeter(ours.pid, gateway=gateway.pid)
+            rows += plan.sweep("gateway", engine, url, GATEWAY_HEADERS, meter)
+            sizes = plan.large.items() if large else ()
+            large_rows = {
+                name: plan.sweep("large", name, url, GATEWAY_HEADERS, meter, [data], (1,))[0] for name, data in sizes
+            }
+    return rows, large_rows
+
+
+def bench_overhead(plan: Plan, tmpdir: Path) -> list[Row]:
+    """Part 5: the gateway in front of an instant stub backend, against a bare Starlette endpoint."""
+    key_file = tmpdir / "stub_keys.json"
+    key_file.write_text(json.dumps({k: {"key": "stub"} for k in ("inference", "management", "API")}))
+    stub_port = free_port()
+    stub = Upstream(f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{stub_port}", key_file)
+    with servers.torchserve_stub(stub_port) as stub_server, servers.gateway(stub) as gateway:
+        meter = CpuMeter(gateway=gateway.pid, stub=stub_server.pid)
+        rows = plan.sweep("overhead", "gateway + stub", f"{gateway.url}/v1/predict", GATEWAY_HEADERS, meter)
+    with servers.uvicorn_app("bench.stubs:bare", free_port()) as bare:
+        meter = CpuMeter(bare=bare.pid)
+        rows += plan.sweep("overhead", "bare starlette", f"{bare.url}/v1/predict", GATEWAY_HEADERS, meter)
+    return rows
+
+
+def measure_all(mar: Path, plan: Plan, tmpdir: Path) -> Measured:
+    """Parts 1-7 and the cold start, in order, each server stopped before the next part starts."""
+    stores = archives(mar, tmpdir)
+    model_dirs = {engine: unpack(store / ARCHIVE_NAME, tmpdir / f"model-{engine}") for engine, store in stores.items()}
+    measured = Measured(weights=json.loads((model_dirs["onnx"] / "metadata.json").read_text())["weights"])
+    print("1. limit (in-process)", flush=True)
+    measured.rows += bench_limit(model_dirs, plan.images, plan.seconds)
+    print("2. peer (stock image_classifier handler): stock settings, then tuned to 1 worker", flush=True)
+    measured.rows += bench_peer(model_dirs["onnx"], plan, tmpdir)
+    for n, engine in enumerate(ENGINES):
+        print(f"3-4. ours, {engine}: direct, then through the gateway" + (", large photos" if n == 0 else ""))
+        rows, large_rows = bench_ours(engine, stores[engine], plan, tmpdir, large=n == 0)
+        measured.rows += [*rows, *large_rows.values()]
+        measured.large_p50_ms.update({name: row.p50_ms for name, row in large_rows.items()})
+    print("5. gateway overhead (instant stub backend vs bare Starlette)", flush=True)
+    measured.rows += bench_overhead(plan, tmpdir)
+    measured.insight_rows = insight.run(stores["onnx"], model_dirs["onnx"], plan.images, plan.seconds, tmpdir)
+    measured.rows += measured.insight_rows
+    print("cold start", flush=True)
+    measured.cold_start_s = cold_start(stores["onnx"], tmpdir / "ts-cold", plan.images[0])
+    return measured
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per point, clients 1 and 8")
+    parser.add_argument("--seconds", type=float, default=None, help="per measurement point (default 10)")
+    parser.add_argument("--mar", type=Path, default=DEFAULT_MAR)
+    parser.add_argument("--profile", action="store_true", help="also py-spy profiles: bench/results/<stamp>/")
+    return parser.parse_args(argv)
+
+
+def plan_of(args: argparse.Namespace, stamp: str) -> Plan:
+    profile_dir = report.RESULTS / stamp if args.profile else None
+    if profile_dir:
+        profile_dir.mkdir(parents=True)
+    return Plan(
+        seconds=args.seconds or (2.0 if args.quick else 10.0),
+        levels=(1, 8) if args.quick else (1, 4, 8, 16),
+        images=photos(),
+        large={"0.5mp": photo(*PHOTO_SIZE, 99), "12mp": photo(*LARGE_PHOTO_SIZE, 99)},
+        profile_dir=profile_dir,
+    )
+
+
+def summarise(measured: Measured, machine: cpu.Cpu) -> tuple[dict[str, float], list[str]]:
+    """The run's ratios (the issue's, insight's, the cold start) and the targets' verdicts."""
+    summary = {
+        **report.ratios(measured.rows, measured.large_p50_ms),
+        **insight.summary(measured.insight_rows),
+        "cold_start_s": measured.cold_start_s,
     }
-
-
-def verdicts(summary: dict[str, float], machine: dict) -> list[str]:
-    """The issue's targets against this run's ratios, the stock-handler target set by the CPU's kind."""
-    vs_stock = 3.0 if machine["kind"] in ("VNNI", "AMX") else 2.0
-    targets = {"int8_gateway_c8_vs_tuned_stock_c8": vs_stock, **TARGETS}
-    return [f"{name}: {summary[name]:.3f} (target >= {target}, {'met' if summary[name] >= target else 'NOT met'})"
-            for name, target in targets.items()]  # fmt: skip
-
-
-def plot(rows: list[Row], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    contenders = [("peer", "stock handler"), ("peer", "stock handler, 1 worker"),
-                  *(("gateway", engine) for engine in ENGINES)]  # fmt: skip
-    for part, contender in contenders:
-        series = [r for r in rows if r.part == part and r.contender == contender]
-        c = [r.concurrency for r in series]
-        left.plot(c, [r.img_per_s for r in series], marker="o", label=f"{part} ({contender})")
-        right.plot(c, [r.p50_ms for r in series], marker="o", label=f"{contender} p50")
-    for engine, style in zip(ENGINES, (":", "-."), strict=True):
-        left.axhline(limit(rows, engine), color="grey", linestyle=style, label=f"{engine} in-process limit")
-    left.set(xlabel="concurrent clients", ylabel="images/s", title="Throughput")
-    right.set(xlabel="concurrent clients", ylabel="ms", title="Latency", yscale="log")
-    left.legend(fontsize=8)
-    right.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-
-
-def table(rows: list[Row], machine: dict) -> str:
-    lines = [cpu.line(machine), "",
-             "| part | contender | clients | img/s | p50 ms | p95 ms | p99 ms | errors | CPU ms per request |",
-             "|---" * 9 + "|"]  # fmt: skip
-    for r in rows:
-        spent = ", ".join(f"{role} {ms:.2f}" for role, ms in r.cpu_ms.items())
-        lines.append(f"| {r.part} | {r.contender} | {r.concurrency} | {r.img_per_s:.2f} | {r.p50_ms:.1f} "
-                     f"| {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {spent} |")  # fmt: skip
-    return "\n".join(lines)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # so every server started so far is stopped by its context manager
+    return summary, report.verdicts(summary, machine) + insight.verdicts(summary)
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per point, clients 1 and 8")
-    parser.add_argument("--seconds", type=float, default=None, help="per measurement point (default 10)")
-    parser.add_argument("--mar", type=Path, default=REPO_ROOT / "model_store" / "resnet50.mar")
-    parser.add_argument("--profile", action="store_true", help="also py-spy profiles: bench/results/<stamp>/")
-    args = parser.parse_args(argv)
-    seconds = args.seconds or (2.0 if args.quick else 10.0)
-    levels = (1, 8) if args.quick else (1, 4, 8, 16)
-    images = [photo(816, 612, seed) for seed in range(16)]  # 0.5 MP
-    large = {"0.5mp": photo(816, 612, 99), "12mp": photo(4000, 3000, 99)}
-    rows: list[Row] = []
+    stop_on_sigterm()
+    args = arguments(argv)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    profile_dir = RESULTS / stamp if args.profile else None
-    if profile_dir:
-        profile_dir.mkdir(parents=True)
+    plan = plan_of(args, stamp)
     machine = cpu.this_cpu()
     print(cpu.line(machine), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        tmpdir = Path(tmp)
-        stores = archives(args.mar, tmpdir)
-        model_dirs = {}
-        for engine, store in stores.items():
-            model_dirs[engine] = unpack(store / "resnet50.mar", tmpdir / f"model-{engine}")
-        meta = json.loads((model_dirs["onnx"] / "metadata.json").read_text())
-        print("1. limit (in-process)", flush=True)
-        rows += bench_limit(model_dirs, images, seconds)
-        print("2. peer (stock image_classifier handler): stock settings, then tuned to 1 worker", flush=True)
-        for n, (contender, workers) in enumerate((("stock handler", None), ("stock handler, 1 worker", 1))):
-            store = peer.build_stock_archive(model_dirs["onnx"], tmpdir / f"peer_store{n}", tmpdir / f"peer_build{n}",
-                                             workers)  # fmt: skip
-            with servers.torchserve(store, tmpdir / f"ts-peer{n}") as stock:
-                headers = {"Authorization": f"Bearer {stock.keys()['inference']}"}
-                rows += measure("peer", contender, f"{stock.inference_url}/predictions/resnet50", headers, images,
-                                levels, seconds, CpuMeter(stock.process.pid), profile_dir)  # fmt: skip
-        for n, engine in enumerate(ENGINES):
-            print(f"3-4. ours, {engine}: direct, then through the gateway" + (", large photos" if n == 0 else ""))
-            with servers.torchserve(stores[engine], tmpdir / f"ts-{engine}") as ours:
-                headers = {"Authorization": f"Bearer {ours.keys()['inference']}"}
-                rows += measure("direct", engine, f"{ours.inference_url}/predictions/resnet50", headers, images,
-                                levels, seconds, CpuMeter(ours.process.pid), profile_dir)  # fmt: skip
-                port = free_port()
-                with servers.gateway(ours, port) as gateway:
-                    url = f"http://127.0.0.1:{port}/v1/predict"
-                    meter = CpuMeter(ours.process.pid, gateway=gateway.process.pid)
-                    rows += measure("gateway", engine, url, GATEWAY_HEADERS, images, levels, seconds, meter,
-                                    profile_dir)  # fmt: skip
-                    if n == 0:
-                        large_rows = {name: measure("large", name, url, GATEWAY_HEADERS, [data], (1,), seconds,
-                                                    meter, profile_dir)[0] for name, data in large.items()}  # fmt: skip
-                        rows += large_rows.values()
-        print("5. gateway overhead (instant stub backend vs bare Starlette)", flush=True)
-        key_file = tmpdir / "stub_keys.json"
-        key_file.write_text(json.dumps({k: {"key": "stub"} for k in ("inference", "management", "API")}))
-        stub_port, gateway_port, bare_port = free_port(), free_port(), free_port()
-        stub = Upstream(f"http://127.0.0.1:{stub_port}", f"http://127.0.0.1:{stub_port}", key_file)
-        with servers.torchserve_stub(stub_port) as stub_server, servers.gateway(stub, gateway_port) as gateway:
-            meter = CpuMeter(gateway=gateway.process.pid, stub=stub_server.process.pid)
-            rows += measure("overhead", "gateway + stub", f"http://127.0.0.1:{gateway_port}/v1/predict",
-                            GATEWAY_HEADERS, images, levels, seconds, meter, profile_dir)  # fmt: skip
-        with servers.uvicorn_app("bench.stubs:bare", bare_port) as bare:
-            rows += measure("overhead", "bare starlette", f"http://127.0.0.1:{bare_port}/v1/predict", GATEWAY_HEADERS,
-                            images, levels, seconds, CpuMeter(bare=bare.process.pid), profile_dir)  # fmt: skip
-        insight_rows = insight.run(stores["onnx"], model_dirs["onnx"], images, seconds, tmpdir)
-        rows += insight_rows
-        print("cold start", flush=True)
-        cold = cold_start(stores["onnx"], tmpdir / "ts-cold", images[0])
-    large_p50 = {name: row.p50_ms for name, row in large_rows.items()}
-    summary = {**ratios(rows, large_p50), **insight.summary(insight_rows), "cold_start_s": cold}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {
-        "when": stamp,
-        "machine": {**machine, "platform": platform.platform(), "python": platform.python_version()},
-        "weights": meta["weights"],
-        "seconds_per_point": seconds,
-        "summary": summary,
-        "targets": verdicts(summary, machine) + insight.verdicts(summary),
-        "rows": [asdict(r) for r in rows],
-    }
-    out = RESULTS / f"{stamp}.json"
-    out.write_text(json.dumps(report, indent=2))
-    plot(rows, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(table(rows, machine) + "\n")
-    print(table(rows, machine))
+        measured = measure_all(args.mar, plan, Path(tmp))
+    summary, targets = summarise(measured, machine)
+    run = {"weights": measured.weights, "seconds_per_point": plan.seconds}
+    out = report.write(stamp, machine, run, summary, targets, measured.rows)
+    print(report.table(measured.rows, machine))
     print("\n".join(f"{name}: {value:.3f}" for name, value in summary.items()))
-    print("\n".join(report["targets"]))
-    print(f"results: {out} (+ .md table, .png plot)" + (f", profiles in {profile_dir}" if profile_dir else ""))
+    print("\n".join(targets))
+    print(
+        f"results: {out} (+ .md table, .png plot)" + (f", profiles in {plan.profile_dir}" if plan.profile_dir else "")
+    )
     return 0
 
 

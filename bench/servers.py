@@ -7,11 +7,12 @@ import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from bench.inputs import BENCH_KEY
 from gateway.keys import key_hash
 from modelserver.gateway_process import GatewayProcess, HttpProcess, Upstream, gateway_env
-from modelserver.torchserve import Ports, TorchServe
+from modelserver.ports import Ports
+from modelserver.torchserve import TorchServe
 
-BENCH_KEY = "ica_bench-key"
 QUIET = Path(os.devnull)  # the servers' logs are not part of the results
 
 
@@ -20,16 +21,29 @@ def torchserve(model_store: Path, workdir: Path) -> AbstractContextManager[Torch
     return TorchServe(workdir, model_store, Ports.free()).running(240)
 
 
-def gateway(upstream: TorchServe | Upstream, port: int) -> GatewayProcess:
-    """The gateway in front of `upstream`, rate limits out of the way; ready once TorchServe is (/readyz)."""
-    env = gateway_env(upstream, [key_hash(BENCH_KEY)], rate_limit_rps="1000000", rate_limit_burst="1000000",
-                      log_level="WARNING")  # fmt: skip
+def gateway(upstream: TorchServe | Upstream, port: int | None = None) -> GatewayProcess:
+    """The gateway in front of `upstream` (on `port`, a free one by default), rate limits out of the way; ready
+    once TorchServe is (/readyz)."""
+    env = gateway_env(
+        upstream, [key_hash(BENCH_KEY)], rate_limit_rps="1000000", rate_limit_burst="1000000", log_level="WARNING"
+    )
     return GatewayProcess(QUIET, env, port, "/readyz", ready_timeout=60)
 
 
 def uvicorn_app(app: str, port: int) -> HttpProcess:
-    args = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-            "--log-level", "warning"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     return HttpProcess(args, port, QUIET, ready_timeout=60)
 
 

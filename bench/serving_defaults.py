@@ -16,10 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import cpu, servers
+from bench.inputs import ENGINES, photos
 from bench.load import measure
 from bench.processes import CpuMeter
-from bench.run import ENGINES, photo
 from modelserver.archive import Int8Options, ServingConfig, build
+from modelserver.paths import ARCHIVE_NAME
 from modelserver.quantize import Thresholds
 from modelserver.weights import from_seed
 
@@ -42,25 +43,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", nargs="+", choices=ENGINES, default=list(ENGINES))
     args = parser.parse_args(argv)
     print(cpu.line(cpu.this_cpu()), flush=True)
-    images = [photo(816, 612, seed) for seed in range(16)]
+    images = photos()
     weights = from_seed()
     lines = [
         "| engine | model-config | 1 client img/s | 1 client p50 ms | 8 clients img/s | 8 clients p50 ms |",
         "|---|---|---|---|---|---|",
     ]
-    candidates = [(engine, name, replace(config, engine=engine)) for engine in args.engine
-                  for name, config in CANDIDATES.items()]  # fmt: skip
+    candidates = [
+        (engine, name, replace(config, engine=engine)) for engine in args.engine for name, config in CANDIDATES.items()
+    ]
     with tempfile.TemporaryDirectory(prefix="serving-defaults-") as tmp:
         for n, (engine, name, config) in enumerate(candidates):
             store = Path(tmp) / f"store{n}"
-            build(weights, config, store / "resnet50.mar", WAIVED)
+            build(weights, config, store / ARCHIVE_NAME, WAIVED)
             with servers.torchserve(store, Path(tmp) / f"ts{n}") as server:
-                headers = {"Authorization": f"Bearer {server.keys()['inference']}"}
-                one, eight = measure("defaults", name, f"{server.inference_url}/predictions/resnet50", headers,
-                                     images, (1, 8), args.seconds, CpuMeter(server.process.pid))  # fmt: skip
+                url, headers, meter = server.predictions_url, server.inference_headers(), CpuMeter(server.pid)
+                one, eight = measure("defaults", name, url, headers, images, (1, 8), args.seconds, meter)
             print(f"{engine}, {name}: {one.img_per_s:.2f} / {eight.img_per_s:.2f} img/s", flush=True)
-            lines.append(f"| {engine} | {name} | {one.img_per_s:.2f} | {one.p50_ms:.0f} | {eight.img_per_s:.2f} | "
-                         f"{eight.p50_ms:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {engine} | {name} | {one.img_per_s:.2f} | {one.p50_ms:.0f} | {eight.img_per_s:.2f} | "
+                f"{eight.p50_ms:.0f} |"
+            )
     print("\n".join(lines))
     return 0
 

@@ -34,9 +34,10 @@ import httpx
 from bench.processes import process_roles, totals
 from gateway.keys import key_hash
 from modelserver.gateway_process import GatewayProcess, gateway_env
-from modelserver.torchserve import Ports, TorchServe
+from modelserver.paths import ARCHIVE_NAME, MODEL_STORE, REPO_ROOT
+from modelserver.ports import Ports
+from modelserver.torchserve import TorchServe
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results"
 ACCEPTED = {200, 429, 503}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -266,8 +267,9 @@ def run(args: argparse.Namespace, url: str, api_key: str, gateway_pid: int, torc
     print(f"soak: {args.concurrency} clients for {seconds:.0f} s against {url}", flush=True)
     with RssSampler(gateway_pid, torchserve_pid, interval=args.sample_s) as sampler:
         load = asyncio.run(saturate(url, api_key, bodies, args.concurrency, seconds, args.timeout_s + args.margin_s))
-    after = httpx.post(f"{url}/v1/predict", content=bodies[0], timeout=60,
-                       headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"})  # fmt: skip
+    after = httpx.post(
+        f"{url}/v1/predict", content=bodies[0], timeout=60, headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"}
+    )
     report = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds)),
         "minutes": args.minutes,
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=25.0, help="the gateway's GATEWAY_REQUEST_TIMEOUT_S")
     parser.add_argument("--margin-s", type=float, default=10.0, help="beyond timeout + margin a request is a hang")
     parser.add_argument("--rate-limit-rps", type=float, default=10000.0, help="for the gateway started here")
-    parser.add_argument("--model-store", type=Path, default=REPO_ROOT / "model_store")
+    parser.add_argument("--model-store", type=Path, default=MODEL_STORE)
     parser.add_argument("--url", help="a running gateway instead of starting one (loopback only)")
     parser.add_argument("--api-key", default=os.environ.get("API_KEY"), help="with --url (default $API_KEY)")
     parser.add_argument("--gateway-pid", type=int, help="with --url: the gateway's pid, for RSS")
@@ -306,11 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         check_loopback(args.url)
         report = run(args, args.url, args.api_key, args.gateway_pid, args.torchserve_pid)
     else:
-        if not (args.model_store / "resnet50.mar").exists():
-            parser.error(f"{args.model_store}/resnet50.mar is missing: run `make mar` first")
+        if not (args.model_store / ARCHIVE_NAME).exists():
+            parser.error(f"{args.model_store / ARCHIVE_NAME} is missing: run `make mar` first")
         workdir = REPO_ROOT / ".run" / f"soak-{stamp}"
         with Stack(args.model_store, workdir, args.rate_limit_rps, args.timeout_s) as stack:
-            report = run(args, stack.url, stack.api_key, stack.gateway.process.pid, stack.torchserve.process.pid)
+            report = run(args, stack.url, stack.api_key, stack.gateway.pid, stack.torchserve.pid)
         report["workdir"] = str(workdir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
@@ -320,8 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"report: {out}")
     if not args.no_plot:
-        png = plot(report["samples"], report["warmup_s"], out.with_suffix(".png"),
-                   f"RSS during a {args.minutes:g}-minute soak, {args.concurrency} clients")  # fmt: skip
+        png = plot(
+            report["samples"],
+            report["warmup_s"],
+            out.with_suffix(".png"),
+            f"RSS during a {args.minutes:g}-minute soak, {args.concurrency} clients",
+        )
         print(f"plot: {png}")
     return 0 if report["load"]["failed"] == 0 and report["answers_normally_after"] else 1
 

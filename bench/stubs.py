@@ -18,12 +18,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from handlers.contract import MODEL_NAME, ModelBlock
+
+MODEL: ModelBlock = {"name": MODEL_NAME, "version": "1.0", "weights": "stub", "untrained": True, "engine": "stub"}
 PREDICTION = {
     "predictions": [{"class_id": i, "label": f"class {i}", "score": 0.5 / (i + 1)} for i in range(20)],
-    "model": {"name": "resnet50", "version": "1.0", "weights": "stub", "untrained": True, "engine": "stub"},
+    "model": MODEL,
 }
-DESCRIPTION = [{"modelName": "resnet50", "workers": [{"id": "9000", "status": "READY"}],
-                "customizedMetadata": {**PREDICTION["model"], "labels": 1000}}]  # fmt: skip
+DESCRIPTION = [
+    {
+        "modelName": MODEL_NAME,
+        "workers": [{"id": "9000", "status": "READY"}],
+        "customizedMetadata": {**MODEL, "labels": 1000},
+    }
+]
 PREDICTION_BODY = json.dumps(PREDICTION).encode()
 DESCRIPTION_BODY = json.dumps(DESCRIPTION).encode()
 HEALTHY_BODY = b'{"status": "ok"}'

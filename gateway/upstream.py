@@ -4,7 +4,8 @@ Keys: TorchServe's token authorization stays on. The keys live in the `key_file.
 (shared read-only with the gateway). When TorchServe answers 400 InvalidKeyException, the gateway re-reads
 the file; if the key there is the one that just failed (it expired), it asks TorchServe's management API
 for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
-retries once. Clients never see the rotation.
+retries once (the policy, shared with the launcher's readiness probe: modelserver/torchserve_keys.py).
+Clients never see the rotation.
 
 Overload: at most `max_connections` predictions are in flight to TorchServe per gateway process (below its
 job queue, so TorchServe never has to refuse); a request that finds no free slot within `queue_timeout_s`
@@ -34,6 +35,7 @@ import aiohttp
 from gateway.problems import Problem
 from gateway.settings import Settings
 from handlers.contract import ItemAnswer, ModelDescription
+from modelserver.torchserve_keys import MAX_RECOVERIES, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -49,7 +51,8 @@ ITEM_CODE_PROBLEMS = {
 
 
 class KeySource:
-    """TorchServe's current 'inference' and 'management' keys, renewed when they stop working."""
+    """TorchServe's current 'inference' and 'management' keys, replaced when refused as
+    modelserver/torchserve_keys.py decides (the policy the launcher's readiness probe shares)."""
 
     def __init__(self, key_file: Path, management_url: str, session: aiohttp.ClientSession) -> None:
         self.key_file = key_file
@@ -58,35 +61,25 @@ class KeySource:
         self._keys: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
-    def _read(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.key_file.read_text())
-            return {name: entry["key"] for name, entry in data.items()}
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
-
     def get(self, kind: str) -> str | None:
         if kind not in self._keys:
-            self._keys = self._read()
+            self._keys = read_keys(self.key_file)
         return self._keys.get(kind)
 
     async def refresh(self, kind: str, stale: str | None) -> str | None:
         """A key to use instead of `stale`: a newer one from the file, or one renewed via management."""
         async with self._lock:
-            fresh = self._read()
-            if fresh.get(kind) and fresh[kind] != stale:
-                self._keys = fresh
-                return fresh[kind]
-            if "API" not in fresh:
-                return None
+            self._keys = read_keys(self.key_file)
+            step = recovery(kind, stale, self._keys, self.management_url)
+            if (renewal := step.renewal) is None:
+                return step.key
             try:
-                url, headers = f"{self.management_url}/token", {"Authorization": f"Bearer {fresh['API']}"}
-                async with self.session.post(url, params={"type": kind}, headers=headers) as response:
+                async with self.session.post(renewal.url, params=renewal.params, headers=renewal.headers) as response:
                     await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
                 logger.warning("renewing the TorchServe %s key failed: %s", kind, exc)
                 return None
-            self._keys = self._read()
+            self._keys = read_keys(self.key_file)
             logger.info("renewed the TorchServe %s key", kind)
             return self._keys.get(kind)
 
@@ -112,10 +105,6 @@ class RawResponse:
 
     def json(self) -> Any:
         return json.loads(self.body)
-
-
-def is_invalid_key(answer: RawResponse) -> bool:
-    return answer.status == 400 and b"InvalidKeyException" in answer.body
 
 
 @dataclass
@@ -149,8 +138,8 @@ class TorchServeClient:
         answer = await self._send(key, method, url, **kwargs)
         # At most two recoveries: a newer key from the file (TorchServe restarted or someone rotated it),
         # then a renewal through the management API (that key expired too).
-        for _ in range(2):
-            if not is_invalid_key(answer):
+        for _ in range(MAX_RECOVERIES):
+            if not is_invalid_key(answer.status, answer.body):
                 break
             key = await self.keys.refresh(kind, key)
             if key is None:
@@ -221,7 +210,7 @@ class TorchServeClient:
             raise self.unavailable("the model has no free worker; retry shortly")
         if status == 413:
             raise Problem("payload-too-large", "the model server refused the upload size")
-        if is_invalid_key(answer):
+        if is_invalid_key(answer.status, answer.body):
             raise self.unavailable("the gateway cannot authenticate to the model server")
         logger.error("unexpected upstream answer %s: %.200r", status, answer.body)
         raise Problem("upstream-error", f"the model server answered {status} unexpectedly")

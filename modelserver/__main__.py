@@ -6,17 +6,21 @@ import argparse
 import dataclasses
 import os
 import secrets
-import signal
+import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
+from modelserver.paths import DEFAULT_MAR, REPO_ROOT
+from modelserver.ports import Ports, port_in_use
+from modelserver.process_groups import stop_on_sigterm
 from modelserver.quantize import Thresholds
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, TorchServeError, port_in_use, ready_workers
+from modelserver.torchserve import TorchServe, TorchServeError, ready_workers
+from modelserver.torchserve_keys import KEY_FILE
 from modelserver.watchdog import Watchdog
-
-DEFAULT_MAR = REPO_ROOT / "model_store" / "resnet50.mar"
 
 
 def _fail(message: str) -> int:
@@ -89,13 +93,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.output.write_text(text + "\n")
     else:
         print(text)
-    print(f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} on {result['images']} images of "
-          f"{result['classes']} classes ({len(result['errors'])} unclassified)", file=sys.stderr)  # fmt: skip
+    print(
+        f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} on {result['images']} images of "
+        f"{result['classes']} classes ({len(result['errors'])} unclassified)",
+        file=sys.stderr,
+    )
     return 0
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def ports_from(args: argparse.Namespace) -> Ports:
@@ -111,25 +114,50 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{f.name.replace('_', '-')}-port", type=int, default=f.default, metavar="PORT")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """TorchServe in the foreground; Ctrl-C or SIGTERM stops it, and it dies with this process whatever kills it."""
-    server = TorchServe(args.workdir, args.model_store, ports_from(args))
-    signal.signal(signal.SIGTERM, _interrupt)
+class Supervised(Protocol):
+    """A server `supervise` starts and stops: TorchServe or the gateway."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def supervise(servers: Sequence[Supervised], serve: Callable[[], int]) -> int:
+    """Start `servers` in order, each watched so that it dies with this process whatever kills it, then return
+    what `serve` returns (it waits for readiness and blocks); Ctrl-C or SIGTERM ends it with 0, a server that
+    fails to start with an error. Every server is stopped, the last started first."""
+    stop_on_sigterm()
     with Watchdog() as watchdog:
         try:
-            server.start()
-            assert server.process is not None
-            watchdog.watch(server.process.pid)
-            waited = server.wait_ready(args.timeout)
-            print(f"TorchServe ready in {waited:.1f}s: inference {server.inference_url}, keys in {server.key_file}",
-                  flush=True)  # fmt: skip
-            return server.process.wait()
-        except TorchServeError as exc:
+            for server in servers:
+                server.start()
+                watchdog.watch(server.pid)
+            return serve()
+        except (TorchServeError, ServerProcessError) as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:
             return 0
         finally:
-            server.stop()
+            for server in reversed(servers):
+                server.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """TorchServe in the foreground; Ctrl-C or SIGTERM stops it, and it dies with this process whatever kills it."""
+    server = TorchServe(args.workdir, args.model_store, ports_from(args))
+
+    def serve() -> int:
+        waited = server.wait_ready(args.timeout)
+        print(
+            f"TorchServe ready in {waited:.1f}s: inference {server.inference_url}, keys in {server.key_file}",
+            flush=True,
+        )
+        return wait_for(server.process)
+
+    return supervise([server], serve)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -137,7 +165,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     whatever kills it."""
     from gateway.keys import key_hash
 
-    signal.signal(signal.SIGTERM, _interrupt)
     api_key = os.environ.get("API_KEY") or "ica_" + secrets.token_urlsafe(24)
     port = int(os.environ.get("GATEWAY_PORT", "8000"))
     if port_in_use(port):
@@ -145,28 +172,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     server = TorchServe(args.workdir, args.model_store, ports_from(args))
     gateway = GatewayProcess(None, gateway_env(server, [key_hash(api_key)]), port, "/readyz", args.timeout)
     url = gateway.url
-    with Watchdog() as watchdog:
-        try:
-            server.start()
-            assert server.process is not None
-            watchdog.watch(server.process.pid)
-            gateway.start()  # starts up while TorchServe loads the model
-            assert gateway.process is not None
-            watchdog.watch(gateway.process.pid)
-            server.wait_ready(args.timeout)
-            gateway.wait_ready()
-            print(f"\nimage-classification-api is ready at {url}  (docs: {url}/docs)")
-            print(f"API key: {api_key}" + ("" if os.environ.get("API_KEY") else "  (generated; set API_KEY to choose)"))
-            print(f"Try:     curl -H 'X-API-Key: {api_key}' -F file=@cat.jpg '{url}/v1/predict?top_k=3'")
-            print("Ctrl-C stops both.", flush=True)
-            return gateway.process.wait()
-        except (TorchServeError, ServerProcessError) as exc:
-            return _fail(str(exc))
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            gateway.stop()
-            server.stop()
+
+    def serve() -> int:  # the gateway has started up while TorchServe loaded the model
+        server.wait_ready(args.timeout)
+        gateway.wait_ready()
+        print(f"\nimage-classification-api is ready at {url}  (docs: {url}/docs)")
+        print(f"API key: {api_key}" + ("" if os.environ.get("API_KEY") else "  (generated; set API_KEY to choose)"))
+        print(f"Try:     curl -H 'X-API-Key: {api_key}' -F file=@cat.jpg '{url}/v1/predict?top_k=3'")
+        print("Ctrl-C stops both.", flush=True)
+        return wait_for(gateway.process)
+
+    return supervise([server, gateway], serve)
+
+
+def wait_for(process: subprocess.Popen[bytes] | None) -> int:
+    """The exit status of a started server's process."""
+    assert process is not None, "started by supervise()"
+    return process.wait()
 
 
 def cmd_ready(args: argparse.Namespace) -> int:
@@ -179,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m modelserver", description=__doc__)
     sub = top.add_subparsers(dest="command", required=True)
 
-    build = sub.add_parser("build", help="build model_store/resnet50.mar")
+    build = sub.add_parser("build", help=f"build {DEFAULT_MAR.relative_to(REPO_ROOT)}")
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
     build.add_argument(
@@ -203,10 +225,13 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, help="default per engine: onnx 8, onnx-int8 4")
     build.add_argument("--max-batch-delay", type=int, default=5, help="milliseconds")
     build.add_argument(
-        "--jpeg-draft", type=int, default=1, choices=[1, 2, 4, 8],
+        "--jpeg-draft",
+        type=int,
+        default=1,
+        choices=[1, 2, 4, 8],
         help="1 (default): decode every image in full, exactly as torchvision's reference; 2, 4 or 8: let the "
         "handler decode JPEGs at reduced scale, down to 1/N (faster for large photos, not exact; see docs/model.md)",
-    )  # fmt: skip
+    )
     build.add_argument("--output", type=Path, default=DEFAULT_MAR)
     build.add_argument("--cache-dir", type=Path, default=None, help="download cache (default: torch hub's)")
     build.add_argument("--if-missing", action="store_true", help="do nothing when the output exists")
@@ -236,14 +261,15 @@ def parser() -> argparse.ArgumentParser:
 
     ready = sub.add_parser("ready", help="exit 0 when the model has a READY worker (health check)")
     ready.add_argument("--management-url", default=f"http://127.0.0.1:{Ports().management}")
-    ready.add_argument("--key-file", type=Path, default=Path("key_file.json"))
+    ready.add_argument("--key-file", type=Path, default=Path(KEY_FILE))
     ready.set_defaults(func=cmd_ready)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    command: Callable[[argparse.Namespace], int] = args.func
+    return command(args)
 
 
 if __name__ == "__main__":

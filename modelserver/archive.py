@@ -19,12 +19,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision
 import yaml
 
+from handlers.contract import MODEL_NAME
 from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import JPEG_DRAFT_CHOICES
@@ -33,7 +35,6 @@ from modelserver.calibration import image_sets
 from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
 from modelserver.weights import IMAGENET, Weights, sha256_file
 
-MODEL_NAME = "resnet50"
 MODEL_VERSION = "1.0"
 HANDLER_PACKAGE = Path(__file__).resolve().parent.parent / "handlers"
 HANDLER_ENTRY = "handlers/image_handler.py"  # TorchServe calls its module-level handle()
@@ -70,14 +71,27 @@ class ServingConfig:
     jpeg_draft: int = HANDLER_DEFAULTS["jpeg_draft"]  # 1: exact; 2/4/8: reduced-scale JPEG decode allowed
 
     @classmethod
-    def for_engine(cls, engine: str, **overrides: int | None) -> ServingConfig:
-        """The engine's measured defaults, with the `overrides` that are not None."""
+    def for_engine(
+        cls,
+        engine: str,
+        workers: int | None = None,
+        batch_size: int | None = None,
+        max_batch_delay_ms: int | None = None,
+        jpeg_draft: int | None = None,
+    ) -> ServingConfig:
+        """The engine's measured defaults, with the arguments that are not None."""
         if engine not in ENGINE_DEFAULTS:
             raise ValueError(f"unknown engine {engine!r}")
-        given = {name: value for name, value in overrides.items() if value is not None}
-        return cls(engine=engine, **{**ENGINE_DEFAULTS[engine], **given})
+        defaults, plain = ENGINE_DEFAULTS[engine], cls()
+        return cls(
+            engine=engine,
+            workers=defaults["workers"] if workers is None else workers,
+            batch_size=defaults["batch_size"] if batch_size is None else batch_size,
+            max_batch_delay_ms=plain.max_batch_delay_ms if max_batch_delay_ms is None else max_batch_delay_ms,
+            jpeg_draft=plain.jpeg_draft if jpeg_draft is None else jpeg_draft,
+        )
 
-    def as_yaml(self) -> dict:
+    def as_yaml(self) -> dict[str, Any]:
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}")
         if self.jpeg_draft not in JPEG_DRAFT_CHOICES:
@@ -108,8 +122,9 @@ class Int8Options:
     thresholds: Thresholds = Thresholds()
 
 
-def metadata(weights: Weights, config: ServingConfig, state_dict_sha256: str, onnx_diff: float,
-             gate: GateReport | None) -> dict:  # fmt: skip
+def metadata(
+    weights: Weights, config: ServingConfig, state_dict_sha256: str, onnx_diff: float, gate: GateReport | None
+) -> dict[str, Any]:
     return {
         "model_name": MODEL_NAME,
         "model_version": MODEL_VERSION,
@@ -153,13 +168,19 @@ def package(payload: Path, config_file: Path, output: Path) -> Path:
     extra = [str(p) for p in sorted(payload.iterdir()) if p.name != "code"] + [str(payload / "code")]
     cmd = [
         str(Path(sys.executable).with_name("torch-model-archiver")),
-        "--model-name", MODEL_NAME,
-        "--version", MODEL_VERSION,
-        "--handler", str(payload / "code" / HANDLER_ENTRY),
-        "--extra-files", ",".join(extra),
-        "--config-file", str(config_file),
-        "--export-path", str(export_dir),
-    ]  # fmt: skip
+        "--model-name",
+        MODEL_NAME,
+        "--version",
+        MODEL_VERSION,
+        "--handler",
+        str(payload / "code" / HANDLER_ENTRY),
+        "--extra-files",
+        ",".join(extra),
+        "--config-file",
+        str(config_file),
+        "--export-path",
+        str(export_dir),
+    ]
     # The archiver stages in $TMPDIR/<model name>; a private TMPDIR keeps parallel builds apart.
     env = {**os.environ, "TMPDIR": str(payload.parent)}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

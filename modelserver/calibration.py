@@ -25,14 +25,41 @@ GATE_EVERY = 4
 MAX_IMAGES = 256
 MIN_IMAGES = 8
 MAX_PIXELS = 100_000_000
-CALIBRATION_PHOTOS = ("astronaut.png", "coffee.png", "ihc.png", "motorcycle_left.png", "motorcycle_right.png",
-                      "camera.png", "moon.png", "grass.png", "page.png", "cell.png")  # fmt: skip
-GATE_PHOTOS = ("chelsea.png", "hubble_deep_field.jpg", "retina.jpg", "rocket.jpg", "coins.png", "brick.png",
-               "gravel.png", "text.png", "microaneurysms.png", "clock_motion.png")  # fmt: skip
+CALIBRATION_PHOTOS = (
+    "astronaut.png",
+    "coffee.png",
+    "ihc.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "camera.png",
+    "moon.png",
+    "grass.png",
+    "page.png",
+    "cell.png",
+)
+GATE_PHOTOS = (
+    "chelsea.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "rocket.jpg",
+    "coins.png",
+    "brick.png",
+    "gravel.png",
+    "text.png",
+    "microaneurysms.png",
+    "clock_motion.png",
+)
 # (left, top, right, bottom) as fractions of the photo, and whether to mirror it
-VIEWS = (((0, 0, 1, 1), False), ((0, 0, 1, 1), True), ((0, 0, 0.6, 0.6), False), ((0.4, 0, 1, 0.6), False),
-         ((0, 0.4, 0.6, 1), True), ((0.4, 0.4, 1, 1), True), ((0.25, 0.25, 0.75, 0.75), False),
-         ((0.125, 0.125, 0.875, 0.875), True))  # fmt: skip
+VIEWS = (
+    ((0, 0, 1, 1), False),
+    ((0, 0, 1, 1), True),
+    ((0, 0, 0.6, 0.6), False),
+    ((0.4, 0, 1, 0.6), False),
+    ((0, 0.4, 0.6, 1), True),
+    ((0.4, 0.4, 1, 1), True),
+    ((0.25, 0.25, 0.75, 0.75), False),
+    ((0.125, 0.125, 0.875, 0.875), True),
+)
 
 
 class CalibrationError(Exception):
@@ -49,8 +76,10 @@ class ImageSets:
 def skimage_data_dir() -> Path:
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        raise CalibrationError("the default calibration photos come from scikit-image: install the serve extra "
-                               "(pip install -e '.[serve]') or pass --calibration DIR")  # fmt: skip
+        raise CalibrationError(
+            "the default calibration photos come from scikit-image: install the serve extra "
+            "(pip install -e '.[serve]') or pass --calibration DIR"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
@@ -91,8 +120,10 @@ def folder_sets(folder: Path) -> ImageSets:
         raise CalibrationError(f"calibration folder {folder} does not exist")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if len(paths) < MIN_IMAGES:
-        raise CalibrationError(f"{folder} holds {len(paths)} image(s); calibration needs at least {MIN_IMAGES} "
-                               f"(every {GATE_EVERY}th is held apart for the accuracy gate)")  # fmt: skip
+        raise CalibrationError(
+            f"{folder} holds {len(paths)} image(s); calibration needs at least {MIN_IMAGES} "
+            f"(every {GATE_EVERY}th is held apart for the accuracy gate)"
+        )
     gate = paths[GATE_EVERY - 1 :: GATE_EVERY]
     held_apart = set(gate)
     calibration = [p for p in paths if p not in held_apart]

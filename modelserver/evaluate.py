@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -89,7 +90,7 @@ def labelled_images(folder: Path) -> list[Labelled]:
 Outcome = list[int] | str
 
 
-def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool) -> Iterator[Outcome]:
+def in_process(mar: Path, images: list[Labelled], settings: dict[str, Any], progress: bool) -> Iterator[Outcome]:
     """The archive's engine with the handler's decoding and preprocessing."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         engine = load_engine(settings["engine"], unpack(mar, Path(tmp)), os.cpu_count() or 1)
@@ -101,8 +102,10 @@ def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool
             except ImageError as err:
                 return f"{err.code}: {err.detail}"
 
-        with ThreadPoolExecutor(max(1, int(settings["decode_threads"]))) as pool, \
-                tqdm(total=len(images), unit="img", disable=not progress) as bar:  # fmt: skip
+        with (
+            ThreadPoolExecutor(max(1, int(settings["decode_threads"]))) as pool,
+            tqdm(total=len(images), unit="img", disable=not progress) as bar,
+        ):
             for start in range(0, len(images), BATCH):
                 batch = list(pool.map(prepared, images[start : start + BATCH]))
                 good = [t for t in batch if isinstance(t, np.ndarray)]
@@ -114,24 +117,26 @@ def in_process(mar: Path, images: list[Labelled], settings: dict, progress: bool
 def via_gateway(url: str, api_key: str, images: list[Labelled], progress: bool) -> Iterator[Outcome]:
     """Every image through the running service, sent by the batch client `imgcls` (its retries included)."""
     from client.pipeline import Options, run
+    from client.tasks import Classify
 
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
         out = Path(tmp) / "answers.jsonl"
-        summary = run(Options([str(i.path) for i in images], url, api_key, top_k=TOP_K, output=str(out),
-                              progress=progress))  # fmt: skip
+        paths = [str(i.path) for i in images]
+        summary = run(Options(paths, url, api_key, task=Classify(top_k=TOP_K), output=str(out), progress=progress))
         if summary.fatal:
             raise EvaluationError(f"the gateway refused: {summary.fatal}")
         answers = {}
         for line in out.read_text().splitlines():
             record = json.loads(line)
             answers[record["path"]] = (
-                [p["class_id"] for p in record["predictions"]] if record["status"] == "ok"
+                [p["class_id"] for p in record["predictions"]]
+                if record["status"] == "ok"
                 else f"{record['error'].get('status')} {record['error'].get('detail')}"
-            )  # fmt: skip
+            )
     yield from (answers.get(str(i.path), "no answer") for i in images)
 
 
-def served_model(url: str, api_key: str) -> dict | None:
+def served_model(url: str, api_key: str) -> dict[str, Any] | None:
     """The gateway's model (None when it does not say); asked first, so an unreachable gateway fails at once."""
     try:
         models = httpx.get(f"{url}/v1/models", headers={"X-API-Key": api_key}, timeout=30)
@@ -140,17 +145,21 @@ def served_model(url: str, api_key: str) -> dict | None:
     return models.json()["models"][0] if models.status_code == 200 else None
 
 
-def report(images: list[Labelled], outcomes: list[Outcome], seconds: float) -> dict:
+def report(images: list[Labelled], outcomes: list[Outcome], seconds: float) -> dict[str, Any]:
     hits1 = [isinstance(o, list) and o[:1] == [i.class_id] for i, o in zip(images, outcomes, strict=True)]
     hits5 = [isinstance(o, list) and i.class_id in o for i, o in zip(images, outcomes, strict=True)]
     names = classes()
-    per_class: dict[str, dict] = {}
+    per_class: dict[str, dict[str, Any]] = {}
     counts = Counter(i.class_id for i in images)
     for cid in sorted(counts):
         top1 = sum(h for h, i in zip(hits1, images, strict=True) if i.class_id == cid)
         top5 = sum(h for h, i in zip(hits5, images, strict=True) if i.class_id == cid)
-        per_class[names[cid][0]] = {"label": names[cid][1], "images": counts[cid], "top1": round(top1 / counts[cid], 4),
-                                    "top5": round(top5 / counts[cid], 4)}  # fmt: skip
+        per_class[names[cid][0]] = {
+            "label": names[cid][1],
+            "images": counts[cid],
+            "top1": round(top1 / counts[cid], 4),
+            "top5": round(top5 / counts[cid], 4),
+        }
     return {
         "images": len(images),
         "classes": len(counts),
@@ -162,8 +171,14 @@ def report(images: list[Labelled], outcomes: list[Outcome], seconds: float) -> d
     }
 
 
-def evaluate(folder: Path, mar: Path | None = None, engine: str | None = None, gateway_url: str | None = None,
-             api_key: str | None = None, progress: bool = True) -> dict:  # fmt: skip
+def evaluate(
+    folder: Path,
+    mar: Path | None = None,
+    engine: str | None = None,
+    gateway_url: str | None = None,
+    api_key: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Accuracy of the archive `mar` (in process) or of the service at `gateway_url` on `folder`."""
     images = labelled_images(folder)
     started = time.perf_counter()
@@ -178,7 +193,11 @@ def evaluate(folder: Path, mar: Path | None = None, engine: str | None = None, g
         meta, settings = archive_info(mar)
         settings["engine"] = engine or settings["engine"]
         outcomes = list(in_process(mar, images, settings, progress))
-        model = {"weights": meta["weights"], "untrained": meta["untrained"], "engine": settings["engine"],
-                 "int8_gate": meta.get("int8_gate")}  # fmt: skip
+        model = {
+            "weights": meta["weights"],
+            "untrained": meta["untrained"],
+            "engine": settings["engine"],
+            "int8_gate": meta.get("int8_gate"),
+        }
         source = {"mode": "in-process", "archive": str(mar), "model": model}
     return {**source, "folder": str(folder), **report(images, outcomes, time.perf_counter() - started)}

@@ -15,8 +15,9 @@ from typing import Self
 
 import httpx
 
+from modelserver.ports import free_port
 from modelserver.process_groups import stop_groups
-from modelserver.torchserve import TorchServe, free_port
+from modelserver.torchserve import TorchServe
 
 
 class ServerProcessError(RuntimeError):
@@ -49,8 +50,15 @@ class HttpProcess:
     goes to this process's stdout/stderr. Ready when `ready_path` on `port` answers 200 within
     `ready_timeout`."""
 
-    def __init__(self, args: list[str], port: int, log_file: Path | None = None, env: dict[str, str] | None = None,
-                 ready_path: str = "/healthz", ready_timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        log_file: Path | None = None,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/healthz",
+        ready_timeout: float = 30.0,
+    ) -> None:
         self.args = args
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -60,14 +68,27 @@ class HttpProcess:
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        """The server's pid, the id of its process group (started servers only)."""
+        if self.process is None:
+            raise ServerProcessError(f"the server for {self.url} is not started")
+        return self.process.pid
+
     def start(self) -> None:
         """Start the process; `wait_ready` blocks until it answers."""
         if self.log_file is None:
             self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
             return
         with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            self.process = subprocess.Popen(
+                self.args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_ready(self) -> None:
         assert self.process is not None, "start() first"
@@ -112,8 +133,14 @@ class HttpProcess:
 class GatewayProcess(HttpProcess):
     """`python -m gateway` on `port` (a free one by default) with the GATEWAY_* variables in `env`."""
 
-    def __init__(self, log_file: Path | None, env: dict[str, str], port: int | None = None,
-                 ready_path: str = "/healthz", ready_timeout: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        log_file: Path | None,
+        env: dict[str, str],
+        port: int | None = None,
+        ready_path: str = "/healthz",
+        ready_timeout: float = 30.0,
+    ) -> None:
         port = port or free_port()
         env = {**env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port)}
         super().__init__([sys.executable, "-m", "gateway"], port, log_file, env, ready_path, ready_timeout)

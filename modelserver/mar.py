@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,7 +16,7 @@ class UnreadableArchive(Exception):
     """The file is not an archive this project built (not a zip, or without its metadata or config)."""
 
 
-def archive_info(mar: Path) -> tuple[dict, dict]:
+def archive_info(mar: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The archive's metadata.json and its handler settings (model-config.yaml over the handler's defaults)."""
     try:
         with zipfile.ZipFile(mar) as archive:

@@ -22,7 +22,7 @@ def signal_group(group: int, sig: int) -> bool:
     return True
 
 
-def stop_groups(groups: list[int], grace_s: float, children: Sequence[subprocess.Popen] = ()) -> None:
+def stop_groups(groups: list[int], grace_s: float, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
     """TERM every group, wait for them to empty, KILL what is left after `grace_s`. `children`: this process's
     own children among them, reaped while waiting (an unreaped zombie keeps its group alive) and at the end."""
     for group in groups:
@@ -36,3 +36,13 @@ def stop_groups(groups: list[int], grace_s: float, children: Sequence[subprocess
         signal_group(group, signal.SIGKILL)
     for child in children:
         child.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM interrupts the main thread as Ctrl-C does, so that every server started so far is stopped by
+    the context manager or `finally` that started it (`make run`, `make bench`, the serve container)."""
+    signal.signal(signal.SIGTERM, _interrupt)

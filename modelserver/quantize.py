@@ -17,7 +17,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -66,11 +66,13 @@ class GateReport:
         return out
 
     def summary(self) -> str:
-        return (f"INT8 vs fp32 on {self.gate_images} held-apart images: top-1 agreement {self.top1_agreement:.3f}, "
-                f"top-5 overlap {self.top5_overlap:.3f}, max probability difference {self.max_prob_diff:.3f} "
-                f"(calibrated on {self.calibration_images}: {self.calibration})")  # fmt: skip
+        return (
+            f"INT8 vs fp32 on {self.gate_images} held-apart images: top-1 agreement {self.top1_agreement:.3f}, "
+            f"top-5 overlap {self.top5_overlap:.3f}, max probability difference {self.max_prob_diff:.3f} "
+            f"(calibrated on {self.calibration_images}: {self.calibration})"
+        )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -80,7 +82,7 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is not followed: its classes are Any
         def __init__(self) -> None:
             self._batches = iter(np.array_split(calibration, max(1, len(calibration) // BATCH)))
 
@@ -112,8 +114,9 @@ def probabilities(model: Path, images: np.ndarray) -> np.ndarray:
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([softmax(session.run(None, {name: images[i : i + BATCH]})[0])
-                           for i in range(0, len(images), BATCH)])  # fmt: skip
+    return np.concatenate(
+        [softmax(session.run(None, {name: images[i : i + BATCH]})[0]) for i in range(0, len(images), BATCH)]
+    )
 
 
 def compare(fp32: np.ndarray, int8: np.ndarray) -> tuple[float, float, float]:
@@ -126,8 +129,15 @@ def compare(fp32: np.ndarray, int8: np.ndarray) -> tuple[float, float, float]:
 
 def gate(fp32_path: Path, int8_path: Path, sets: ImageSets, thresholds: Thresholds) -> GateReport:
     top1, top5, diff = compare(probabilities(fp32_path, sets.gate), probabilities(int8_path, sets.gate))
-    return GateReport(sets.source, len(sets.calibration), len(sets.gate), round(top1, 4), round(top5, 4),
-                      round(diff, 4), asdict(thresholds))  # fmt: skip
+    return GateReport(
+        sets.source,
+        len(sets.calibration),
+        len(sets.gate),
+        round(top1, 4),
+        round(top5, 4),
+        round(diff, 4),
+        asdict(thresholds),
+    )
 
 
 def quantize_and_gate(fp32_path: Path, int8_path: Path, sets: ImageSets, thresholds: Thresholds) -> GateReport:
@@ -136,6 +146,8 @@ def quantize_and_gate(fp32_path: Path, int8_path: Path, sets: ImageSets, thresho
     report = gate(fp32_path, int8_path, sets, thresholds)
     print(report.summary(), flush=True)
     if failures := report.failures():
-        raise GateError("INT8 accuracy gate failed: " + "; ".join(failures) + ". Calibrate on images like your "
-                        "traffic (--calibration DIR), or serve fp32 (--engine onnx)")  # fmt: skip
+        raise GateError(
+            "INT8 accuracy gate failed: " + "; ".join(failures) + ". Calibrate on images like your "
+            "traffic (--calibration DIR), or serve fp32 (--engine onnx)"
+        )
     return report

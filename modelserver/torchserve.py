@@ -7,28 +7,23 @@ Readiness is judged from the management API's model description (at least one wo
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import secrets
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import httpx
 
+from handlers.contract import MODEL_NAME
+from modelserver.paths import BASE_CONFIG
+from modelserver.ports import Ports
 from modelserver.process_groups import stop_groups
+from modelserver.torchserve_keys import KEY_FILE, MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BASE_CONFIG = REPO_ROOT / "config.properties"
-MODEL_NAME = "resnet50"
-KEY_FILE = "key_file.json"
 PID_FILE = ".model_server.pid"  # TorchServe's launcher writes the frontend's pid there, in $TMPDIR
 FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"
 BIN_DIR = Path(sys.executable).parent
@@ -65,20 +60,6 @@ def properties_value(value: str) -> str:
     return "".join("\\\\" if c == "\\" else c if " " <= c <= "~" else f"\\u{ord(c):04x}" for c in value)
 
 
-PROPERTIES_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
-PROPERTIES_CONTROLS = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
-
-
-def unescape_properties(value: str) -> str:
-    """What Java's Properties.load makes of a value: \\uHHHH, \\t \\n \\r \\f, and any other \\x as x."""
-
-    def unescape(match: re.Match[str]) -> str:
-        escaped = match[1]
-        return chr(int(escaped[1:], 16)) if len(escaped) == 5 else PROPERTIES_CONTROLS.get(escaped, escaped)
-
-    return PROPERTIES_ESCAPE.sub(unescape, value)
-
-
 def render_config(base: str, overrides: dict[str, str]) -> str:
     """`base` (a .properties text) with the values of `overrides` replaced or appended (escaped)."""
     remaining = dict(overrides)
@@ -92,106 +73,24 @@ def render_config(base: str, overrides: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_properties(text: str) -> dict[str, str]:
-    """The key=value pairs of a .properties text, values unescaped as TorchServe (Java) reads them."""
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
-    return {key.strip(): unescape_properties(value.strip()) for key, value in pairs}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def worker_socket(port: int) -> Path:
-    """Where a TorchServe worker listens: a Unix socket named after its port (it deletes what is there)."""
-    return Path(f"/tmp/.ts.sock.{port}")  # noqa: S108 TorchServe's path
-
-
-def free_worker_port(workers: int = 4) -> int:
-    """A base for TorchServe's worker sockets that no other run uses."""
-    while True:
-        base = 20000 + secrets.randbelow(40000)
-        if not any(worker_socket(base + i).exists() for i in range(workers)):
-            return base
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether another program holds TCP `port` on `host` (binding it fails)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no owner
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def worker_socket_in_use(port: int) -> bool:
-    """Whether a live worker listens on the socket for `port` (a file left by a dead one does not count)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(worker_socket(port)))
-        except OSError:
-            return False
-    return True
-
-
-@dataclass(frozen=True)
-class Ports:
-    inference: int = 8080
-    management: int = 8081
-    metrics: int = 8082
-    grpc_inference: int = 7070
-    grpc_management: int = 7071
-    worker: int = 9000
-
-    @classmethod
-    def free(cls) -> Ports:
-        """Free loopback ports, for an instance beside others (tests, benchmarks)."""
-        return cls(free_port(), free_port(), free_port(), free_port(), free_port(), free_worker_port())
-
-    def in_use(self, workers: int = 4) -> list[str]:
-        """'<port> (<name>)' for each port another program holds: TCP on loopback, and the first `workers`
-        worker sockets."""
-        busy = [f"{getattr(self, f.name)} ({f.name.replace('_', ' ')})" for f in fields(self)
-                if f.name != "worker" and port_in_use(getattr(self, f.name))]  # fmt: skip
-        busy += [f"{self.worker + i} (worker socket {worker_socket(self.worker + i)})" for i in range(workers)
-                 if worker_socket_in_use(self.worker + i)]  # fmt: skip
-        return busy
-
-    def overrides(self, host: str = "127.0.0.1") -> dict[str, str]:
-        return {
-            "inference_address": f"http://{host}:{self.inference}",
-            "management_address": f"http://{host}:{self.management}",
-            "metrics_address": f"http://{host}:{self.metrics}",
-            "grpc_inference_address": host,
-            "grpc_inference_port": str(self.grpc_inference),
-            "grpc_management_address": host,
-            "grpc_management_port": str(self.grpc_management),
-            "initial_worker_port": str(self.worker),
-        }
-
-
-def read_keys(key_file: Path) -> dict[str, str]:
-    """{'inference': ..., 'management': ..., 'API': ...} from the key file TorchServe wrote."""
-    data = json.loads(key_file.read_text())
-    return {name: entry["key"] for name, entry in data.items()}
-
-
 def describe(management_url: str, key_file: Path, timeout: float = 2.0) -> httpx.Response:
-    """The management API's description of the model. An expired management key (HTTP 400
-    InvalidKeyException) is renewed once with the file's permanent API key, which rewrites the file."""
+    """The management API's description of the model; a refused management key is replaced as
+    modelserver/torchserve_keys.py decides (a newer one from the file, or renewed with the API key)."""
     url = f"{management_url}/models/{MODEL_NAME}"
-    keys = read_keys(key_file)
-    response = httpx.get(url, headers={"Authorization": f"Bearer {keys['management']}"}, timeout=timeout)
-    if response.status_code == 400 and "InvalidKeyException" in response.text:
-        renew = httpx.post(f"{management_url}/token", params={"type": "management"},
-                           headers={"Authorization": f"Bearer {keys['API']}"}, timeout=timeout)  # fmt: skip
-        renew.raise_for_status()
-        fresh = read_keys(key_file)["management"]
-        response = httpx.get(url, headers={"Authorization": f"Bearer {fresh}"}, timeout=timeout)
+    key = read_keys(key_file).get("management")
+    response = httpx.get(url, headers=bearer(key), timeout=timeout)
+    for _ in range(MAX_RECOVERIES):
+        if not is_invalid_key(response.status_code, response.content):
+            break
+        step = recovery("management", key, read_keys(key_file), management_url)
+        if (renewal := step.renewal) is not None:
+            httpx.post(renewal.url, params=renewal.params, headers=renewal.headers, timeout=timeout).raise_for_status()
+            key = read_keys(key_file).get("management")
+        else:
+            key = step.key
+        if key is None:
+            break
+        response = httpx.get(url, headers=bearer(key), timeout=timeout)
     return response
 
 
@@ -225,8 +124,15 @@ class TorchServe:
         return f"http://127.0.0.1:{self.ports.management}"
 
     @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.metrics}"
+    def predictions_url(self) -> str:
+        return f"{self.inference_url}/predictions/{MODEL_NAME}"
+
+    @property
+    def pid(self) -> int:
+        """The frontend's pid, the id of the process group of all its processes (started instances only)."""
+        if self.process is None:
+            raise TorchServeError("TorchServe is not started")
+        return self.process.pid
 
     @property
     def key_file(self) -> Path:
@@ -251,6 +157,10 @@ class TorchServe:
     def keys(self) -> dict[str, str]:
         return read_keys(self.key_file)
 
+    def inference_headers(self) -> dict[str, str]:
+        """The Authorization header of a prediction sent to this instance directly (not through the gateway)."""
+        return bearer(self.keys()["inference"])
+
     def running_pid(self) -> int | None:
         """The pid of a TorchServe frontend started from this workdir that is still alive, if any."""
         try:
@@ -264,11 +174,15 @@ class TorchServe:
         """Raise TorchServeError, before anything is touched, if an instance from this workdir still runs or
         another program holds one of the ports."""
         if (pid := self.running_pid()) is not None:
-            raise TorchServeError(f"TorchServe started from {self.workdir} earlier is still running (pid {pid}); "
-                                  f"stop it with:\n  {self.stop_command}")  # fmt: skip
+            raise TorchServeError(
+                f"TorchServe started from {self.workdir} earlier is still running (pid {pid}); "
+                f"stop it with:\n  {self.stop_command}"
+            )
         if busy := self.ports.in_use():
-            raise TorchServeError(f"port {', '.join(busy)} already in use by another program; stop it, or choose "
-                                  "other ports (--inference-port, --management-port, ... --worker-port)")  # fmt: skip
+            raise TorchServeError(
+                f"port {', '.join(busy)} already in use by another program; stop it, or choose "
+                "other ports (--inference-port, --management-port, ... --worker-port)"
+            )
 
     def start(self) -> None:
         self.refuse_conflicts()  # never take over the key file, ports or worker sockets of a running instance

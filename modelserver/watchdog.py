@@ -38,8 +38,9 @@ class Watchdog:
 
     def __enter__(self) -> Self:
         # A session of its own: Ctrl-C in the terminal (SIGINT to the launcher's group) does not reach it.
-        self.process = subprocess.Popen([sys.executable, "-m", "modelserver.watchdog"], stdin=subprocess.PIPE,
-                                        text=True, start_new_session=True)  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "modelserver.watchdog"], stdin=subprocess.PIPE, text=True, start_new_session=True
+        )
         return self
 
     def watch(self, group: int) -> None:

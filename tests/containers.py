@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gateway.keys import key_hash
-from modelserver.torchserve import free_port
+from modelserver.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -26,12 +26,15 @@ from PIL import Image, ImageOps
 from torchvision.models import ResNet50_Weights
 from ts.context import Context, RequestProcessor
 
+from bench.processes import process_roles
 from gateway.problems import PROBLEM_JSON, TYPE_BASE
 from handlers.imaging import decode, preprocess
 from modelserver.gateway_process import GatewayProcess as Gateway
 from modelserver.gateway_process import gateway_env
+from modelserver.paths import REPO_ROOT
+from modelserver.ports import Ports, free_port
 from modelserver.process_groups import signal_group
-from modelserver.torchserve import REPO_ROOT, Ports, TorchServe, free_port
+from modelserver.torchserve import TorchServe
 
 __all__ = [
     "API_KEY",
@@ -46,6 +49,9 @@ __all__ = [
     "imgcls_cmd",
     "jsonl",
     "make_context",
+    "metrics_url",
+    "read_properties",
+    "worker_processes",
     "summary",
     "free_port",
     "gateway_env",
@@ -191,3 +197,33 @@ class PeakRss:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+PROPERTIES_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)")
+PROPERTIES_CONTROLS = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+
+
+def unescape_properties(value: str) -> str:
+    """What Java's Properties.load makes of a value: \\uHHHH, \\t \\n \\r \\f, and any other \\x as x."""
+
+    def unescape(match: re.Match[str]) -> str:
+        escaped = match[1]
+        return chr(int(escaped[1:], 16)) if len(escaped) == 5 else PROPERTIES_CONTROLS.get(escaped, escaped)
+
+    return PROPERTIES_ESCAPE.sub(unescape, value)
+
+
+def read_properties(text: str) -> dict[str, str]:
+    """The key=value pairs of a .properties text, values unescaped as TorchServe (Java) reads them."""
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.lstrip().startswith("#"))
+    return {key.strip(): unescape_properties(value.strip()) for key, value in pairs}
+
+
+def metrics_url(server: TorchServe) -> str:
+    """TorchServe's metrics API (loopback only; the gateway never calls or proxies it)."""
+    return f"http://127.0.0.1:{server.ports.metrics}"
+
+
+def worker_processes(server: TorchServe) -> list[psutil.Process]:
+    """The Python worker processes of a running TorchServe."""
+    return process_roles(server.pid)["worker"]

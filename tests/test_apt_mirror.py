@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelserver.torchserve import REPO_ROOT
+from modelserver.paths import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "docker" / "apt-mirror.sh"
 MIRROR = "http://mirror.corp.example/debian"

@@ -25,7 +25,7 @@ from handlers.imaging import decode, preprocess
 from modelserver.__main__ import main, parser
 from modelserver.archive import ServingConfig
 from modelserver.onnx_export import VerificationError, verify
-from modelserver.torchserve import REPO_ROOT
+from modelserver.paths import REPO_ROOT
 from modelserver.weights import from_seed
 
 

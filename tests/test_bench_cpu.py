@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bench import cpu
-from bench.run import verdicts
+from bench.report import verdicts
 
 VNNI_EPYC = """processor\t: 0
 vendor_id\t: AuthenticAMD

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -24,10 +25,12 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from support import read_properties
 
 from gateway.settings import Settings
 from modelserver import __main__ as modelserver_cli
-from modelserver.torchserve import KEY_FILE, allowed_urls, command, read_properties
+from modelserver.torchserve import allowed_urls, command
+from modelserver.torchserve_keys import KEY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "Dockerfile.serve"
@@ -361,6 +364,27 @@ def test_gateway_image_carries_the_handler_modules_the_gateway_imports() -> None
         assert not re.search(r"^\s*(from|import) handlers", source, re.M)
         top_level = {name.split(".")[0] for name in re.findall(r"^\s*(?:from|import) (\w[\w.]*)", source, re.M)}
         assert top_level <= sys.stdlib_module_names | {"__future__"}, f"{path} imports {top_level}"
+
+
+def test_both_images_carry_the_torchserve_key_policy() -> None:
+    """One key policy (modelserver/torchserve_keys.py) for the gateway and the serve image's health check
+    (`python -m modelserver ready`): the gateway image copies it with modelserver/__init__.py and nothing else
+    of modelserver/, the serve image all of modelserver/; it imports the standard library alone."""
+    sources = (ROOT / "gateway").rglob("*.py")
+    imported = {m for f in sources for m in re.findall(r"^\s*from (modelserver[.\w]*) import", f.read_text(), re.M)}
+    assert imported == {"modelserver.torchserve_keys"}
+    in_gateway, in_serve = (
+        {s for stage, paths, _ in copies(instructions(f)) if not stage for s in paths} for f in (GATEWAY, SERVE)
+    )
+    assert {"modelserver/__init__.py", "modelserver/torchserve_keys.py"} <= in_gateway
+    assert not any(path.startswith("modelserver/") and path.endswith("/") for path in in_gateway)
+    assert "modelserver/" in in_serve
+    assert "modelserver" in " ".join(exec_form(one(final_stage(instructions(SERVE)), "HEALTHCHECK")))
+    for module in ("modelserver/__init__.py", "modelserver/torchserve_keys.py"):
+        tree = ast.parse((ROOT / module).read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert {name.split(".")[0] for name in names} <= sys.stdlib_module_names | {"__future__"}, module
 
 
 @pytest.mark.parametrize("dockerfile", [SERVE, GATEWAY], ids=lambda p: p.name)

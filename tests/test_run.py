@@ -21,7 +21,8 @@ import pytest
 from imagegen import jpeg
 from support import PYTHON, free_port, start_torchserve
 
-from modelserver.torchserve import Ports, TorchServe, free_worker_port, ready_workers, worker_socket
+from modelserver.ports import Ports, free_worker_port, worker_socket
+from modelserver.torchserve import TorchServe, ready_workers
 
 RUN_KEY = "ica_run-test-key"
 

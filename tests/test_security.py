@@ -24,10 +24,22 @@ import httpx
 import psutil
 import pytest
 from imagegen import jpeg
-from support import API_KEY, OTHER_KEY, Gateway, assert_problem, free_port, gateway_env, post, slowest_answer_during
+from support import (
+    API_KEY,
+    OTHER_KEY,
+    Gateway,
+    assert_problem,
+    free_port,
+    gateway_env,
+    metrics_url,
+    post,
+    read_properties,
+    slowest_answer_during,
+)
 
 from gateway.keys import key_hash
-from modelserver.torchserve import REPO_ROOT, TorchServe, read_properties
+from modelserver.paths import REPO_ROOT
+from modelserver.torchserve import TorchServe
 
 JPEG = {"Content-Type": "image/jpeg"}
 TS_METRIC = re.compile(r"^ts_\w+", re.MULTILINE)
@@ -63,7 +75,7 @@ def problem_of(reply: bytes) -> tuple[dict[str, str], dict]:
 
 def test_gateway_metrics_are_its_own_not_torchservers(gateway: Gateway, torchserve: TorchServe, api_key: str) -> None:
     assert post(gateway, api_key, content=jpeg(), headers=JPEG).status_code == 200  # TorchServe counts it
-    theirs = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
+    theirs = httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=10)
     assert theirs.status_code == 200 and TS_METRIC.search(theirs.text), "TorchServe's metrics look different"
     expected = {"/metrics": 200, "/metrics?name[]=ts_inference_requests_total": 200, "/metrics/": 404, "//metrics": 404}
     for path, status in expected.items():
@@ -239,9 +251,9 @@ def test_metrics_api_has_no_token_so_it_stays_on_loopback(torchserve: TorchServe
     """TorchServe 0.12's token authorization covers inference and management only: the metrics API answers
     anyone who can reach it. Hence metrics_address is loopback in both configs and never proxied; here the
     socket that really listens on the metrics port is checked, not the address we asked for."""
-    response = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=10)
+    response = httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=10)
     assert response.status_code == 200 and TS_METRIC.search(response.text)
-    metrics_port = urlsplit(torchserve.metrics_url).port
+    metrics_port = urlsplit(metrics_url(torchserve)).port
     bound = [ip for _, ip, port in listening_sockets(torchserve) if port == metrics_port]
     assert bound and all(ip in LOOPBACK for ip in bound), bound
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
-from support import PYTHON, start_torchserve
+from support import PYTHON, metrics_url, read_properties, start_torchserve
 from testmodel import (
     PHOTOS,
     PROB_TOLERANCE,
@@ -22,14 +22,7 @@ from testmodel import (
     probability_vector,
 )
 
-from modelserver.torchserve import (
-    TorchServe,
-    allowed_urls,
-    read_properties,
-    ready_workers,
-    regex_literal,
-    render_config,
-)
+from modelserver.torchserve import TorchServe, allowed_urls, ready_workers, regex_literal, render_config
 
 ALL = {"X-Top-K": "1000"}  # every probability, to compare whole vectors
 
@@ -190,7 +183,7 @@ def test_rendered_config_binds_loopback_only(torchserve: TorchServe) -> None:
 
 
 def test_prometheus_metrics(torchserve: TorchServe) -> None:
-    response = httpx.get(f"{torchserve.metrics_url}/metrics", timeout=30)
+    response = httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=30)
     assert response.status_code == 200
     assert "ts_inference_requests_total" in response.text
 

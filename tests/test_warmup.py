@@ -8,7 +8,8 @@ import subprocess
 
 from support import PYTHON, gateway_env
 
-from modelserver.torchserve import REPO_ROOT, TorchServe
+from modelserver.paths import REPO_ROOT
+from modelserver.torchserve import TorchServe
 
 
 def warm_up(torchserve: TorchServe, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,8 @@ import httpx
 import psutil
 import pytest
 from imagegen import jpeg
-from support import Gateway, gateway_env, start_torchserve
+from support import Gateway, gateway_env, start_torchserve, worker_processes
 
-from bench.processes import worker_processes
 from gateway.keys import key_hash
 from modelserver.torchserve import TorchServe
 
@@ -63,7 +62,7 @@ def test_worker_killed_mid_load(own_gateway: Gateway, own_torchserve: TorchServe
     assert own_torchserve.process is not None
     body = jpeg()
     assert predict(own_gateway, api_key, body)[2] == "200"
-    (worker,) = worker_processes(own_torchserve.process.pid)
+    (worker,) = worker_processes(own_torchserve)
     assert worker.pid != os.getpid() and psutil.Process(worker.pid).is_running()
 
     results: list[tuple[float, float, str]] = []
@@ -108,6 +107,6 @@ def test_worker_killed_mid_load(own_gateway: Gateway, own_torchserve: TorchServe
     assert all(end - killed_at < GATEWAY_TIMEOUT_S for _, end, _ in in_flight)
     assert any(r[2] == "200" for r in after)
     # TorchServe replaced the worker; the gateway is ready again.
-    (new_worker,) = worker_processes(own_torchserve.process.pid)
+    (new_worker,) = worker_processes(own_torchserve)
     assert new_worker.pid != worker.pid
     assert httpx.get(f"{own_gateway.url}/readyz", timeout=10).status_code == 200
