@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 RESIZE_SIZE = 232  # the shorter side after torchvision's Resize for ResNet50_Weights.IMAGENET1K_V2
 MAX_ASPECT_RATIO = 200  # longer side / shorter side
@@ -34,11 +35,14 @@ _STANDALONE = frozenset({0x01, 0xD8})  # markers without a length field (TEM, SO
 _SOS, _EOI = 0xDA, 0xD9
 
 
+RefusalCode = Literal["extreme_aspect_ratio", "too_many_scans", "too_fragmented"]
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why an image is refused before decoding: a stable per-image `code` and a human `detail`."""
 
-    code: str
+    code: RefusalCode
     detail: str
 
 
@@ -115,3 +119,9 @@ def jpeg_refusal(data: bytes, width: int, height: int) -> Refusal | None:
         return exc.refusal
     detail = f"the {width}x{height} JPEG has more than {allowed} scans; re-encode it (baseline, or fewer scans)"
     return Refusal("too_many_scans", detail)
+
+
+def refusal(data: bytes, fmt: str, width: int, height: int) -> Refusal | None:
+    """Why this image (of format `fmt`, at least 1x1, within the pixel limit) is refused before decoding, or None:
+    `extreme_aspect_ratio`, then for a JPEG `too_many_scans` or `too_fragmented`."""
+    return shape_refusal(width, height) or (jpeg_refusal(data, width, height) if fmt == "JPEG" else None)

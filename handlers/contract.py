@@ -9,32 +9,37 @@ side is a type error on the other.
 
 from __future__ import annotations
 
+import re
 from typing import NotRequired, TypedDict
 
 MODEL_NAME = "resnet50"  # the archive's name, TorchServe's /predictions/<name>, v2's /v2/models/<name>
 
 
 class ImageFormat(TypedDict):
-    """One accepted format: its name as Pillow reports it, its magic bytes (at an offset) and file suffixes."""
+    """One accepted format: its name as Pillow reports it, its magic bytes and its usual file suffixes."""
 
     name: str
     label: str  # as people write it, for messages
-    magics: tuple[tuple[int, bytes], ...]
-    suffixes: tuple[str, ...]
+    magic: re.Pattern[bytes]  # matched at the start of the bytes
+    suffixes: tuple[str, ...]  # how tools that read folders (calibration, evaluate, the client) pick images out
 
 
 IMAGE_FORMATS: tuple[ImageFormat, ...] = (
-    {"name": "JPEG", "label": "JPEG", "magics": ((0, b"\xff\xd8\xff"),), "suffixes": (".jpg", ".jpeg")},
-    {"name": "PNG", "label": "PNG", "magics": ((0, b"\x89PNG\r\n\x1a\n"),), "suffixes": (".png",)},
-    # RIFF....WEBP: both parts must match (sniffers check the RIFF prefix too)
-    {"name": "WEBP", "label": "WebP", "magics": ((8, b"WEBP"),), "suffixes": (".webp",)},
-    {"name": "GIF", "label": "GIF", "magics": ((0, b"GIF87a"), (0, b"GIF89a")), "suffixes": (".gif",)},
-    {"name": "BMP", "label": "BMP", "magics": ((0, b"BM"),), "suffixes": (".bmp",)},
-    {"name": "TIFF", "label": "TIFF", "magics": ((0, b"II*\x00"), (0, b"MM\x00*")), "suffixes": (".tif", ".tiff")},
+    {"name": "JPEG", "label": "JPEG", "magic": re.compile(rb"\xff\xd8\xff"), "suffixes": (".jpg", ".jpeg")},
+    {"name": "PNG", "label": "PNG", "magic": re.compile(rb"\x89PNG\r\n\x1a\n"), "suffixes": (".png",)},
+    {"name": "WEBP", "label": "WebP", "magic": re.compile(rb"RIFF.{4}WEBP", re.DOTALL), "suffixes": (".webp",)},
+    {"name": "GIF", "label": "GIF", "magic": re.compile(rb"GIF8[79]a"), "suffixes": (".gif",)},
+    {"name": "BMP", "label": "BMP", "magic": re.compile(rb"BM"), "suffixes": (".bmp",)},
+    {"name": "TIFF", "label": "TIFF", "magic": re.compile(rb"II\*\x00|MM\x00\*"), "suffixes": (".tif", ".tiff")},
 )
 ACCEPTED_FORMATS = frozenset(fmt["name"] for fmt in IMAGE_FORMATS)
 IMAGE_SUFFIXES = frozenset(suffix for fmt in IMAGE_FORMATS for suffix in fmt["suffixes"])
 ACCEPTED_LABELS = ", ".join(fmt["label"] for fmt in IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]['label']}"
+
+
+def sniffed_format(data: bytes) -> str | None:
+    """The name of the accepted format whose magic bytes `data` starts with, else None."""
+    return next((fmt["name"] for fmt in IMAGE_FORMATS if fmt["magic"].match(data)), None)
 
 
 class ModelBlock(TypedDict):

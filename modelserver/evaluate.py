@@ -29,8 +29,9 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from handlers.contract import IMAGE_SUFFIXES
 from handlers.engines import load_engine
-from handlers.imaging import IMAGE_SUFFIXES, ImageError, decode, preprocess
+from handlers.imaging import ImageError, decode, preprocess
 from modelserver.mar import archive_info, unpack
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
