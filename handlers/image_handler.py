@@ -52,7 +52,7 @@ import numpy as np
 
 from handlers.engines import FC_WEIGHT_FILE, Engine, load_engine
 from handlers.imaging import ImageError, decode, preprocess
-from handlers.maps import class_maps, crop_in_original, encode_vector, normalised
+from handlers.maps import class_maps, crop_in_original, encode_vector, l2_normalised
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ class ImageClassifierHandler:
     def _extra_fields(self, item: Item, outputs: Outputs, row: int, top: list[int]) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         if "embedding" in item.extras:
-            fields["embedding"] = encode_vector(normalised(outputs.extra["pooled"][row]))
+            fields["embedding"] = encode_vector(l2_normalised(outputs.extra["pooled"][row]))
         if "cam" in item.extras:
             fields |= self.explain_handle(item, outputs.extra["features"][row], outputs.probabilities[row], top)
         return fields

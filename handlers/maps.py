@@ -26,7 +26,7 @@ def class_maps(features: np.ndarray, weight: np.ndarray, classes: list[int]) -> 
     return np.maximum(maps, 0.0).reshape(len(classes), rows, cols)
 
 
-def normalised(pooled: np.ndarray) -> np.ndarray:
+def l2_normalised(pooled: np.ndarray) -> np.ndarray:
     """The L2-normalised float32 embedding of one pooled vector (2048,)."""
     vector = pooled.astype(np.float32)
     norm = float(np.linalg.norm(vector))
