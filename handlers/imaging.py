@@ -22,6 +22,7 @@ import math
 import warnings
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.bounds import RESIZE_SIZE, BoundedReader, TooManyReads, refusal, resized_size
@@ -80,8 +81,9 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
         # Pillow picks the strongest reduction 1/n (n = 1, 2, 4, 8) that keeps the image at least the requested
         # size: at least the resize target, and no smaller than 1/jpeg_draft allows.
         scale = RESIZE_SIZE / min(width, height)
-        img.draft("RGB", (max(math.ceil(width * scale), width // jpeg_draft),
-                          max(math.ceil(height * scale), height // jpeg_draft)))  # fmt: skip
+        draft_width = max(math.ceil(width * scale), width // jpeg_draft)
+        draft_height = max(math.ceil(height * scale), height // jpeg_draft)
+        img.draft("RGB", (draft_width, draft_height))
     try:
         img.load()
         # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (README, "The handler").
@@ -102,7 +104,7 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + CROP_SIZE, top + CROP_SIZE
 
 
-def preprocess(img: Image.Image) -> np.ndarray:
+def preprocess(img: Image.Image) -> npt.NDArray[np.float32]:
     """An RGB image → a normalised float32 array of shape (3, 224, 224)."""
     resized = img.resize(resized_size(*img.size), Image.Resampling.BILINEAR)
     cropped = resized.crop(crop_box(*resized.size))
