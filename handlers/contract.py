@@ -10,7 +10,7 @@ side is a type error on the other.
 from __future__ import annotations
 
 import re
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 MODEL_NAME = "resnet50"  # the archive's name, TorchServe's /predictions/<name>, v2's /v2/models/<name>
 
@@ -83,3 +83,19 @@ class ItemAnswer(TypedDict):
     explanations: NotRequired[list[Explanation]]
     geometry: NotRequired[Geometry]
     error: NotRequired[ItemError]
+
+
+# --- the handler's description of itself (helper hd) -------------------------------------------------------
+
+
+class Description(ModelBlock):
+    """The handler's custom describe, TorchServe's `customizedMetadata` of GET /models/<name>?customized=true:
+    the model block, the labels, what the engine can add to an answer and the archive's limits."""
+
+    labels: int  # how many classes
+    label_names: list[str]  # by class id
+    int8_gate: dict[str, Any] | None  # the INT8 archive's accuracy gate against fp32 (modelserver/quantize.py)
+    outputs: list[str]  # the X-Output extras this archive serves: embedding, cam
+    max_pixels: int
+    default_top_k: int
+    max_top_k: int
