@@ -4,7 +4,9 @@ Standard library only, like handlers/bounds.py: the gateway image carries this f
 handlers/__init__.py alone from handlers/ (Dockerfile.gateway copies them; tests/test_containers.py checks
 it), and the model archive carries all of handlers/ (modelserver/archive.py). The handler builds its JSON
 answers as these TypedDicts and the gateway reads TorchServe's answers as them, so a field renamed on one
-side is a type error on the other.
+side is a type error on the other; its custom describe is a Description. The gateway sniffs an upload's
+format with `sniffed_format`; the handler lets Pillow identify it and accepts ACCEPTED_FORMATS; tools that
+read folders pick images by IMAGE_SUFFIXES; both sides' refusals name ACCEPTED_LABELS.
 """
 
 from __future__ import annotations

@@ -347,11 +347,12 @@ def test_gateway_image_runs_the_gateway_without_torch() -> None:
 
 
 def test_gateway_image_carries_the_handler_modules_the_gateway_imports() -> None:
-    """The gateway shares handlers/bounds.py with the handler (one place for the bounds both check): its image
-    copies that file, and what it imports from handlers/ imports nothing else from there."""
+    """The gateway shares handlers/bounds.py and handlers/contract.py with the handler (one place for the bounds
+    both check, the formats, the model name and the answers' shapes): its image copies those files, and what it
+    imports from handlers/ imports nothing else from there."""
     sources = (ROOT / "gateway").rglob("*.py")
     imported = {m for f in sources for m in re.findall(r"^from (handlers\.\w+) import", f.read_text(), re.M)}
-    assert imported == {"handlers.bounds"}
+    assert imported == {"handlers.bounds", "handlers.contract"}
     copied = {source for stage, paths, _ in copies(instructions(GATEWAY)) if not stage for source in paths}
     for module in imported:
         path = module.replace(".", "/") + ".py"
