@@ -17,23 +17,18 @@ from PIL import Image, UnidentifiedImageError
 
 from gateway.problems import Problem
 from gateway.settings import Settings
-from handlers.bounds import BoundedReader, TooManyReads, jpeg_refusal, shape_refusal
+from handlers.bounds import BoundedReader, RefusalCode, TooManyReads, refusal
+from handlers.contract import ACCEPTED_LABELS, sniffed_format
 
 if TYPE_CHECKING:
     from gateway.budget import Hold
 
-# (magic prefix, offset, format name as Pillow reports it)
-SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
-    (b"\xff\xd8\xff", 0, "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
-    (b"GIF87a", 0, "GIF"),
-    (b"GIF89a", 0, "GIF"),
-    (b"WEBP", 8, "WEBP"),
-    (b"BM", 0, "BMP"),
-    (b"II*\x00", 0, "TIFF"),
-    (b"MM\x00*", 0, "TIFF"),
-)
-ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+# The problem type of each refusal of handlers/bounds.py: too costly to resize is too large, the others malformed.
+REFUSAL_TYPES: dict[RefusalCode, str] = {
+    "extreme_aspect_ratio": "image-too-large",
+    "too_many_scans": "invalid-image",
+    "too_fragmented": "invalid-image",
+}
 ENVELOPE_BYTES = 64 * 1024  # allowed on top of the image limits for what wraps them: multipart parts, v2's JSON
 
 
@@ -74,11 +69,10 @@ def sniff(data: bytes) -> str:
     if not data:
         raise Problem("invalid-image", "the image is empty (0 bytes)", code="empty")
     if data[:4] == b"RIFF" and data[8:12] != b"WEBP":
-        raise Problem("unsupported-media-type", f"RIFF data that is not WebP; send {ACCEPTED}")
-    for magic, offset, fmt in SIGNATURES:
-        if data[offset : offset + len(magic)] == magic and (fmt != "WEBP" or data[:4] == b"RIFF"):
-            return fmt
-    raise Problem("unsupported-media-type", f"the bytes are not a supported image; send {ACCEPTED}")
+        raise Problem("unsupported-media-type", f"RIFF data that is not WebP; send {ACCEPTED_LABELS}")
+    if fmt := sniffed_format(data):
+        return fmt
+    raise Problem("unsupported-media-type", f"the bytes are not a supported image; send {ACCEPTED_LABELS}")
 
 
 def check_image(data: bytes, settings: Settings) -> CheckedImage:
@@ -91,7 +85,7 @@ def check_image(data: bytes, settings: Settings) -> CheckedImage:
             width, height = img.size
             actual = img.format
     except TooManyReads as exc:
-        raise Problem("invalid-image", exc.refusal.detail, code=exc.refusal.code) from None
+        raise Problem(REFUSAL_TYPES[exc.refusal.code], exc.refusal.detail, code=exc.refusal.code) from None
     except Image.DecompressionBombError:
         raise Problem("image-too-large", f"the image header claims more than {settings.max_pixels} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
@@ -104,8 +98,6 @@ def check_image(data: bytes, settings: Settings) -> CheckedImage:
         raise Problem("image-too-large", f"{width}x{height} has a side above {settings.max_side} pixels")
     if width * height > settings.max_pixels:
         raise Problem("image-too-large", f"{width}x{height} is above the limit of {settings.max_pixels} pixels")
-    if refusal := shape_refusal(width, height):
-        raise Problem("image-too-large", refusal.detail, code=refusal.code)
-    if fmt == "JPEG" and (refusal := jpeg_refusal(data, width, height)):
-        raise Problem("invalid-image", refusal.detail, code=refusal.code)
+    if refused := refusal(data, fmt, width, height):
+        raise Problem(REFUSAL_TYPES[refused.code], refused.detail, code=refused.code)
     return CheckedImage(data=data, format=fmt, width=width, height=height)

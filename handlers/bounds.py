@@ -1,8 +1,9 @@
 """Bounds on the work one image may cost, shared by the gateway and the handler.
 
 The gateway refuses from the header, before forwarding; the handler checks again before decoding, because
-TorchServe can be called directly. Standard library only: the gateway image carries this file and
-handlers/__init__.py alone from handlers/ (Dockerfile.gateway); the model archive carries all of handlers/.
+TorchServe can be called directly; both ask `refusal` and read through BoundedReader. Standard library only:
+the gateway image carries this file, contract.py and handlers/__init__.py alone from handlers/
+(Dockerfile.gateway); the model archive carries all of handlers/.
 
 - Aspect ratio. The shorter side is resized to 232 px, so the resize of a W x 1 image is W*232 x 232: a
   143-byte 20000x1 PNG cost 4.6 GB. Sides at most MAX_ASPECT_RATIO:1 cap the resize at 232 x 46,400 px.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 RESIZE_SIZE = 232  # the shorter side after torchvision's Resize for ResNet50_Weights.IMAGENET1K_V2
 MAX_ASPECT_RATIO = 200  # longer side / shorter side
@@ -34,11 +36,14 @@ _STANDALONE = frozenset({0x01, 0xD8})  # markers without a length field (TEM, SO
 _SOS, _EOI = 0xDA, 0xD9
 
 
+RefusalCode = Literal["extreme_aspect_ratio", "too_many_scans", "too_fragmented"]
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why an image is refused before decoding: a stable per-image `code` and a human `detail`."""
 
-    code: str
+    code: RefusalCode
     detail: str
 
 
@@ -115,3 +120,9 @@ def jpeg_refusal(data: bytes, width: int, height: int) -> Refusal | None:
         return exc.refusal
     detail = f"the {width}x{height} JPEG has more than {allowed} scans; re-encode it (baseline, or fewer scans)"
     return Refusal("too_many_scans", detail)
+
+
+def refusal(data: bytes, fmt: str, width: int, height: int) -> Refusal | None:
+    """Why this image (of format `fmt`, at least 1x1, within the pixel limit) is refused before decoding, or None:
+    `extreme_aspect_ratio`, then for a JPEG `too_many_scans` or `too_fragmented`."""
+    return shape_refusal(width, height) or (jpeg_refusal(data, width, height) if fmt == "JPEG" else None)

@@ -4,37 +4,44 @@ Standard library only, like handlers/bounds.py: the gateway image carries this f
 handlers/__init__.py alone from handlers/ (Dockerfile.gateway copies them; tests/test_containers.py checks
 it), and the model archive carries all of handlers/ (modelserver/archive.py). The handler builds its JSON
 answers as these TypedDicts and the gateway reads TorchServe's answers as them, so a field renamed on one
-side is a type error on the other.
+side is a type error on the other; its custom describe is a ModelDescription. The gateway sniffs an upload's
+format with `sniffed_format`; the handler lets Pillow identify it and accepts ACCEPTED_FORMATS; tools that
+read folders pick images by IMAGE_SUFFIXES; both sides' refusals name ACCEPTED_LABELS.
 """
 
 from __future__ import annotations
 
+import re
 from typing import NotRequired, TypedDict
 
 MODEL_NAME = "resnet50"  # the archive's name, TorchServe's /predictions/<name>, v2's /v2/models/<name>
 
 
 class ImageFormat(TypedDict):
-    """One accepted format: its name as Pillow reports it, its magic bytes (at an offset) and file suffixes."""
+    """One accepted format: its name as Pillow reports it, its magic bytes and its usual file suffixes."""
 
     name: str
     label: str  # as people write it, for messages
-    magics: tuple[tuple[int, bytes], ...]
-    suffixes: tuple[str, ...]
+    magic: re.Pattern[bytes]  # matched at the start of the bytes
+    suffixes: tuple[str, ...]  # how tools that read folders (calibration, evaluate, the client) pick images out
 
 
 IMAGE_FORMATS: tuple[ImageFormat, ...] = (
-    {"name": "JPEG", "label": "JPEG", "magics": ((0, b"\xff\xd8\xff"),), "suffixes": (".jpg", ".jpeg")},
-    {"name": "PNG", "label": "PNG", "magics": ((0, b"\x89PNG\r\n\x1a\n"),), "suffixes": (".png",)},
-    # RIFF....WEBP: both parts must match (sniffers check the RIFF prefix too)
-    {"name": "WEBP", "label": "WebP", "magics": ((8, b"WEBP"),), "suffixes": (".webp",)},
-    {"name": "GIF", "label": "GIF", "magics": ((0, b"GIF87a"), (0, b"GIF89a")), "suffixes": (".gif",)},
-    {"name": "BMP", "label": "BMP", "magics": ((0, b"BM"),), "suffixes": (".bmp",)},
-    {"name": "TIFF", "label": "TIFF", "magics": ((0, b"II*\x00"), (0, b"MM\x00*")), "suffixes": (".tif", ".tiff")},
+    {"name": "JPEG", "label": "JPEG", "magic": re.compile(rb"\xff\xd8\xff"), "suffixes": (".jpg", ".jpeg")},
+    {"name": "PNG", "label": "PNG", "magic": re.compile(rb"\x89PNG\r\n\x1a\n"), "suffixes": (".png",)},
+    {"name": "WEBP", "label": "WebP", "magic": re.compile(rb"RIFF.{4}WEBP", re.DOTALL), "suffixes": (".webp",)},
+    {"name": "GIF", "label": "GIF", "magic": re.compile(rb"GIF8[79]a"), "suffixes": (".gif",)},
+    {"name": "BMP", "label": "BMP", "magic": re.compile(rb"BM"), "suffixes": (".bmp",)},
+    {"name": "TIFF", "label": "TIFF", "magic": re.compile(rb"II\*\x00|MM\x00\*"), "suffixes": (".tif", ".tiff")},
 )
 ACCEPTED_FORMATS = frozenset(fmt["name"] for fmt in IMAGE_FORMATS)
 IMAGE_SUFFIXES = frozenset(suffix for fmt in IMAGE_FORMATS for suffix in fmt["suffixes"])
 ACCEPTED_LABELS = ", ".join(fmt["label"] for fmt in IMAGE_FORMATS[:-1]) + f" or {IMAGE_FORMATS[-1]['label']}"
+
+
+def sniffed_format(data: bytes) -> str | None:
+    """The name of the accepted format whose magic bytes `data` starts with, else None."""
+    return next((fmt["name"] for fmt in IMAGE_FORMATS if fmt["magic"].match(data)), None)
 
 
 class ModelBlock(TypedDict):
@@ -81,13 +88,14 @@ class ItemAnswer(TypedDict):
 
 
 class ModelDescription(ModelBlock):
-    """The handler's own description (TorchServe's custom describe, `customizedMetadata` in the management
-    API's answer): the model block, its labels, what it gives besides scores and its bounds."""
+    """The handler's custom describe, TorchServe's `customizedMetadata` of GET /models/<name>?customized=true
+    (the gateway's /v1/models): the model block, the labels, what the engine can add to an answer and the
+    archive's limits."""
 
-    labels: int
-    label_names: list[str]
-    int8_gate: dict[str, object] | None  # onnx-int8: INT8 against fp32 as the build measured it; else null
-    outputs: list[str]  # the extras the archive supports: "embedding", "cam"
+    labels: int  # how many classes
+    label_names: list[str]  # by class id
+    int8_gate: dict[str, object] | None  # the INT8 archive's accuracy gate against fp32 (modelserver/quantize.py)
+    outputs: list[str]  # the X-Output extras this archive serves: embedding, cam
     max_pixels: int
     default_top_k: int
     max_top_k: int

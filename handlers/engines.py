@@ -15,24 +15,29 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
+
+from handlers.contract import MODEL_NAME
 
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
-STATE_DICT_FILE = "resnet50.pth"
+STATE_DICT_FILE = f"{MODEL_NAME}.pth"  # the eager engine's weights; the archive's files are named after the model
 ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": INT8_ONNX_FILE}
 ENGINES = (*ONNX_FILES, "eager")
 # The graph's outputs: logits (N, 1000), layer4's map (N, 2048, 7, 7), its global average (N, 2048).
 OUTPUTS = ("logits", "features", "pooled")
 FC_WEIGHT_FILE = "fc_weight.npy"  # the final layer's weight (1000, 2048) float32, for class activation maps
 
+Floats = npt.NDArray[np.float32]  # what goes in (the preprocessed batch) and what comes out
+
 
 class Engine(Protocol):
     name: str
     outputs: tuple[str, ...]  # the names run_outputs can fetch
 
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run(self, batch: Floats) -> Floats: ...
 
-    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]: ...
+    def run_outputs(self, batch: Floats, names: list[str]) -> list[Floats]: ...
 
 
 class OnnxEngine:
@@ -56,16 +61,18 @@ class OnnxEngine:
         self._input = self._session.get_inputs()[0].name
         self.outputs = tuple(output.name for output in self._session.get_outputs())
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(["logits"], {self._input: batch})[0]
+    def run(self, batch: Floats) -> Floats:
+        logits: Floats = self._session.run(["logits"], {self._input: batch})[0]  # ONNX Runtime is untyped
+        return logits
 
-    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        return self._session.run(names, {self._input: batch})
+    def run_outputs(self, batch: Floats, names: list[str]) -> list[Floats]:
+        outputs: list[Floats] = self._session.run(names, {self._input: batch})
+        return outputs
 
 
 class EagerEngine:
     name = "eager"
-    outputs = OUTPUTS
+    outputs: tuple[str, ...] = OUTPUTS
 
     def __init__(self, model_dir: Path, threads: int) -> None:
         import torch
@@ -81,11 +88,12 @@ class EagerEngine:
         self._model.eval()
         self._with_maps = ResNetWithMaps(self._model).eval()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run(self, batch: Floats) -> Floats:
         with self._torch.inference_mode():
-            return self._model(self._torch.from_numpy(batch)).numpy()
+            logits: Floats = self._model(self._torch.from_numpy(batch)).numpy()  # torch is not followed: Any
+        return logits
 
-    def run_outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    def run_outputs(self, batch: Floats, names: list[str]) -> list[Floats]:
         with self._torch.inference_mode():
             produced = dict(zip(OUTPUTS, self._with_maps(self._torch.from_numpy(batch)), strict=True))
         return [produced[name].numpy() for name in names]

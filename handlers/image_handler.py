@@ -12,10 +12,11 @@ Request format (one request = one image; TorchServe batches concurrent requests)
     X-Output        optional, comma-separated extras: `embedding` and/or `cam` (see below)
     X-Explain-Classes  optional, comma-separated class ids to map besides the top-k (with `cam`)
 
-    POST /explanations/resnet50 (TorchServe's explanations API) answers like X-Output: cam, through
-    `explain_handle`.
+    POST /explanations/resnet50 (TorchServe's explanations API) answers like X-Output: cam: TorchServe
+    marks those requests with the header `explain: True`, which `_extras` turns into `cam` (the stock
+    `explain_handle` hook is not used).
 
-Response per request, always JSON:
+Response per request, always JSON (handlers/contract.py's ItemAnswer):
     200  {"request_id", "model": {...}, "predictions": [{"class_id", "label", "score"}, ...]}
          scores are softmax probabilities, in descending order
          with `embedding`: "embedding", the L2-normalised pooled 2048-d vector, float32 little-endian, base64
@@ -28,7 +29,8 @@ Response per request, always JSON:
          the other items of the same batch are unaffected
 
 Management API: `GET /models/resnet50?customized=true` returns the model block plus the label count
-and settings as `customizedMetadata` (TorchServe's custom describe; the gateway's /v1/models uses it).
+and settings as `customizedMetadata` (TorchServe's custom describe, contract.ModelDescription; the gateway's
+/v1/models uses it).
 
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine`
 (onnx|onnx-int8|eager), `max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided
@@ -46,13 +48,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from handlers.engines import FC_WEIGHT_FILE, Engine, load_engine
+from handlers.contract import Explanation, Geometry, ItemAnswer, ModelBlock, ModelDescription, Prediction
+from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, load_engine
 from handlers.imaging import ImageError, decode, preprocess
-from handlers.maps import class_maps, crop_in_original, encode_vector, normalised
+from handlers.maps import class_maps, crop_in_original, encode_vector, l2_normalised
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +74,31 @@ EXTRAS = {"embedding": "pooled", "cam": "features"}  # what a request may ask fo
 # INT8's layer4 map is too coarse for class activation maps: against fp32 on the test model's 12 photos the
 # maps' correlation was 0.25-0.94 and the peak cell moved in 9 of 12, while its pooled vector stayed within
 # cosine 0.98 of fp32's (measured 0.985-0.989). So INT8 gives embeddings and refuses maps.
-WITHHELD = {"onnx-int8": {"cam": "the INT8 engine's layer4 map is too coarse for class activation maps; "
-                                 "serve the fp32 engine (onnx) for explanations"}}  # fmt: skip
+WITHHELD = {
+    "onnx-int8": {
+        "cam": "the INT8 engine's layer4 map is too coarse for class activation maps; "
+        "serve the fp32 engine (onnx) for explanations"
+    }
+}
+Request = dict[str, Any]  # one item of TorchServe's batch: the image under "data" or "body", as TorchServe read it
+
+
+class Context(Protocol):
+    """What the handler uses of TorchServe's ts.context.Context (TorchServe ships no types)."""
+
+    system_properties: dict[str, Any]
+    model_yaml_config: dict[str, Any] | None
+
+    def get_request_header(self, idx: int, key: str) -> str | None: ...
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)
 class Item:
     """One good item: its input tensor and what its request asked for."""
 
-    tensor: np.ndarray
+    tensor: Floats
     top_k: int
     extras: frozenset[str] = frozenset()
     explain_classes: tuple[int, ...] = ()
@@ -99,14 +118,15 @@ class Batch:
 class Outputs:
     """The engine's answer for a batch: probabilities, plus the graph outputs the batch's requests need."""
 
-    probabilities: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    probabilities: Floats
+    extra: dict[str, Floats] = field(default_factory=dict)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: Floats) -> Floats:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    probabilities: Floats = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 class ImageClassifierHandler:
@@ -114,13 +134,13 @@ class ImageClassifierHandler:
         self.initialized = False
         self.engine: Engine
         self.labels: list[str] = []
-        self.model_block: dict[str, Any] = {}
-        self.settings: dict[str, Any] = dict(DEFAULTS)
+        self.model_block: ModelBlock
+        self.settings: dict[str, Any] = dict(DEFAULTS)  # the archive's handler block over DEFAULTS
         self.decoders: ThreadPoolExecutor | None = None
         self.int8_gate: dict[str, Any] | None = None
-        self.fc_weight: np.ndarray | None = None
+        self.fc_weight: Floats | None = None
 
-    def initialize(self, context: Any) -> None:
+    def initialize(self, context: Context) -> None:
         model_dir = Path(context.system_properties["model_dir"])
         yaml_config = context.model_yaml_config or {}
         self.settings.update(yaml_config.get("handler") or {})
@@ -147,7 +167,7 @@ class ImageClassifierHandler:
         logger.info("initialized %s with %d thread(s)", self.model_block, threads)
         self.initialized = True
 
-    def _top_k(self, context: Any, idx: int) -> int:
+    def _top_k(self, context: Context, idx: int) -> int:
         raw = context.get_request_header(idx, "X-Top-K")
         if raw is None:
             return int(self.settings["default_top_k"])
@@ -163,10 +183,13 @@ class ImageClassifierHandler:
     def supported_extras(self) -> list[str]:
         """What this archive's engine can add to an answer (an old archive's graph has the logits alone)."""
         have, withheld = set(self.engine.outputs), WITHHELD.get(self.engine.name, {})
-        return [extra for extra, output in EXTRAS.items() if output in have and extra not in withheld
-                and (extra != "cam" or self.fc_weight is not None)]  # fmt: skip
+        return [
+            extra
+            for extra, output in EXTRAS.items()
+            if output in have and extra not in withheld and (extra != "cam" or self.fc_weight is not None)
+        ]
 
-    def _extras(self, context: Any, idx: int) -> tuple[frozenset[str], tuple[int, ...]]:
+    def _extras(self, context: Context, idx: int) -> tuple[frozenset[str], tuple[int, ...]]:
         raw = context.get_request_header(idx, "X-Output") or ""
         extras = {part.strip() for part in raw.split(",") if part.strip()}
         if context.get_request_header(idx, "explain") == "True":  # TorchServe's explanations API
@@ -187,7 +210,7 @@ class ImageClassifierHandler:
             raise ImageError("bad_output", f"X-Explain-Classes must be class ids from 0 to {len(self.labels) - 1}")
         return frozenset(extras), classes
 
-    def _item(self, idx: int, item: dict[str, Any], context: Any) -> Item | ImageError:
+    def _item(self, idx: int, item: Request, context: Context) -> Item | ImageError:
         payload = item.get("data") or item.get("body") or b""
         try:
             if isinstance(payload, str):
@@ -201,7 +224,7 @@ class ImageClassifierHandler:
         except ImageError as err:
             return err
 
-    def preprocess(self, data: list[dict[str, Any]], context: Any) -> Batch:
+    def preprocess(self, data: list[Request], context: Context) -> Batch:
         """Decode and preprocess every item, concurrently when the batch has several."""
         indices = range(len(data))
         if self.decoders is not None and len(data) > 1:
@@ -230,49 +253,54 @@ class ImageClassifierHandler:
         logits, *extra = self.engine.run_outputs(inputs, ["logits", *wanted])
         return Outputs(softmax(logits), dict(zip(wanted, extra, strict=True)))
 
-    def explain_handle(self, item: Item, features: np.ndarray, scores: np.ndarray, top: list[int]) -> dict[str, Any]:
-        """One image's class activation maps (TorchServe's explanations API, or X-Output: cam)."""
+    def _prediction(self, class_id: int, scores: Floats) -> Prediction:
+        return {"class_id": class_id, "label": self.labels[class_id], "score": float(scores[class_id])}
+
+    def class_activation_maps(
+        self, item: Item, features: Floats, scores: Floats, top: list[int]
+    ) -> tuple[list[Explanation], Geometry]:
+        """One image's class activation maps for its top classes and the X-Explain-Classes, and where the
+        grid lies on the upright image (X-Output: cam, or TorchServe's explanations API)."""
         assert self.fc_weight is not None  # supported_extras() refused the request otherwise
         classes = list(dict.fromkeys([*top, *item.explain_classes]))
         maps = class_maps(features, self.fc_weight, classes)
-        return {
-            "explanations": [{"class_id": c, "label": self.labels[c], "score": float(scores[c]), "cam": grid.tolist()}
-                             for c, grid in zip(classes, maps, strict=True)],
-            "geometry": {"width": item.size[0], "height": item.size[1], "crop": crop_in_original(*item.size)},
-        }  # fmt: skip
+        explanations: list[Explanation] = [
+            {**self._prediction(c, scores), "cam": grid.tolist()} for c, grid in zip(classes, maps, strict=True)
+        ]
+        return explanations, {"width": item.size[0], "height": item.size[1], "crop": crop_in_original(*item.size)}
 
-    def _extra_fields(self, item: Item, outputs: Outputs, row: int, top: list[int]) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
-        if "embedding" in item.extras:
-            fields["embedding"] = encode_vector(normalised(outputs.extra["pooled"][row]))
-        if "cam" in item.extras:
-            fields |= self.explain_handle(item, outputs.extra["features"][row], outputs.probabilities[row], top)
-        return fields
-
-    def postprocess(self, outputs: Outputs, batch: Batch, context: Any, size: int) -> list[dict[str, Any]]:
-        results: list[dict[str, Any]] = [{} for _ in range(size)]
+    def postprocess(self, outputs: Outputs, batch: Batch, context: Context, size: int) -> list[ItemAnswer]:
+        answers: list[ItemAnswer] = [
+            {"request_id": context.get_request_header(idx, "X-Request-ID"), "model": self.model_block}
+            for idx in range(size)
+        ]
         for row, (idx, item) in enumerate(zip(batch.positions, batch.items, strict=True)):
-            scores = outputs.probabilities[row]
+            answer, scores = answers[idx], outputs.probabilities[row]
             top = [int(c) for c in np.argsort(-scores, kind="stable")[: item.top_k]]
-            results[idx] = {
-                "predictions": [{"class_id": c, "label": self.labels[c], "score": float(scores[c])} for c in top],
-                **self._extra_fields(item, outputs, row, top),
-            }
+            answer["predictions"] = [self._prediction(c, scores) for c in top]
+            if "embedding" in item.extras:
+                answer["embedding"] = encode_vector(l2_normalised(outputs.extra["pooled"][row]))
+            if "cam" in item.extras:
+                features = outputs.extra["features"][row]
+                answer["explanations"], answer["geometry"] = self.class_activation_maps(item, features, scores, top)
         for idx, err in batch.errors.items():
-            results[idx] = {"error": {"code": err.code, "detail": err.detail}}
+            answers[idx]["error"] = {"code": err.code, "detail": err.detail}
             context.set_response_status(422, "Unprocessable image", idx)
-        for idx, result in enumerate(results):
-            result["request_id"] = context.get_request_header(idx, "X-Request-ID")
-            result["model"] = self.model_block
-        return results
+        return answers
 
-    def describe(self) -> dict[str, Any]:
-        return {**self.model_block, "labels": len(self.labels), "label_names": self.labels,
-                "int8_gate": self.int8_gate, "outputs": self.supported_extras(),
-                "max_pixels": self.settings["max_pixels"],
-                "default_top_k": self.settings["default_top_k"], "max_top_k": self.settings["max_top_k"]}  # fmt: skip
+    def describe(self) -> ModelDescription:
+        return {
+            **self.model_block,
+            "labels": len(self.labels),
+            "label_names": self.labels,
+            "int8_gate": self.int8_gate,
+            "outputs": self.supported_extras(),
+            "max_pixels": self.settings["max_pixels"],
+            "default_top_k": self.settings["default_top_k"],
+            "max_top_k": self.settings["max_top_k"],
+        }
 
-    def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[Any] | None:
+    def handle(self, data: list[Request] | None, context: Context) -> list[ItemAnswer] | list[str] | None:
         if data is None:
             return None
         if context.get_request_header(0, "describe") == "True":
@@ -288,7 +316,7 @@ class ImageClassifierHandler:
 _service = ImageClassifierHandler()
 
 
-def handle(data: list[dict[str, Any]] | None, context: Any) -> list[dict[str, Any]] | None:
+def handle(data: list[Request] | None, context: Context) -> list[ItemAnswer] | list[str] | None:
     """TorchServe's entry point: initialise once, then classify each batch."""
     if not _service.initialized:
         _service.initialize(context)

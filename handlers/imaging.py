@@ -22,18 +22,17 @@ import math
 import warnings
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.bounds import RESIZE_SIZE, BoundedReader, TooManyReads, jpeg_refusal, resized_size, shape_refusal
+from handlers.bounds import RESIZE_SIZE, BoundedReader, TooManyReads, refusal, resized_size
+from handlers.contract import ACCEPTED_FORMATS, ACCEPTED_LABELS
 
 CROP_SIZE = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 
 JPEG_DRAFT_CHOICES = (1, 2, 4, 8)  # 1: full decode (the reference); n: reduced-scale decode down to 1/n
-ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
-# their usual file suffixes: how tools that read folders (calibration, evaluate) pick the images out
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 class ImageError(Exception):
@@ -70,24 +69,21 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError("undecodable", f"the image header is invalid ({type(exc).__name__})") from None
     if img.format not in ACCEPTED_FORMATS:
-        raise ImageError(
-            "unsupported_format",
-            f"format {img.format} is not accepted; send JPEG, PNG, WebP, GIF, BMP or TIFF",
-        )
+        raise ImageError("unsupported_format", f"format {img.format} is not accepted; send {ACCEPTED_LABELS}")
     width, height = img.size
     if width < 1 or height < 1:
         raise ImageError("undecodable", f"the image claims an empty size {width}x{height}")
     if width * height > max_pixels:
         raise ImageError("too_large", f"{width}x{height} is {width * height} pixels, above the limit of {max_pixels}")
-    refusal = shape_refusal(width, height) or (jpeg_refusal(data, width, height) if img.format == "JPEG" else None)
-    if refusal:
-        raise ImageError(refusal.code, refusal.detail)
+    if refused := refusal(data, img.format, width, height):
+        raise ImageError(refused.code, refused.detail)
     if jpeg_draft > 1 and img.format == "JPEG" and min(width, height) >= 2 * RESIZE_SIZE:
         # Pillow picks the strongest reduction 1/n (n = 1, 2, 4, 8) that keeps the image at least the requested
         # size: at least the resize target, and no smaller than 1/jpeg_draft allows.
         scale = RESIZE_SIZE / min(width, height)
-        img.draft("RGB", (max(math.ceil(width * scale), width // jpeg_draft),
-                          max(math.ceil(height * scale), height // jpeg_draft)))  # fmt: skip
+        draft_width = max(math.ceil(width * scale), width // jpeg_draft)
+        draft_height = max(math.ceil(height * scale), height // jpeg_draft)
+        img.draft("RGB", (draft_width, draft_height))
     try:
         img.load()
         # In place, and no RGB-to-RGB copy: at most two full-size images exist at once (docs/model.md, "The handler").
@@ -108,7 +104,7 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + CROP_SIZE, top + CROP_SIZE
 
 
-def preprocess(img: Image.Image) -> np.ndarray:
+def preprocess(img: Image.Image) -> npt.NDArray[np.float32]:
     """An RGB image → a normalised float32 array of shape (3, 224, 224)."""
     resized = img.resize(resized_size(*img.size), Image.Resampling.BILINEAR)
     cropped = resized.crop(crop_box(*resized.size))

@@ -16,24 +16,26 @@ import base64
 
 import numpy as np
 
-from handlers.imaging import crop_box, resized_size
+from handlers.bounds import resized_size
+from handlers.engines import Floats
+from handlers.imaging import crop_box
 
 
-def class_maps(features: np.ndarray, weight: np.ndarray, classes: list[int]) -> np.ndarray:
+def class_maps(features: Floats, weight: Floats, classes: list[int]) -> Floats:
     """(len(classes), 7, 7) maps of one image's layer4 features (2048, 7, 7) for the given classes."""
     channels, rows, cols = features.shape
-    maps = weight[classes] @ features.reshape(channels, rows * cols)
-    return np.maximum(maps, 0.0).reshape(len(classes), rows, cols)
+    maps: Floats = np.maximum(weight[classes] @ features.reshape(channels, rows * cols), 0.0)  # ufuncs: Any
+    return maps.reshape(len(classes), rows, cols)
 
 
-def normalised(pooled: np.ndarray) -> np.ndarray:
+def l2_normalised(pooled: Floats) -> Floats:
     """The L2-normalised float32 embedding of one pooled vector (2048,)."""
     vector = pooled.astype(np.float32)
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector
 
 
-def encode_vector(vector: np.ndarray) -> str:
+def encode_vector(vector: Floats) -> str:
     """float32 little-endian bytes, base64: exact and a quarter the size of a JSON list."""
     return base64.b64encode(vector.astype("<f4").tobytes()).decode()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 
-class ResNetWithMaps(torch.nn.Module):
+class ResNetWithMaps(torch.nn.Module):  # type: ignore[misc]  # torch is not followed (pyproject), so Module is Any
     """forward(x) → (logits, features, pooled): fc's output, layer4's output, avgpool's output flattened."""
 
     def __init__(self, model: torch.nn.Module) -> None:

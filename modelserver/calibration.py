@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from handlers.imaging import IMAGE_SUFFIXES, ImageError, decode, preprocess
+from handlers.contract import IMAGE_SUFFIXES
+from handlers.imaging import ImageError, decode, preprocess
 
 GATE_EVERY = 4
 MAX_IMAGES = 256

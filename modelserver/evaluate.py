@@ -30,8 +30,9 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from handlers.contract import IMAGE_SUFFIXES
 from handlers.engines import load_engine
-from handlers.imaging import IMAGE_SUFFIXES, ImageError, decode, preprocess
+from handlers.imaging import ImageError, decode, preprocess
 from modelserver.mar import archive_info, unpack
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
@@ -56,7 +57,8 @@ def classes() -> list[tuple[str, str]]:
     return [(wnid, label) for wnid, label in rows]
 
 
-def normalised(name: str) -> str:
+def label_key(name: str) -> str:
+    """A label or a class folder's name as they are matched: underscores as spaces, trimmed, case-folded."""
     return name.replace("_", " ").strip().casefold()
 
 
@@ -65,7 +67,7 @@ def class_index() -> dict[str, int]:
     index: dict[str, int] = {}
     for i, (wnid, label) in enumerate(classes()):
         index[wnid] = i
-        index[normalised(label)] = i
+        index[label_key(label)] = i
     return index
 
 
@@ -74,11 +76,11 @@ def labelled_images(folder: Path) -> list[Labelled]:
         raise EvaluationError(f"{folder} is not a folder")
     index = class_index()
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    unknown = [d.name for d in class_dirs if (d.name if WNID.match(d.name) else normalised(d.name)) not in index]
+    unknown = [d.name for d in class_dirs if (d.name if WNID.match(d.name) else label_key(d.name)) not in index]
     if unknown:
         raise EvaluationError(f"{len(unknown)} class folder(s) name no ImageNet class (a WordNet id like n01440764 "
                               f"or a label like 'golden retriever'): {', '.join(unknown[:5])}")  # fmt: skip
-    images = [Labelled(path, index[d.name if WNID.match(d.name) else normalised(d.name)])
+    images = [Labelled(path, index[d.name if WNID.match(d.name) else label_key(d.name)])
               for d in class_dirs for path in sorted(d.rglob("*"))
               if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
     if not images:

@@ -9,6 +9,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw
 
+from handlers.contract import IMAGE_FORMATS
+
 RNG_SEED = 7
 
 
@@ -88,7 +90,7 @@ def in_format(fmt: str, width: int = 300, height: int = 260) -> bytes:
     return encode(img, fmt)
 
 
-FORMATS = ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]
+FORMATS = [fmt["name"] for fmt in IMAGE_FORMATS]  # pinned in tests/test_contract.py
 
 
 def truncated_jpeg() -> bytes:
