@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstream = TorchServeClient(settings)
+        app.state.upstream = TorchServeClient(settings, app.state.metrics)
         try:
             yield
         finally:
@@ -46,8 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.keys = KeyStore(settings.all_key_hashes())
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-    app.state.metrics = Metrics()
     app.state.drain = Drain(settings.drain_s)
+    app.state.metrics = Metrics(settings.max_connections, lambda: app.state.drain.draining)
     app.state.renders = RenderSlots(settings.max_concurrent_renders, settings.queue_timeout_s, settings.retry_after_s)
     app.include_router(routes.router)
     app.include_router(explain.router)
