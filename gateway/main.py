@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.upstream = upstream = TorchServeClient(settings)  # its session needs the running loop
+        app.state.upstream = upstream = TorchServeClient(settings, metrics)  # its session needs the running loop
         try:
             yield
         finally:
@@ -43,8 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # FastAPI's /docs and /redoc load scripts from a CDN: /docs is gateway/docs.py
         redoc_url=None,
     )
-    metrics = Metrics()
     drain = Drain(settings.drain_s)
+    metrics = Metrics(settings.max_connections, lambda: drain.draining)
     app.state.settings = settings
     app.state.keys = KeyStore(settings.all_key_hashes())
     app.state.limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)

@@ -62,6 +62,7 @@ class ObserveMiddleware:
                     headers["Content-Security-Policy"] = API_CSP  # the demo page and /docs set their own
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception:
@@ -71,6 +72,7 @@ class ObserveMiddleware:
             problem = Problem("internal-error", "an internal error occurred; it has been logged")
             await self.shape_of(path)(problem, request_id)(scope, receive, send_with_headers)
         finally:
+            self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()

@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from gateway.metrics import Metrics
 from gateway.problems import Problem
 from gateway.settings import Settings
 from handlers.contract import ItemAnswer, ModelDescription
@@ -116,8 +117,9 @@ class Readiness:
 
 
 class TorchServeClient:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics(settings.max_connections)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s),
@@ -165,11 +167,15 @@ class TorchServeClient:
             "Content-Type": "application/octet-stream",
             **(extra_headers or {}),
         }
+        waited = time.perf_counter()
         try:
             async with asyncio.timeout(self.settings.queue_timeout_s):
                 await self.slots.acquire()
         except TimeoutError:  # every upstream slot busy: shed load instead of queueing
             raise self.unavailable("the model server is at capacity; retry shortly") from None
+        finally:
+            self.metrics.queue_wait.observe(time.perf_counter() - waited)
+        self.metrics.upstream_in_flight.inc()
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 answer = await self._authorized("inference", "POST", url, data=image, headers=headers)
@@ -187,6 +193,7 @@ class TorchServeClient:
             raise Problem("upstream-error", detail) from None
         finally:
             self.slots.release()
+            self.metrics.upstream_in_flight.dec()
         return self._interpret(answer)
 
     def unavailable(self, detail: str) -> Problem:

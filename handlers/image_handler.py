@@ -56,6 +56,7 @@ from handlers.contract import Explanation, Geometry, ItemAnswer, ModelBlock, Mod
 from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, load_engine
 from handlers.imaging import ImageError, decode, preprocess
 from handlers.maps import class_maps, crop_in_original, encode_vector, l2_normalised
+from handlers.timing import INFERENCE, PREPROCESS, Timings
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +140,13 @@ class ImageClassifierHandler:
         self.decoders: ThreadPoolExecutor | None = None
         self.int8_gate: dict[str, Any] | None = None
         self.fc_weight: Floats | None = None
+        self.timings = Timings(None)
 
     def initialize(self, context: Context) -> None:
         model_dir = Path(context.system_properties["model_dir"])
         yaml_config = context.model_yaml_config or {}
         self.settings.update(yaml_config.get("handler") or {})
+        self.timings = Timings(context)
         workers = int(yaml_config.get("minWorkers") or 1)
         threads = int(self.settings.get("threads") or max(1, (os.cpu_count() or 1) // workers))
         metadata = json.loads((model_dir / "metadata.json").read_text())
@@ -219,8 +222,10 @@ class ImageClassifierHandler:
             extras, classes = self._extras(context, idx)
             # A map is placed on the original's pixels: decode it whole, never at a reduced JPEG scale.
             jpeg_draft = 1 if "cam" in extras else int(self.settings["jpeg_draft"])
-            image = decode(bytes(payload), int(self.settings["max_pixels"]), jpeg_draft)
-            return Item(preprocess(image), k, extras, classes, image.size)
+            with self.timings.timed(PREPROCESS):
+                image = decode(bytes(payload), int(self.settings["max_pixels"]), jpeg_draft)
+                tensor = preprocess(image)
+            return Item(tensor, k, extras, classes, image.size)
         except ImageError as err:
             return err
 
@@ -248,9 +253,11 @@ class ImageClassifierHandler:
         # another convolution path (eager logits 4e-5 off the reference); ONNX Runtime would copy it anyway.
         inputs = np.ascontiguousarray(np.stack([item.tensor for item in batch.items]))
         wanted = sorted({EXTRAS[extra] for item in batch.items for extra in item.extras})
-        if not wanted:
-            return Outputs(softmax(self.engine.run(inputs)))
-        logits, *extra = self.engine.run_outputs(inputs, ["logits", *wanted])
+        with self.timings.timed(INFERENCE):
+            if wanted:
+                logits, *extra = self.engine.run_outputs(inputs, ["logits", *wanted])
+            else:
+                logits, extra = self.engine.run(inputs), []
         return Outputs(softmax(logits), dict(zip(wanted, extra, strict=True)))
 
     def _prediction(self, class_id: int, scores: Floats) -> Prediction:

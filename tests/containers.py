@@ -76,7 +76,7 @@ class Stack:
 
     def __init__(self, serve_image: str, gateway_image: str, **variables: str) -> None:
         self.project = f"icatest{uuid.uuid4().hex[:10]}"
-        self.gateway_port, self.management_port = free_port(), free_port()
+        self.gateway_port, self.management_port, self.metrics_port = free_port(), free_port(), free_port()
         keep = {"PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_API_VERSION"}
         self.env = {k: v for k, v in os.environ.items() if k in keep} | {
             "COMPOSE_PROJECT_NAME": self.project,
@@ -86,10 +86,12 @@ class Stack:
             "GATEWAY_API_KEY_HASHES": key_hash(API_KEY),
             "GATEWAY_PORT": str(self.gateway_port),
             "TORCHSERVE_MANAGEMENT_PORT": str(self.management_port),
+            "TORCHSERVE_METRICS_PORT": str(self.metrics_port),
             **variables,
         }
         self.url = f"http://127.0.0.1:{self.gateway_port}"
         self.management_url = f"http://127.0.0.1:{self.management_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
 
     def compose(self, *args: str, timeout: float = 360, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = ["docker", "compose", "-f", str(COMPOSE), *args]

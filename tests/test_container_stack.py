@@ -162,9 +162,10 @@ def test_keys_and_exposure(stack: Stack) -> None:
     assert_problem(httpx.post(f"{stack.url}/v1/predict", content=jpeg(), headers=JPEG, timeout=30), 401, "unauthorized")
     ports = stack.inspect("torchserve")["NetworkSettings"]["Ports"]
     published = {port: bindings for port, bindings in ports.items() if bindings}
-    assert set(published) == {"8081/tcp"}, f"TorchServe publishes more than management: {ports}"
-    assert {b["HostIp"] for b in published["8081/tcp"]} == {"127.0.0.1"}
-    assert {b["HostPort"] for b in published["8081/tcp"]} == {str(stack.management_port)}
+    assert set(published) == {"8081/tcp", "8082/tcp"}, f"TorchServe publishes more than management, metrics: {ports}"
+    for port, host_port in (("8081/tcp", stack.management_port), ("8082/tcp", stack.metrics_port)):
+        assert {b["HostIp"] for b in published[port]} == {"127.0.0.1"}
+        assert {b["HostPort"] for b in published[port]} == {str(host_port)}
     # The host's address on the gateway's bridge: the gateway's port answers there, management does not.
     frontend = next(n for name, n in stack.inspect("gateway")["NetworkSettings"]["Networks"].items()
                     if name.endswith("_frontend"))  # fmt: skip
@@ -172,6 +173,13 @@ def test_keys_and_exposure(stack: Stack) -> None:
     assert can_connect(host_ip, stack.gateway_port), "the probe itself works"
     assert can_connect("127.0.0.1", stack.management_port)
     assert not can_connect(host_ip, stack.management_port), "management reachable beyond the host's loopback"
+    # TorchServe's metrics (no token auth): a scraper on the host's loopback gets them; beyond it and from
+    # the gateway's container (not on `ops`, where they listen) nothing answers.
+    assert "ts_inference_requests_total" in httpx.get(f"{stack.metrics_url}/metrics", timeout=10).text
+    assert not can_connect(host_ip, stack.metrics_port), "metrics reachable beyond the host's loopback"
+    fetch = "import urllib.request as u; print(u.urlopen('http://torchserve:8082/metrics', timeout=3).read()[:99])"
+    said = stack.compose("exec", "-T", "gateway", "python", "-c", fetch, timeout=60, check=False)
+    assert said.returncode != 0 and "ts_" not in said.stdout, "the gateway reaches TorchServe's metrics"
     # TorchServe's inference port: from the gateway (on `backend`) TorchServe answers at its backend
     # address; from the host, at none of the container's addresses. It listens on the backend interface
     # only, and the host has no address on that bridge, so no route of its own to it. (Where the host's

@@ -305,7 +305,7 @@ def test_serve_healthcheck_is_readiness_of_workers() -> None:
 
 def test_serve_exposes_only_the_ports_in_use() -> None:
     props = read_properties((ROOT / "config.container.properties").read_text())
-    used = {urlsplit(props[key]).port for key in ("inference_address", "management_address")}
+    used = {urlsplit(props[key]).port for key in ("inference_address", "management_address", "metrics_address")}
     exposed = {int(p) for p in one(final_stage(instructions(SERVE)), "EXPOSE").args.split()}
     assert exposed == used
 
@@ -463,14 +463,23 @@ def test_container_config_differs_only_in_addresses() -> None:
             assert urlsplit(container[key]).port == urlsplit(local[key]).port, key
     # What the compose network needs: the gateway reaches inference and management; the rest stays local.
     # Inference binds to an alias that only the internal backend network has (its interface there, on a
-    # bridge without a host address); management to every interface, for the 127.0.0.1 publish on `ops`.
-    inference_host = urlsplit(container["inference_address"]).hostname
+    # bridge without a host address); management to every interface, for the 127.0.0.1 publish on `ops`;
+    # metrics (no token auth in TorchServe) to an alias only `ops` has: the publish reaches it, the gateway,
+    # which is not on `ops`, does not.
     networks = compose()["services"]["torchserve"]["networks"]
-    (backend,) = [name for name, net in networks.items() if inference_host in ((net or {}).get("aliases") or [])]
+
+    def network_of(key: str) -> str:
+        host = urlsplit(container[key]).hostname
+        (name,) = [name for name, net in networks.items() if host in ((net or {}).get("aliases") or [])]
+        return name
+
+    backend = network_of("inference_address")
     assert compose()["networks"][backend]["internal"] is True
     assert compose()["networks"][backend]["driver_opts"]["com.docker.network.bridge.inhibit_ipv4"] == "true"
     assert urlsplit(container["management_address"]).hostname == "0.0.0.0"
-    assert urlsplit(container["metrics_address"]).hostname == "127.0.0.1"
+    ops = network_of("metrics_address")
+    assert ops != backend and ops not in compose()["services"]["gateway"]["networks"]
+    assert not (compose()["networks"][ops] or {}).get("internal"), "Docker publishes nothing on an internal network"
     assert container["grpc_inference_address"] == container["grpc_management_address"] == "127.0.0.1"
 
 
@@ -509,7 +518,7 @@ def test_torchserve_is_reachable_only_from_the_gateway_and_host_loopback() -> No
     for port in service.get("ports", []):
         host_ip, target = published(port)
         assert host_ip == "127.0.0.1", f"torchserve publishes {port!r} beyond the host's loopback"
-        assert target == "8081", "only the management port is published (for ops)"
+        assert target in ("8081", "8082"), "only the management and metrics ports are published (for ops)"
     assert not service.get("network_mode"), "host networking would expose every port"
     for name in service["networks"]:
         network = data["networks"][name] or {}

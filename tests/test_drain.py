@@ -90,6 +90,7 @@ def wait_exit(gateway: Gateway, timeout: float) -> tuple[int, float]:
 def test_sigusr1_drains_without_stopping(torchserve: TorchServe, tmp_path: Path) -> None:
     with gateway_process(torchserve, tmp_path, drain_s="1") as gateway, httpx.Client() as client:
         assert_serving(client, gateway)
+        assert "gateway_draining 0.0" in client.get(f"{gateway.url}/metrics").text
         signal_gateway(gateway, signal.SIGUSR1)
         assert_draining(client, gateway)  # at once: the first request after the signal
         time.sleep(2)  # twice the drain: SIGUSR1 alone never stops it
@@ -97,6 +98,7 @@ def test_sigusr1_drains_without_stopping(torchserve: TorchServe, tmp_path: Path)
         assert_draining(client, gateway)
         metrics = client.get(f"{gateway.url}/metrics").text
         assert 'gateway_images_total{outcome="failed"}' not in metrics  # a probe's 503 is not a failed image
+        assert "gateway_draining 1.0" in metrics
 
 
 def test_sigterm_drains_serves_then_stops(torchserve: TorchServe, tmp_path: Path) -> None:

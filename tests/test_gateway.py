@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -20,10 +21,13 @@ from imagegen import (
     truncated_jpeg,
     with_orientation,
 )
-from support import OTHER_KEY, PYTHON, Gateway, assert_problem, post
+from prometheus_client.parser import text_string_to_metric_families
+from support import OTHER_KEY, PYTHON, Gateway, assert_problem, gateway_env, post
 from testmodel import PROB_TOLERANCE, TEST_MODEL_FILE, Reference, max_difference, photo, picture
 
+from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
+from modelserver.torchserve import TorchServe
 
 SERVED_MODEL = {"name": "resnet50", "version": "1.0", "weights": f"file:{TEST_MODEL_FILE}", "untrained": False}
 
@@ -265,6 +269,66 @@ def test_metrics_exposition(gateway: Gateway, api_key: str) -> None:
     assert "gateway_request_duration_seconds_bucket" in text and "gateway_upstream_duration_seconds_count" in text
     assert 'gateway_images_total{outcome="classified"}' in text
     assert 'gateway_rejected_inputs_total{reason="unsupported-media-type"}' in text
+
+
+METRIC_LABELS = {"method", "route", "status", "outcome", "reason", "le"}  # le: a histogram's bucket bound
+
+
+def test_metrics_labels_are_low_cardinality_and_never_identify(gateway: Gateway, api_key: str) -> None:
+    """Requests that each carry their own request id, path, file names and (wrong) key: a second round of them,
+    all new values, adds no series, and no label holds any of them; the labels are the route template, method,
+    status, outcome and problem type slug only."""
+
+    def round_of_requests() -> list[str]:
+        tokens = [uuid.uuid4().hex for _ in range(4)]
+        image = {"content": jpeg(), "headers": {"Content-Type": "image/jpeg", "X-Request-ID": tokens[0]}}
+        assert post(gateway, api_key, **image).status_code == 200
+        assert httpx.get(f"{gateway.url}/no-such-{tokens[1]}", timeout=10).status_code == 404
+        files = [("files", (f"{tokens[2]}.jpg", jpeg(), "image/jpeg"))]
+        assert post(gateway, api_key, "/v1/predict/batch", files=files).status_code == 200
+        assert post(gateway, f"ica_{tokens[3]}", **image).status_code == 401
+        return tokens
+
+    def series() -> tuple[str, set[tuple[str, frozenset[tuple[str, str]]]]]:
+        text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+        samples = [s for f in text_string_to_metric_families(text) if f.name.startswith("gateway_") for s in f.samples]
+        return text, {(s.name, frozenset(s.labels.items())) for s in samples}
+
+    series()  # the scrape's own route, counted from then on
+    first = round_of_requests()
+    _, before = series()
+    second = round_of_requests()
+    text, after = series()
+    assert after == before, "new request ids, paths, file names or keys made new series"
+    assert not [t for t in [*first, *second, api_key, OTHER_KEY] if t in text]
+    assert {label for _, labels in after for label, _ in labels} <= METRIC_LABELS
+    routes = {value for _, labels in after for label, value in labels if label == "route"}
+    assert {"unmatched", "/v1/predict", "/v1/predict/batch"} <= routes
+    gauges = {"gateway_requests_in_flight", "gateway_upstream_in_flight", "gateway_upstream_slots", "gateway_draining"}
+    assert {name for name, _ in after} >= gauges | {"gateway_requests_total", "gateway_images_total"}
+
+
+def test_metrics_capacity_slots_queue_waits_and_in_flight(torchserve: TorchServe, api_key: str, tmp_path: Path) -> None:
+    """GATEWAY_MAX_CONNECTIONS=1 under 6 concurrent images: every prediction's wait for the slot is observed,
+    the shed ones (503 after the 0.05 s queue timeout) above 0.05 s; nothing holds a slot afterwards, and the
+    one request in flight while /metrics answers is that scrape."""
+    env = gateway_env(torchserve, [key_hash(api_key)], max_connections="1", queue_timeout_s="0.05")
+    with Gateway(tmp_path / "gw.log", env) as narrow:
+        big, headers = jpeg(1600, 1200), {"Content-Type": "image/jpeg"}
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = pool.map(lambda _: post(narrow, api_key, content=big, headers=headers), range(6))
+            codes = [answer.status_code for answer in answers]
+        text = httpx.get(f"{narrow.url}/metrics", timeout=10).text
+    samples = {(s.name, s.labels.get("le")): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    shed = codes.count(503)
+    assert shed and codes.count(200) + shed == 6, codes
+    assert samples[("gateway_upstream_slots", None)] == 1.0
+    assert samples[("gateway_upstream_queue_wait_seconds_count", None)] == 6.0
+    assert samples[("gateway_upstream_queue_wait_seconds_bucket", "0.025")] <= 6 - shed
+    assert samples[("gateway_upstream_in_flight", None)] == 0.0
+    assert samples[("gateway_requests_in_flight", None)] == 1.0
+    buckets = sorted(float(le) for name, le in samples if name == "gateway_request_duration_seconds_bucket" and le)
+    assert {25.0, 29.0, 30.0} <= set(buckets), "the buckets resolve the range up to API Gateway's 29 s cap"
 
 
 def test_logs_are_json_lines_without_keys(gateway: Gateway, api_key: str) -> None:

@@ -3,9 +3,12 @@ test model that sees its input (tests/testmodel.py)."""
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
+import ts
 from imagegen import in_format, jpeg, png_claiming, stored_with_orientation, truncated_jpeg
 from support import make_context
 from testmodel import (
@@ -19,6 +22,7 @@ from testmodel import (
     picture,
     probability_vector,
 )
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handlers.image_handler import ImageClassifierHandler
 
@@ -140,3 +144,42 @@ def test_concurrent_decode_gives_the_sequential_answer(seeing_model_dir: Path) -
     assert [a["predictions"][0]["label"] for a in answers[0][:5]] == [PHOTOS[name] for name in names]
     assert answers[0] == answers[1]
     assert answers[0][5]["error"]["code"] == "undecodable" and len(answers[0][0]["predictions"]) == 5
+
+
+# TorchServe 0.12's frontend reads a worker's `[METRICS]` lines with this pattern (Metric.java, PATTERN); the
+# type it carries makes an auto-detected metric (model_metrics_auto_detect) a histogram.
+METRIC_LINE = re.compile(
+    r"\[METRICS\]\s*([\w\s]+)\.([\w\s]+):([0-9\-,.e]+)\|#([^|]*)(\|#type:([^|,]+))?\|#hostname:([^,]+),([^,]+)(,(.*))?"
+)
+
+
+def test_timings_go_to_torchserve_metrics_and_a_context_without_metrics_is_fine(
+    seeing_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With TorchServe's metrics cache in the context, each classified image's decode+preprocess and the batch's
+    forward pass become one histogram line each, in seconds, labelled by model only; the same handler with the
+    tests' context (no metrics) answers alike and reports nothing."""
+    items = [{"body": bytearray(photo(name))} for name in list(PHOTOS)[:2]] + [{"body": bytearray(b"nope")}]
+    headers = [{"X-Request-ID": f"t{i}"} for i in range(len(items))]
+    answers = []
+    for metrics in (MetricsCacheYamlImpl(str(Path(ts.__file__).parent / "configs" / "metrics.yaml")), None):
+        context = make_context(seeing_model_dir, headers)
+        context.metrics = metrics
+        service = ImageClassifierHandler()
+        service.initialize(context)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            answers.append(service.handle(items, context))
+        lines = [m for r in caplog.records if (m := METRIC_LINE.search(r.getMessage()))]
+        if metrics is None:
+            assert lines == []
+            continue
+        observed = [(m[1], m[2], m[4], m[6]) for m in lines]
+        dims = "ModelName:resnet50,Level:Model"
+        assert (
+            sorted(observed)
+            == [("handler_inference_seconds", "Seconds", dims, "HISTOGRAM")]
+            + [("handler_preprocess_seconds", "Seconds", dims, "HISTOGRAM")] * 2
+        )
+        assert all(0 < float(m[3]) < 60 for m in lines)
+    assert answers[0] == answers[1]

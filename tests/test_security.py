@@ -165,12 +165,16 @@ def test_rendered_torchserve_config_is_hardened(torchserve: TorchServe) -> None:
         assert not allowed.fullmatch(url), url
 
 
-@pytest.mark.parametrize("package", ["config.properties", "config.container.properties"])
-def test_committed_configs_keep_the_hardening(package: str) -> None:
+# Metrics: loopback locally; in the container only the `ops` network's interface, which the host reaches through its
+# 127.0.0.1-only publish and the gateway does not (test_containers.py::test_container_config_differs_only_in_addresses).
+@pytest.mark.parametrize(
+    ("package", "metrics_host"), [("config.properties", "127.0.0.1"), ("config.container.properties", "torchserve-ops")]
+)
+def test_committed_configs_keep_the_hardening(package: str, metrics_host: str) -> None:
     props = read_properties((REPO_ROOT / package).read_text())
     assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "false"
     assert float(props["token_expiration_min"]) <= 60
-    assert urlsplit(props["metrics_address"]).hostname == "127.0.0.1"
+    assert urlsplit(props["metrics_address"]).hostname == metrics_host
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
     assert "http" not in props["allowed_urls"].lower()
 

@@ -6,11 +6,14 @@ import concurrent.futures
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from support import PYTHON, metrics_url, read_properties, start_torchserve
 from testmodel import (
     PHOTOS,
@@ -186,6 +189,28 @@ def test_prometheus_metrics(torchserve: TorchServe) -> None:
     response = httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=30)
     assert response.status_code == 200
     assert "ts_inference_requests_total" in response.text
+
+
+def test_handler_timings_reach_the_prometheus_output(torchserve: TorchServe) -> None:
+    """The handler's custom metrics (handlers/timing.py) come out of TorchServe's metrics port as histograms
+    labelled by model, level and host (model_metrics_auto_detect in config.properties; without it TorchServe
+    drops them). The worker's log line reaches the frontend a moment after the answer: polled."""
+    assert predict(torchserve, photo(next(iter(PHOTOS)))).status_code == 200
+    families: dict[str, Metric] = {}
+    for _ in range(50):
+        text = httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=30).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        if {"handler_preprocess_seconds", "handler_inference_seconds"} <= set(families):
+            break
+        time.sleep(0.2)
+    for name in ("handler_preprocess_seconds", "handler_inference_seconds"):
+        family = families[name]
+        assert family.type == "histogram", family
+        (count,) = [s for s in family.samples if s.name == f"{name}_count"]
+        assert count.value >= 1 and set(count.labels) == {"ModelName", "Level", "Hostname"}, count
+        assert count.labels["ModelName"] == "resnet50"
+        (total,) = [s for s in family.samples if s.name == f"{name}_sum"]
+        assert 0 < total.value < 60 * count.value, "seconds, not milliseconds"
 
 
 def test_ready_command_reports_workers(torchserve: TorchServe) -> None:
