@@ -22,6 +22,7 @@ import yaml
 from imagegen import jpeg, truncated_jpeg
 from support import Gateway, post
 
+from handlers.timing import COUNTERS
 from modelserver.torchserve import REPO_ROOT, TorchServe, free_port
 
 OBSERVABILITY = REPO_ROOT / "observability"
@@ -198,7 +199,7 @@ def test_prometheus_scrapes_every_metric_the_dashboard_and_the_rules_query(
     rules and the dashboard use, none of them missing; the rules evaluate without an error on real data."""
     targets = {"gateway": urlsplit(gateway.url).netloc, "torchserve": urlsplit(torchserve.metrics_url).netloc}
     wanted = set().union(*map(metric_names, [*rule_expressions().values(), *dashboard_expressions()]))
-    assert {"up", "gateway_requests_total", "handler_inference_seconds_bucket"} <= wanted
+    assert {"up", "gateway_requests_total", *COUNTERS} <= wanted, "the handler's four counters among them"
     with Prometheus(tmp_path, targets) as prometheus:
         scraped: set[str] = set()
         for _ in range(60):
