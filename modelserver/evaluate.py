@@ -78,11 +78,16 @@ def labelled_images(folder: Path) -> list[Labelled]:
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     unknown = [d.name for d in class_dirs if (d.name if WNID.match(d.name) else label_key(d.name)) not in index]
     if unknown:
-        raise EvaluationError(f"{len(unknown)} class folder(s) name no ImageNet class (a WordNet id like n01440764 "
-                              f"or a label like 'golden retriever'): {', '.join(unknown[:5])}")  # fmt: skip
-    images = [Labelled(path, index[d.name if WNID.match(d.name) else label_key(d.name)])
-              for d in class_dirs for path in sorted(d.rglob("*"))
-              if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+        raise EvaluationError(
+            f"{len(unknown)} class folder(s) name no ImageNet class (a WordNet id like n01440764 "
+            f"or a label like 'golden retriever'): {', '.join(unknown[:5])}"
+        )
+    images = [
+        Labelled(path, index[d.name if WNID.match(d.name) else label_key(d.name)])
+        for d in class_dirs
+        for path in sorted(d.rglob("*"))
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not images:
         raise EvaluationError(f"{folder} holds no images in class folders (ImageFolder layout: DIR/<class>/<image>)")
     return images

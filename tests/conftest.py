@@ -73,8 +73,9 @@ def api_key() -> str:
 @pytest.fixture(scope="session")
 def gateway(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """The real gateway over HTTP in front of the session's TorchServe."""
-    env = gateway_env(torchserve, [key_hash(API_KEY), key_hash(OTHER_KEY)], rate_limit_rps="1000",
-                      rate_limit_burst="1000")  # fmt: skip
+    env = gateway_env(
+        torchserve, [key_hash(API_KEY), key_hash(OTHER_KEY)], rate_limit_rps="1000", rate_limit_burst="1000"
+    )
     with Gateway(tmp_path_factory.mktemp("gateway") / "gateway.log", env) as server:
         yield server
 

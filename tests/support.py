@@ -73,8 +73,9 @@ def group_alive(pgid: int) -> bool:
     return signal_group(pgid, 0)
 
 
-def start_torchserve(workdir: Path, model_store: Path,
-                     extra_config: dict[str, str] | None = None) -> AbstractContextManager[TorchServe]:  # fmt: skip
+def start_torchserve(
+    workdir: Path, model_store: Path, extra_config: dict[str, str] | None = None
+) -> AbstractContextManager[TorchServe]:
     """A READY TorchServe on free loopback ports for the block, stopped with all its processes after it."""
     return TorchServe(workdir, model_store, Ports.free(), extra_config).running(timeout=180)
 
@@ -136,11 +137,18 @@ def imgcls_cmd(*args: str, command: str = "classify") -> list[str]:
     return [PYTHON, "-m", "client.cli", command, *args]
 
 
-def imgcls(url: str, api_key: str, *args: str, command: str = "classify",
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def imgcls(
+    url: str, api_key: str, *args: str, command: str = "classify", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """`imgcls COMMAND ARGS` run to the end against `url`, from the repository root."""
-    return subprocess.run(imgcls_cmd(*args, command=command), cwd=REPO_ROOT, env=client_env(url, api_key),
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        imgcls_cmd(*args, command=command),
+        cwd=REPO_ROOT,
+        env=client_env(url, api_key),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def client_env(url: str, api_key: str) -> dict[str, str]:

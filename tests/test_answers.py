@@ -71,8 +71,9 @@ def test_bounds(gateway: Gateway, api_key: str, params: dict) -> None:
 def test_batch_applies_the_same_options(gateway: Gateway, api_key: str) -> None:
     files = [("files", ("a.jpg", jpeg(seed=1), "image/jpeg")), ("files", ("b.png", png(), "image/png"))]
     threshold = 0.999
-    response = post(gateway, api_key, "/v1/predict/batch", files=files,
-                    params={"classes": "0,1,2", "unknown_below": threshold})  # fmt: skip
+    response = post(
+        gateway, api_key, "/v1/predict/batch", files=files, params={"classes": "0,1,2", "unknown_below": threshold}
+    )
     assert response.status_code == 200, response.text
     for result in response.json()["results"]:
         assert {p["class_id"] for p in result["predictions"]} <= {0, 1, 2}

@@ -71,8 +71,9 @@ def test_jpeg_draft_is_a_build_setting() -> None:
         ServingConfig(jpeg_draft=3).as_yaml()
 
 
-def test_if_missing_rebuilds_over_an_unreadable_file(model_store: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_if_missing_rebuilds_over_an_unreadable_file(
+    model_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`build --if-missing` keeps a good archive and rebuilds over a file that is not one (here the rebuild then
     stops at once on weights that do not exist, so no model is built)."""
     assert main(["build", "--if-missing", "--output", str(model_store / "resnet50.mar")]) == 0

@@ -109,8 +109,9 @@ def test_bad_input_is_a_4xx_problem(gateway: Gateway, api_key: str, name: str) -
 
 def test_oversized_body_is_413(gateway: Gateway, api_key: str) -> None:
     body = os.urandom(8 * 1024 * 1024 + 1)
-    assert_problem(post(gateway, api_key, content=body, headers={"Content-Type": "image/jpeg"}), 413,
-                   "payload-too-large")  # fmt: skip
+    assert_problem(
+        post(gateway, api_key, content=body, headers={"Content-Type": "image/jpeg"}), 413, "payload-too-large"
+    )
     assert_problem(post(gateway, api_key, files={"file": ("big.jpg", body, "image/jpeg")}), 413, "payload-too-large")
 
 
@@ -125,8 +126,11 @@ def test_chunked_upload_without_length_is_capped(gateway: Gateway, api_key: str)
 
 
 def test_huge_dimensions_in_a_header_are_refused(gateway: Gateway, api_key: str) -> None:
-    body = assert_problem(post(gateway, api_key, content=png_claiming(30000, 30000),
-                               headers={"Content-Type": "image/png"}), 413, "image-too-large")  # fmt: skip
+    body = assert_problem(
+        post(gateway, api_key, content=png_claiming(30000, 30000), headers={"Content-Type": "image/png"}),
+        413,
+        "image-too-large",
+    )
     assert "pixels" in body["detail"]
 
 

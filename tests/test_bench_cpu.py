@@ -36,8 +36,11 @@ def test_this_machine_is_described() -> None:
 
 
 def test_the_stock_handler_target_follows_the_cpu_kind() -> None:
-    summary = {"int8_gateway_c8_vs_tuned_stock_c8": 2.5, "int8_gateway_c8_vs_int8_limit": 0.9,
-               "fp32_gateway_c8_vs_fp32_limit": 0.8}  # fmt: skip
+    summary = {
+        "int8_gateway_c8_vs_tuned_stock_c8": 2.5,
+        "int8_gateway_c8_vs_int8_limit": 0.9,
+        "fp32_gateway_c8_vs_fp32_limit": 0.8,
+    }
     vnni = verdicts(summary, cpu.describe(VNNI_EPYC))
     avx2 = verdicts(summary, cpu.describe(AVX2_ONLY))
     assert vnni[0] == "int8_gateway_c8_vs_tuned_stock_c8: 2.500 (target >= 3.0, NOT met)"

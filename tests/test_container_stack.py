@@ -71,10 +71,12 @@ def in_process_probabilities(archive_handler: tuple, image: bytes) -> dict[int, 
 
 def test_runtime_image_is_cpu_only(images: tuple[str, str]) -> None:
     """No CUDA libraries in the serve image (a CPU instance cannot use them); no torch in the gateway's."""
-    script = ("import importlib.metadata as m, importlib.util as u\n"
-              "names = sorted(d.metadata['Name'].lower() for d in m.distributions())\n"
-              "print(' '.join(names))\n"
-              "if u.find_spec('torch'):\n    import torch; print('cuda', torch.version.cuda)\n")  # fmt: skip
+    script = (
+        "import importlib.metadata as m, importlib.util as u\n"
+        "names = sorted(d.metadata['Name'].lower() for d in m.distributions())\n"
+        "print(' '.join(names))\n"
+        "if u.find_spec('torch'):\n    import torch; print('cuda', torch.version.cuda)\n"
+    )
     serve = docker("run", "--rm", "--entrypoint", "python", images[0], "-c", script).stdout
     packages = serve.splitlines()[0].split()
     assert "torch" in packages and "torchserve" in packages and "onnxruntime" in packages
@@ -116,8 +118,16 @@ def test_answers_equal_the_same_archive_in_process(stack: Stack, archive_handler
         for prediction in result["predictions"]:
             assert prediction["score"] == pytest.approx(probabilities[prediction["class_id"]], abs=1e-5)
     # v2: every one of the 1000 probabilities
-    body = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [len(photos)],
-                        "data": [base64.b64encode(p).decode() for p in photos]}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": "images",
+                "datatype": "BYTES",
+                "shape": [len(photos)],
+                "data": [base64.b64encode(p).decode() for p in photos],
+            }
+        ]
+    }
     v2 = httpx.post(f"{stack.url}/v2/models/resnet50/infer", json=body, headers={"X-API-Key": API_KEY}, timeout=60)
     assert v2.status_code == 200, v2.text
     (output,) = v2.json()["outputs"]
@@ -167,8 +177,9 @@ def test_keys_and_exposure(stack: Stack) -> None:
         assert {b["HostIp"] for b in published[port]} == {"127.0.0.1"}
         assert {b["HostPort"] for b in published[port]} == {str(host_port)}
     # The host's address on the gateway's bridge: the gateway's port answers there, management does not.
-    frontend = next(n for name, n in stack.inspect("gateway")["NetworkSettings"]["Networks"].items()
-                    if name.endswith("_frontend"))  # fmt: skip
+    frontend = next(
+        n for name, n in stack.inspect("gateway")["NetworkSettings"]["Networks"].items() if name.endswith("_frontend")
+    )
     host_ip = frontend["Gateway"]
     assert can_connect(host_ip, stack.gateway_port), "the probe itself works"
     assert can_connect("127.0.0.1", stack.management_port)
@@ -188,10 +199,17 @@ def test_keys_and_exposure(stack: Stack) -> None:
     networks = stack.inspect("torchserve")["NetworkSettings"]["Networks"]
     (backend,) = [n for name, n in networks.items() if name.endswith("_backend")]
     assert torchserve_answers(stack.exec_probe, backend["IPAddress"]), "the probe itself works"
-    subnet = ipaddress.ip_network(docker("network", "inspect", backend["NetworkID"], "--format",
-                                         "{{(index .IPAM.Config 0).Subnet}}").stdout.strip())  # fmt: skip
-    host_ips = [ipaddress.ip_address(a.address) for addrs in psutil.net_if_addrs().values() for a in addrs
-                if a.family == socket.AF_INET]  # fmt: skip
+    subnet = ipaddress.ip_network(
+        docker(
+            "network", "inspect", backend["NetworkID"], "--format", "{{(index .IPAM.Config 0).Subnet}}"
+        ).stdout.strip()
+    )
+    host_ips = [
+        ipaddress.ip_address(a.address)
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET
+    ]
     assert not [ip for ip in host_ips if ip in subnet], f"the host has an address on the backend bridge {subnet}"
     for network in networks.values():
         assert not torchserve_answers(host_probe, network["IPAddress"]), (
@@ -206,8 +224,9 @@ def test_every_container_is_non_root_with_a_read_only_root(stack: Stack) -> None
         assert details["Config"]["User"] == "10001:10001", service
         assert details["HostConfig"]["ReadonlyRootfs"] is True, service
         assert details["HostConfig"]["CapDrop"] == ["ALL"], service
-        uids = stack.compose("exec", "-T", service, "python", "-c",
-                             "import os; print(os.getuid(), os.geteuid(), os.getgid())").stdout.split()  # fmt: skip
+        uids = stack.compose(
+            "exec", "-T", service, "python", "-c", "import os; print(os.getuid(), os.geteuid(), os.getgid())"
+        ).stdout.split()
         assert uids == ["10001", "10001", "10001"], service
         wrote = stack.compose("exec", "-T", service, "python", "-c", "open('/opt/x', 'w')", check=False)
         assert wrote.returncode != 0 and "Read-only file system" in wrote.stderr, service
@@ -227,8 +246,9 @@ def test_ops_describe_and_scale_through_the_loopback_management_port(stack: Stac
         assert httpx.get(f"{stack.url}/readyz", timeout=10).json()["workers_ready"] in (1, 2)  # cached up to 1.5 s
         assert stack.predict(jpeg()).status_code == 200
     finally:
-        httpx.put(model, params={"min_worker": "1", "max_worker": "1", "synchronous": "true"}, headers=headers,
-                  timeout=180)  # fmt: skip
+        httpx.put(
+            model, params={"min_worker": "1", "max_worker": "1", "synchronous": "true"}, headers=headers, timeout=180
+        )
     assert len(httpx.get(model, headers=headers, timeout=10).json()[0]["workers"]) == 1
     assert httpx.get(model, timeout=10).status_code in (400, 401), "management without a key"
 
@@ -257,9 +277,11 @@ def test_metrics_count_every_request_of_the_container(stack: Stack) -> None:
 
 
 def kill_java(stack: Stack) -> None:
-    script = ("import os, signal\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n"
-              "    if open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[0].endswith(b'java'):\n"
-              "        os.kill(int(pid), signal.SIGKILL)\n")  # fmt: skip
+    script = (
+        "import os, signal\nfor pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    if open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[0].endswith(b'java'):\n"
+        "        os.kill(int(pid), signal.SIGKILL)\n"
+    )
     stack.compose("exec", "-T", "torchserve", "python", "-c", script)
 
 
@@ -288,9 +310,14 @@ def test_torchserve_killed_under_load_loses_no_request(stack: Stack, tmp_path: P
                 time.sleep(0.2)
 
     output = tmp_path / "out.jsonl"
-    run = subprocess.Popen([*imgcls_cmd(str(folder), "--retries", "30", "-c", "4", "-b", "4", "-o", str(output)),
-                            "--no-progress"], cwd=ROOT, env=client_env(stack.url, API_KEY), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    run = subprocess.Popen(
+        [*imgcls_cmd(str(folder), "--retries", "30", "-c", "4", "-b", "4", "-o", str(output)), "--no-progress"],
+        cwd=ROOT,
+        env=client_env(stack.url, API_KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
     try:
         for thread in threads:
@@ -346,10 +373,13 @@ def registry(tmp_path: Path) -> Iterator[str]:
     """Debian's docker-registry on a free loopback port (Docker allows plain HTTP to 127.0.0.0/8)."""
     port = free_port()
     config = tmp_path / "registry.yml"
-    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-                      f"http:\n  addr: 127.0.0.1:{port}\n")  # fmt: skip
-    server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    config.write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    server = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(100):
             try:
@@ -368,8 +398,9 @@ def registry(tmp_path: Path) -> Iterator[str]:
 
 def test_deploy_from_a_registry_as_the_instances_do(images: tuple[str, str], registry: str) -> None:
     """Tags as docker.yml gives them (type=sha), pushed, deleted here, then pulled by the EC2 unit's variables."""
-    sha = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()  # fmt: skip
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     refs = [f"{registry}/example/image-classification-api-{name}:sha-{sha}" for name in ("serve", "gateway")]
     for local, ref in zip(images, refs, strict=True):
         docker("tag", local, ref)

@@ -16,8 +16,15 @@ from testmodel import photo, picture
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 INSTALL_HINT = "Chromium is missing: install Debian's package (`sudo apt-get install chromium`) or set CHROMIUM_PATH"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +124,12 @@ def test_the_overlay_shows_where_the_model_looked(page, gateway: Gateway, api_ke
     assert "tabby" in page.inner_text("#explaining")
     shown, over = page.locator("#preview").bounding_box(), page.locator("#overlay").bounding_box()
     assert all(abs(shown[k] - over[k]) < 1 for k in ("x", "y", "width", "height"))  # laid exactly over the preview
-    explained = httpx.post(f"{gateway.url}/v1/explain", content=data, timeout=60,
-                           headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"}).json()  # fmt: skip
+    explained = httpx.post(
+        f"{gateway.url}/v1/explain",
+        content=data,
+        timeout=60,
+        headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"},
+    ).json()
     crop = explained["crop"]
     left, top, right, bottom = page.evaluate(PAINTED_BOX)
     assert (left, top) == (int(crop["left"]), int(crop["top"]))  # the map covers the model's crop, no more

@@ -58,8 +58,9 @@ async def flood(gateway: Gateway, multipart: bool) -> tuple[Counter, list[httpx.
             try:
                 if multipart:
                     return await client.post("/v1/predict", headers=headers, files={"file": ("a.jpg", UPLOAD)})
-                return await client.post("/v1/predict", headers={**headers, "Content-Type": "image/jpeg"},
-                                         content=UPLOAD)  # fmt: skip
+                return await client.post(
+                    "/v1/predict", headers={**headers, "Content-Type": "image/jpeg"}, content=UPLOAD
+                )
             except httpx.TransportError as exc:
                 return type(exc).__name__
 

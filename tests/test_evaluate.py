@@ -32,8 +32,12 @@ def test_folders_named_by_wordnet_id_or_label(tmp_path: Path) -> None:
     folder = folder_of(tmp_path, {"n01440764": 2, "golden_retriever": 1, "Tabby": 1, ".hidden": 3})
     (folder / "n01440764" / "notes.txt").write_text("not an image")
     images = labelled_images(folder)
-    assert sorted((p.path.name, p.class_id) for p in images) == [("0.jpg", 0), ("0.jpg", 207), ("0.jpg", 281),
-                                                                 ("1.jpg", 0)]  # fmt: skip
+    assert sorted((p.path.name, p.class_id) for p in images) == [
+        ("0.jpg", 0),
+        ("0.jpg", 207),
+        ("0.jpg", 281),
+        ("1.jpg", 0),
+    ]
 
 
 def test_unknown_class_folders_are_named(tmp_path: Path) -> None:
@@ -46,26 +50,61 @@ def test_unknown_class_folders_are_named(tmp_path: Path) -> None:
 
 def test_cli_refuses_with_one_line(tmp_path: Path) -> None:
     folder = folder_of(tmp_path, {"no such class": 1})
-    done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(folder), "--mar", str(tmp_path / "x.mar")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [PYTHON, "-m", "modelserver", "evaluate", str(folder), "--mar", str(tmp_path / "x.mar")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.startswith("error: 1 class folder(s) name no ImageNet class")
     good = folder_of(tmp_path / "good", {"tench": 1})
-    done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(good), "--mar", str(tmp_path / "x.mar")],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [PYTHON, "-m", "modelserver", "evaluate", str(good), "--mar", str(tmp_path / "x.mar")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "x.mar does not exist" in done.stderr
 
 
 def test_cli_names_an_unreachable_gateway(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(folder_of(tmp_path, {"tench": 1})),
-                           "--gateway-url", url, "--api-key", "k", "--no-progress"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "modelserver",
+            "evaluate",
+            str(folder_of(tmp_path, {"tench": 1})),
+            "--gateway-url",
+            url,
+            "--api-key",
+            "k",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.startswith(f"error: cannot reach the gateway at {url}: ")
     assert "Traceback" not in done.stderr
 
 
 def test_cli_refuses_engine_with_gateway_url(tmp_path: Path) -> None:
-    done = subprocess.run([PYTHON, "-m", "modelserver", "evaluate", str(tmp_path), "--engine", "eager",
-                           "--gateway-url", "http://127.0.0.1:1"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "modelserver",
+            "evaluate",
+            str(tmp_path),
+            "--engine",
+            "eager",
+            "--gateway-url",
+            "http://127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--gateway-url: not allowed with argument --engine" in done.stderr

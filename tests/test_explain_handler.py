@@ -46,8 +46,10 @@ def ask(handler: ImageClassifierHandler, model_dir: Path, images: list[bytes], h
 def torch_maps(reference: Reference, data: bytes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(layer4 output (2048, 7, 7), avgpool output (2048,), logits) of the reference pipeline, by forward hooks."""
     seen: dict[str, torch.Tensor] = {}
-    hooks = [getattr(reference.model, name).register_forward_hook(lambda _m, _i, out, n=name: seen.update({n: out}))
-             for name in ("layer4", "avgpool")]  # fmt: skip
+    hooks = [
+        getattr(reference.model, name).register_forward_hook(lambda _m, _i, out, n=name: seen.update({n: out}))
+        for name in ("layer4", "avgpool")
+    ]
     try:
         with torch.inference_mode():
             logits = reference.model(reference_input(data)[None])[0]
@@ -67,11 +69,13 @@ PHOTOS = ["chelsea", "astronaut", "coffee", "stereo_motorcycle"]
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-def test_cam_equals_the_torch_reference(engine_handler, seeing_model_dir: Path, seeing_model: Reference,
-                                        name: str) -> None:  # fmt: skip
+def test_cam_equals_the_torch_reference(
+    engine_handler, seeing_model_dir: Path, seeing_model: Reference, name: str
+) -> None:
     data = photo(name)
-    [result] = ask(engine_handler, seeing_model_dir, [data], {"X-Output": "cam", "X-Top-K": "3",
-                                                               "X-Explain-Classes": "0"})  # fmt: skip
+    [result] = ask(
+        engine_handler, seeing_model_dir, [data], {"X-Output": "cam", "X-Top-K": "3", "X-Explain-Classes": "0"}
+    )
     classes = [e["class_id"] for e in result["explanations"]]
     assert classes == [p["class_id"] for p in result["predictions"]] + [0]
     for explanation in result["explanations"]:
@@ -89,8 +93,9 @@ def decode_vector(encoded: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", PHOTOS)
-def test_embedding_equals_torchvisions_avgpool(engine_handler, seeing_model_dir: Path, seeing_model: Reference,
-                                               name: str) -> None:  # fmt: skip
+def test_embedding_equals_torchvisions_avgpool(
+    engine_handler, seeing_model_dir: Path, seeing_model: Reference, name: str
+) -> None:
     data = photo(name)
     [result] = ask(engine_handler, seeing_model_dir, [data], {"X-Output": "embedding"})
     vector = decode_vector(result["embedding"])
@@ -113,8 +118,14 @@ def test_a_mixed_batch_fetches_what_each_request_asked(engine_handler, seeing_mo
     assert [p["class_id"] for p in alone["predictions"]] == [p["class_id"] for p in results[1]["predictions"]]
 
 
-@pytest.mark.parametrize("headers", [{"X-Output": "pixels"}, {"X-Output": "cam", "X-Explain-Classes": "1000"},
-                                     {"X-Output": "cam", "X-Explain-Classes": "cat"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Output": "pixels"},
+        {"X-Output": "cam", "X-Explain-Classes": "1000"},
+        {"X-Output": "cam", "X-Explain-Classes": "cat"},
+    ],
+)
 def test_bad_extras_are_per_item_errors(engine_handler, seeing_model_dir: Path, headers: dict) -> None:
     context = make_context(seeing_model_dir, [headers, {}], engine=engine_handler.engine.name)
     results = engine_handler.handle([{"body": bytearray(photo("coins"))}] * 2, context)

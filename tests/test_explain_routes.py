@@ -79,8 +79,11 @@ def test_two_crops_of_one_photo_are_closer_than_two_photos(gateway: Gateway) -> 
 
 def test_embed_batch_keeps_order_and_isolates_bad_files(gateway: Gateway) -> None:
     good = [jpeg_of(picture(name)) for name in NAMES[:2]]
-    files = [("files", ("a.jpg", good[0], "image/jpeg")), ("files", ("bad.jpg", b"not an image", "image/jpeg")),
-             ("files", ("b.jpg", good[1], "image/jpeg"))]  # fmt: skip
+    files = [
+        ("files", ("a.jpg", good[0], "image/jpeg")),
+        ("files", ("bad.jpg", b"not an image", "image/jpeg")),
+        ("files", ("b.jpg", good[1], "image/jpeg")),
+    ]
     response = post(gateway, API_KEY, "/v1/embed/batch", files=files, params={"encoding": "base64"})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -100,8 +103,9 @@ def test_explain_json_gives_maps_for_the_predictions(gateway: Gateway) -> None:
     response = explain(gateway, data, top_k="3", class_id="1")
     assert response.status_code == 200, response.text
     body = response.json()
-    predicted = post(gateway, API_KEY, content=data, headers={"Content-Type": "image/jpeg"},
-                     params={"top_k": "3"}).json()  # fmt: skip
+    predicted = post(
+        gateway, API_KEY, content=data, headers={"Content-Type": "image/jpeg"}, params={"top_k": "3"}
+    ).json()
     assert body["predictions"] == predicted["predictions"] and body["decision"]["label"] == "tabby"
     assert [e["class_id"] for e in body["explanations"]] == [p["class_id"] for p in body["predictions"]] + [1]
     assert all(np.asarray(e["cam"]).shape == (7, 7) for e in body["explanations"])
@@ -115,14 +119,17 @@ def thumbnail(data: bytes, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.int16)
 
 
-@pytest.mark.parametrize(("upright", "orientation", "expected", "fmt"), [
-    ((640, 427), 1, (640, 427), "JPEG"),
-    ((427, 640), 6, (427, 640), "JPEG"),
-    ((2400, 1600), 1, (1024, 683), "JPEG"),
-    ((1200, 1800), 8, (683, 1024), "JPEG"),
-    ((2400, 1600), 1, (1024, 683), "PNG"),  # reduced 2x right after decoding (2 divides both sides)
-    ((2401, 1600), 1, (1024, 682), "PNG"),  # no whole factor divides both sides: drawn from the full image
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("upright", "orientation", "expected", "fmt"),
+    [
+        ((640, 427), 1, (640, 427), "JPEG"),
+        ((427, 640), 6, (427, 640), "JPEG"),
+        ((2400, 1600), 1, (1024, 683), "JPEG"),
+        ((1200, 1800), 8, (683, 1024), "JPEG"),
+        ((2400, 1600), 1, (1024, 683), "PNG"),  # reduced 2x right after decoding (2 divides both sides)
+        ((2401, 1600), 1, (1024, 682), "PNG"),  # no whole factor divides both sides: drawn from the full image
+    ],
+)
 def test_explain_png_has_the_originals_size_capped_and_the_map_inside_the_crop(
     gateway: Gateway, upright: tuple[int, int], orientation: int, expected: tuple[int, int], fmt: str
 ) -> None:
@@ -210,8 +217,12 @@ def test_explain_refuses_like_predict(gateway: Gateway) -> None:
 
 def test_torchserves_explanations_api_gives_the_maps(torchserve: TorchServe, gateway: Gateway) -> None:
     data = jpeg_of(picture("astronaut"))
-    response = httpx.post(f"{torchserve.inference_url}/explanations/resnet50", content=data, timeout=60,
-                          headers={"Authorization": f"Bearer {torchserve.keys()['inference']}"})  # fmt: skip
+    response = httpx.post(
+        f"{torchserve.inference_url}/explanations/resnet50",
+        content=data,
+        timeout=60,
+        headers={"Authorization": f"Bearer {torchserve.keys()['inference']}"},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     via_gateway = explain(gateway, data).json()

@@ -38,10 +38,20 @@ BASE_CHECKS = [not_a_server_error, response_schema_conformance]
 CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
 
 
-OPERATIONS = [("POST", "/v1/predict"), ("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/readyz"),
-              ("POST", "/v1/predict/batch")]  # fmt: skip
-CORE = {("POST", "/v1/predict"), ("POST", "/v1/predict/batch"), ("GET", "/v1/models"), ("GET", "/healthz"),
-        ("GET", "/readyz")}  # fmt: skip
+OPERATIONS = [
+    ("POST", "/v1/predict"),
+    ("GET", "/v1/models"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("POST", "/v1/predict/batch"),
+]
+CORE = {
+    ("POST", "/v1/predict"),
+    ("POST", "/v1/predict/batch"),
+    ("GET", "/v1/models"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +110,7 @@ hostile = st.one_of(
         st.sampled_from(REAL),
         st.integers(0, 10**6),
         st.integers(0, 255),
-    ),  # fmt: skip
+    ),
 )
 
 

@@ -62,8 +62,9 @@ def test_raw_body_upload(gateway: Gateway, api_key: str, fmt: str) -> None:
 def test_same_answer_as_torchserve_direct(gateway: Gateway, api_key: str, torchserve) -> None:
     data = photo("astronaut")
     auth = {"Authorization": f"Bearer {torchserve.keys()['inference']}", "X-Top-K": "20"}
-    direct = httpx.post(f"{torchserve.inference_url}/predictions/resnet50", content=data, headers=auth,
-                        timeout=60).json()  # fmt: skip
+    direct = httpx.post(
+        f"{torchserve.inference_url}/predictions/resnet50", content=data, headers=auth, timeout=60
+    ).json()
     via = post(gateway, api_key, content=data, headers={"Content-Type": "image/jpeg"}, params={"top_k": 20}).json()
     assert via["predictions"][0]["label"] == "space shuttle"
     assert [p["class_id"] for p in via["predictions"]] == [p["class_id"] for p in direct["predictions"]]
@@ -84,8 +85,10 @@ def test_a_known_photo_and_its_exif_rotated_copies_get_its_label(
         predictions = response.json()["predictions"]
         assert predictions[0]["label"] == "tabby"
         expected = model.probabilities(data)
-        assert max_difference([p["score"] for p in predictions],
-                              [expected[p["class_id"]] for p in predictions]) <= PROB_TOLERANCE  # fmt: skip
+        assert (
+            max_difference([p["score"] for p in predictions], [expected[p["class_id"]] for p in predictions])
+            <= PROB_TOLERANCE
+        )
 
 
 def test_request_id_is_passed_through(gateway: Gateway, api_key: str) -> None:
@@ -106,8 +109,13 @@ def test_min_score_drops_low_predictions(gateway: Gateway, api_key: str) -> None
     everything = post(gateway, api_key, params={"top_k": 20}, content=jpeg(), headers={"Content-Type": "image/jpeg"})
     scores = [p["score"] for p in everything.json()["predictions"]]
     threshold = (scores[1] + scores[2]) / 2
-    kept = post(gateway, api_key, params={"top_k": 20, "min_score": threshold}, content=jpeg(),
-                headers={"Content-Type": "image/jpeg"}).json()["predictions"]  # fmt: skip
+    kept = post(
+        gateway,
+        api_key,
+        params={"top_k": 20, "min_score": threshold},
+        content=jpeg(),
+        headers={"Content-Type": "image/jpeg"},
+    ).json()["predictions"]
     assert [p["score"] for p in kept] == scores[:2]
     assert [p["rank"] for p in kept] == [1, 2]
 
@@ -256,8 +264,9 @@ def test_odd_but_valid_images(gateway: Gateway, api_key: str, name: str) -> None
 def test_concurrent_clients(gateway: Gateway, api_key: str) -> None:
     images = [jpeg(seed=s) for s in range(16)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda d: post(gateway, api_key, content=d, headers={"Content-Type": "image/jpeg"}),
-                                  images))  # fmt: skip
+        responses = list(
+            pool.map(lambda d: post(gateway, api_key, content=d, headers={"Content-Type": "image/jpeg"}), images)
+        )
     assert [r.status_code for r in responses] == [200] * 16
 
 

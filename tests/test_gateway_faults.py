@@ -88,8 +88,12 @@ def test_torchserve_down_then_back(gateway_short: Gateway, short_lived_keys: Tor
 def test_key_rotation_is_invisible_to_clients(gateway: Gateway, torchserve: TorchServe, api_key: str) -> None:
     assert post(gateway, api_key, content=jpeg(), headers=JPEG).status_code == 200
     old = torchserve.keys()["inference"]
-    renew = httpx.post(f"{torchserve.management_url}/token", params={"type": "inference"},
-                       headers={"Authorization": f"Bearer {torchserve.keys()['API']}"}, timeout=10)  # fmt: skip
+    renew = httpx.post(
+        f"{torchserve.management_url}/token",
+        params={"type": "inference"},
+        headers={"Authorization": f"Bearer {torchserve.keys()['API']}"},
+        timeout=10,
+    )
     assert renew.status_code == 200
     assert torchserve.keys()["inference"] != old
     assert httpx.get(f"{torchserve.inference_url}/ping", headers={"Authorization": f"Bearer {old}"}).status_code == 400
@@ -197,8 +201,10 @@ def test_management_api_is_unreachable(gateway: Gateway, api_key: str, path: str
 def test_absolute_form_and_odd_hosts_reach_nothing(gateway: Gateway, torchserve: TorchServe, target: str) -> None:
     target = target.format(mport=torchserve.management_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{torchserve.management_url[-5:]}\r\n"
-                     "Connection: close\r\n\r\n".encode())  # fmt: skip
+        sock.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{torchserve.management_url[-5:]}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk

@@ -33,8 +33,19 @@ WNIDS = {label: wnid for wnid, label in classes()}
 
 
 def build(weights: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [PYTHON, "-m", "modelserver", "build", "--weights", str(weights), "--engine", "onnx-int8",
-           "--output", str(output), *extra]  # fmt: skip
+    cmd = [
+        PYTHON,
+        "-m",
+        "modelserver",
+        "build",
+        "--weights",
+        str(weights),
+        "--engine",
+        "onnx-int8",
+        "--output",
+        str(output),
+        *extra,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -165,8 +176,12 @@ def test_the_gate_refuses_int8_calibrated_on_images_unlike_its_traffic(weights: 
 
 def test_gate_report_failures_name_each_metric() -> None:
     limits = Thresholds(min_top1_agreement=0.9, min_top5_overlap=0.8, max_prob_diff=0.35)
-    report = GateReport("x", 10, 10, top1_agreement=0.85, top5_overlap=0.75, max_prob_diff=0.5,
-                        thresholds=asdict(limits))  # fmt: skip
-    assert report.failures() == ["top-1 agreement 0.850 < 0.9", "top-5 overlap 0.750 < 0.8",
-                                 "max probability difference 0.500 > 0.35"]  # fmt: skip
+    report = GateReport(
+        "x", 10, 10, top1_agreement=0.85, top5_overlap=0.75, max_prob_diff=0.5, thresholds=asdict(limits)
+    )
+    assert report.failures() == [
+        "top-1 agreement 0.850 < 0.9",
+        "top-5 overlap 0.750 < 0.8",
+        "max probability difference 0.500 > 0.35",
+    ]
     assert GateReport("x", 10, 10, 0.9, 0.8, 0.35, asdict(limits)).failures() == []  # the limits themselves pass

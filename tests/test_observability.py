@@ -23,7 +23,9 @@ from imagegen import jpeg, truncated_jpeg
 from support import Gateway, post
 
 from handlers.timing import COUNTERS
-from modelserver.torchserve import REPO_ROOT, TorchServe, free_port
+from modelserver.paths import REPO_ROOT
+from modelserver.ports import free_port
+from modelserver.torchserve import TorchServe
 
 OBSERVABILITY = REPO_ROOT / "observability"
 CONFIG, RULES, RULE_TESTS = (OBSERVABILITY / n for n in ("prometheus.yml", "alerts.yml", "alerts.test.yml"))

@@ -33,17 +33,32 @@ def listening(port: int) -> bool:
 
 
 def port_args(ports: Ports) -> list[str]:
-    return [arg for f in dataclasses.fields(ports)
-            for arg in (f"--{f.name.replace('_', '-')}-port", str(getattr(ports, f.name)))]  # fmt: skip
+    return [
+        arg
+        for f in dataclasses.fields(ports)
+        for arg in (f"--{f.name.replace('_', '-')}-port", str(getattr(ports, f.name)))
+    ]
 
 
 def launch(command: str, model_store: Path, workdir: Path, ports: Ports, gateway_port: int) -> subprocess.Popen[str]:
     env = {**os.environ, "API_KEY": RUN_KEY, "GATEWAY_PORT": str(gateway_port)}
     return subprocess.Popen(
-        [PYTHON, "-m", "modelserver", command, "--model-store", str(model_store), "--workdir", str(workdir),
-         *port_args(ports)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "modelserver",
+            command,
+            "--model-store",
+            str(model_store),
+            "--workdir",
+            str(workdir),
+            *port_args(ports),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def read_until(process: subprocess.Popen[str], marker: str, timeout: float = 240) -> str:
@@ -96,8 +111,9 @@ def cleanup() -> Iterator[list[psutil.Process]]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
-def test_run_serves_and_everything_ends_with_it(model_store: Path, tmp_path: Path, sig: signal.Signals,
-                                                cleanup: list[psutil.Process]) -> None:  # fmt: skip
+def test_run_serves_and_everything_ends_with_it(
+    model_store: Path, tmp_path: Path, sig: signal.Signals, cleanup: list[psutil.Process]
+) -> None:
     """Ctrl-C and SIGTERM stop both servers; after SIGKILL of the launcher its watchdog stops them."""
     ports, gateway_port = Ports.free(), free_port()
     process = launch("run", model_store, tmp_path / "ts", ports, gateway_port)
@@ -108,8 +124,12 @@ def test_run_serves_and_everything_ends_with_it(model_store: Path, tmp_path: Pat
         assert f"ready at http://127.0.0.1:{gateway_port}" in text, text[-3000:]
         assert f"API key: {RUN_KEY}" in text
         assert f"curl -H 'X-API-Key: {RUN_KEY}' -F file=@cat.jpg" in text
-        response = httpx.post(f"http://127.0.0.1:{gateway_port}/v1/predict", files={"file": ("cat.jpg", jpeg())},
-                              headers={"X-API-Key": RUN_KEY}, timeout=60)  # fmt: skip
+        response = httpx.post(
+            f"http://127.0.0.1:{gateway_port}/v1/predict",
+            files={"file": ("cat.jpg", jpeg())},
+            headers={"X-API-Key": RUN_KEY},
+            timeout=60,
+        )
         assert response.status_code == 200, response.text
         assert response.json()["model"]["untrained"] is True
         started = descendants(process)
@@ -133,8 +153,12 @@ def test_serve_runs_torchserve_until_sigterm(model_store: Path, tmp_path: Path, 
         cleanup.extend(descendants(process))
         assert f"inference http://127.0.0.1:{ports.inference}" in text, text[-3000:]
         server = TorchServe(workdir, model_store, ports)
-        response = httpx.post(f"{server.inference_url}/predictions/resnet50", content=jpeg(), timeout=60,
-                              headers={"Authorization": f"Bearer {server.keys()['inference']}"})  # fmt: skip
+        response = httpx.post(
+            f"{server.inference_url}/predictions/resnet50",
+            content=jpeg(),
+            timeout=60,
+            headers={"Authorization": f"Bearer {server.keys()['inference']}"},
+        )
         assert response.status_code == 200, response.text
         started = descendants(process)
     finally:
@@ -165,10 +189,23 @@ def test_run_refuses_a_port_another_program_holds(model_store: Path, tmp_path: P
     workdir = tmp_path / "ts"
     try:
         gateway_port = port if kind == "gateway" else free_port()
-        result = subprocess.run([PYTHON, "-m", "modelserver", "run", "--model-store", str(model_store),
-                                 "--workdir", str(workdir), *port_args(ports)],
-                                env={**os.environ, "GATEWAY_PORT": str(gateway_port)}, capture_output=True, text=True,
-                                timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "modelserver",
+                "run",
+                "--model-store",
+                str(model_store),
+                "--workdir",
+                str(workdir),
+                *port_args(ports),
+            ],
+            env={**os.environ, "GATEWAY_PORT": str(gateway_port)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         sock.close()
         if kind == "worker":
@@ -188,9 +225,22 @@ def test_a_running_instance_is_left_alone_and_the_advice_stops_it(model_store: P
     with start_torchserve(workdir, model_store) as running:
         assert running.process is not None
         keys = running.key_file.read_text()
-        result = subprocess.run([PYTHON, "-m", "modelserver", "serve", "--model-store", str(model_store),
-                                 "--workdir", str(workdir), *port_args(running.ports)],
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "modelserver",
+                "serve",
+                "--model-store",
+                str(model_store),
+                "--workdir",
+                str(workdir),
+                *port_args(running.ports),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2, result.stdout + result.stderr
         assert "is still running (pid" in result.stderr, result.stderr
         assert running.key_file.read_text() == keys

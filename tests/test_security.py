@@ -91,8 +91,10 @@ def test_gateway_metrics_are_its_own_not_torchservers(gateway: Gateway, torchser
 def test_no_redirect_names_the_host_header(gateway: Gateway, path: str) -> None:
     """A slash redirect is built from the Host header: behind API Gateway it named the internal NLB, and any
     client could make the gateway answer `Location: http://evil.example/...`. Trailing slashes are 404s."""
-    reply = raw(gateway.port, f"POST {path} HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 0\r\n"
-                              "Connection: close\r\n\r\n".encode())  # fmt: skip
+    reply = raw(
+        gateway.port,
+        f"POST {path} HTTP/1.1\r\nHost: evil.example\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert status_of(reply) == 404, reply[:300]
     headers, problem = problem_of(reply)
     assert problem["type"].endswith("/not-found") and "location" not in headers
@@ -118,8 +120,11 @@ ENCODED_PROBES = [
 @pytest.mark.parametrize("path", ENCODED_PROBES)
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_encoded_traversal_reaches_nothing(gateway: Gateway, api_key: str, path: str, method: str) -> None:
-    reply = raw(gateway.port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {api_key}\r\n"
-                              "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())  # fmt: skip
+    reply = raw(
+        gateway.port,
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {api_key}\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert status_of(reply) in (400, 404, 405), reply[:300]
     for leak in (b"modelName", b"InvalidKeyException", b"Healthy", b"ts_"):
         assert leak not in reply, (path, leak)
@@ -158,10 +163,15 @@ def test_rendered_torchserve_config_is_hardened(torchserve: TorchServe) -> None:
     assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
     allowed = re.compile(props["allowed_urls"])
     assert allowed.fullmatch(f"file://{torchserve.model_store.resolve()}/resnet50.mar")
-    for url in ("http://169.254.169.254/latest/meta-data/x.mar", "https://example.com/model_store/a.mar",
-                "file:///srv/model_store/resnet50.mar",
-                "file:///tmp/model_store/../../etc/passwd", "file:///x/model_store/a.mar?http://evil/x.mar",
-                "file:///x/model_store/a.mar\nhttp://evil", "HTTP://evil/model_store/a.mar"):  # fmt: skip
+    for url in (
+        "http://169.254.169.254/latest/meta-data/x.mar",
+        "https://example.com/model_store/a.mar",
+        "file:///srv/model_store/resnet50.mar",
+        "file:///tmp/model_store/../../etc/passwd",
+        "file:///x/model_store/a.mar?http://evil/x.mar",
+        "file:///x/model_store/a.mar\nhttp://evil",
+        "HTTP://evil/model_store/a.mar",
+    ):
         assert not allowed.fullmatch(url), url
 
 
@@ -205,32 +215,47 @@ def listener() -> Iterator[int]:
 def test_model_registration_is_refused_and_fetches_nothing(torchserve: TorchServe, listener: int) -> None:
     """CVE-2023-43654 / CVE-2024-35198: no registration, so no SSRF, whatever the URL, key or no key."""
     keys = torchserve.keys()
-    urls = [f"http://127.0.0.1:{listener}/evil.mar", f"http://127.0.0.1:{listener}/model_store/x.mar",
-            "file:///etc/passwd", "resnet50.mar"]  # fmt: skip
+    urls = [
+        f"http://127.0.0.1:{listener}/evil.mar",
+        f"http://127.0.0.1:{listener}/model_store/x.mar",
+        "file:///etc/passwd",
+        "resnet50.mar",
+    ]
     for url in urls:
         for auth in (f"Bearer {keys['management']}", f"Bearer {keys['API']}", ""):
-            response = httpx.post(f"{torchserve.management_url}/models", params={"url": url, "model_name": "evil"},
-                                  headers={"Authorization": auth}, timeout=10)  # fmt: skip
+            response = httpx.post(
+                f"{torchserve.management_url}/models",
+                params={"url": url, "model_name": "evil"},
+                headers={"Authorization": auth},
+                timeout=10,
+            )
             assert 400 <= response.status_code < 500, (url, auth[:8], response.status_code, response.text)
     time.sleep(0.5)
     assert Recorder.hits == [], f"TorchServe fetched {Recorder.hits}"
-    models = httpx.get(f"{torchserve.management_url}/models", timeout=10,
-                       headers={"Authorization": f"Bearer {keys['management']}"}).json()  # fmt: skip
+    models = httpx.get(
+        f"{torchserve.management_url}/models", timeout=10, headers={"Authorization": f"Bearer {keys['management']}"}
+    ).json()
     assert [m["modelName"] for m in models["models"]] == ["resnet50"]
 
 
 def test_token_auth_is_on_for_inference_and_management(torchserve: TorchServe) -> None:
     keys = torchserve.keys()
-    probes = [("POST", f"{torchserve.inference_url}/predictions/resnet50", keys["inference"]),
-              ("GET", f"{torchserve.management_url}/models", keys["management"])]  # fmt: skip
+    probes = [
+        ("POST", f"{torchserve.inference_url}/predictions/resnet50", keys["inference"]),
+        ("GET", f"{torchserve.management_url}/models", keys["management"]),
+    ]
     for method, url, key in probes:
         for auth in ("", "Bearer", "Bearer wrong", f"Bearer {key[:-1]}", f"Basic {key}"):
             response = httpx.request(method, url, headers={"Authorization": auth}, content=jpeg(), timeout=30)
             # TorchServe 0.12 answers every missing or wrong token with 400 InvalidKeyException
             refused = response.status_code == 400 and "InvalidKeyException" in response.text
             assert refused, (url, auth[:10], response.status_code, response.text[:200])
-        assert httpx.request(method, url, headers={"Authorization": f"Bearer {key}"}, content=jpeg(),
-                             timeout=60).status_code == 200  # fmt: skip
+        assert (
+            httpx.request(
+                method, url, headers={"Authorization": f"Bearer {key}"}, content=jpeg(), timeout=60
+            ).status_code
+            == 200
+        )
     # The inference key does not open management, nor the management key inference.
     wrong = httpx.get(f"{torchserve.management_url}/models", headers={"Authorization": f"Bearer {keys['inference']}"})
     assert wrong.status_code == 400 and "InvalidKeyException" in wrong.text
@@ -277,15 +302,26 @@ def test_every_torchserve_socket_listens_on_loopback(torchserve: TorchServe) -> 
 def test_keys_never_in_logs_or_bodies(gateway: Gateway, torchserve: TorchServe, api_key: str) -> None:
     wrong = "ica_wrong-key-that-must-not-be-logged-5f1c"
     bodies = []
-    for headers in ({"X-API-Key": api_key}, {"Authorization": f"Bearer {OTHER_KEY}"}, {"X-API-Key": wrong},
-                    {"Authorization": f"Bearer {wrong}"}, {"Authorization": f"Basic {wrong}"}):  # fmt: skip
-        for path, kwargs in (("/v1/predict", {"content": jpeg(), "headers": JPEG}),
-                             ("/v1/predict", {"content": b"garbage", "headers": JPEG}),
-                             ("/v1/predict?top_k=999", {"content": jpeg(), "headers": JPEG}),
-                             (f"/v1/predict?api_key={wrong}", {"content": jpeg(), "headers": JPEG}),
-                             ("/nope", {})):  # fmt: skip
-            response = httpx.post(f"{gateway.url}{path}", headers={**headers, **kwargs.get("headers", {})},
-                                  content=kwargs.get("content"), timeout=60)  # fmt: skip
+    for headers in (
+        {"X-API-Key": api_key},
+        {"Authorization": f"Bearer {OTHER_KEY}"},
+        {"X-API-Key": wrong},
+        {"Authorization": f"Bearer {wrong}"},
+        {"Authorization": f"Basic {wrong}"},
+    ):
+        for path, kwargs in (
+            ("/v1/predict", {"content": jpeg(), "headers": JPEG}),
+            ("/v1/predict", {"content": b"garbage", "headers": JPEG}),
+            ("/v1/predict?top_k=999", {"content": jpeg(), "headers": JPEG}),
+            (f"/v1/predict?api_key={wrong}", {"content": jpeg(), "headers": JPEG}),
+            ("/nope", {}),
+        ):
+            response = httpx.post(
+                f"{gateway.url}{path}",
+                headers={**headers, **kwargs.get("headers", {})},
+                content=kwargs.get("content"),
+                timeout=60,
+            )
             bodies.append(response.text + str(dict(response.headers)))
     time.sleep(0.3)
     logs = gateway.logs()
@@ -317,8 +353,10 @@ def comparable(response: httpx.Response) -> tuple:
 
 
 def test_unknown_and_wrong_keys_look_the_same(gateway: Gateway, api_key: str) -> None:
-    answers = [comparable(post(gateway, "", content=jpeg(), headers={**JPEG, **h, "X-API-Key": h.get("X-API-Key", "")}))
-               for h in near_misses(api_key)]  # fmt: skip
+    answers = [
+        comparable(post(gateway, "", content=jpeg(), headers={**JPEG, **h, "X-API-Key": h.get("X-API-Key", "")}))
+        for h in near_misses(api_key)
+    ]
     assert answers[0][0] == 401
     assert all(answer == answers[0] for answer in answers), [a[0] for a in answers]
 
@@ -328,8 +366,14 @@ def test_unknown_and_wrong_keys_look_the_same(gateway: Gateway, api_key: str) ->
 
 @pytest.fixture(scope="module")
 def strict_gateway(torchserve: TorchServe, api_key: str, tmp_path_factory) -> Iterator[Gateway]:
-    env = gateway_env(torchserve, [key_hash(api_key)], header_timeout_s="2", max_header_bytes="8192",
-                      rate_limit_rps="1000", rate_limit_burst="1000")  # fmt: skip
+    env = gateway_env(
+        torchserve,
+        [key_hash(api_key)],
+        header_timeout_s="2",
+        max_header_bytes="8192",
+        rate_limit_rps="1000",
+        rate_limit_burst="1000",
+    )
     with Gateway(tmp_path_factory.mktemp("gw-strict") / "gw.log", env) as server:
         yield server
 
@@ -394,8 +438,10 @@ def test_request_head_size_is_bounded(strict_gateway: Gateway, size: int) -> Non
     assert status_of(reply) == 431, reply[:100]
     headers, problem = problem_of(reply)
     assert problem["type"].endswith("/request-head-too-large") and headers["connection"] == "close"
-    ok = raw(strict_gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 +
-             b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+    ok = raw(
+        strict_gateway.port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 + b"\r\nConnection: close\r\n\r\n",
+    )
     assert status_of(ok) == 200
 
 
@@ -527,8 +573,12 @@ def test_slow_body_upload_is_still_capped(strict_gateway: Gateway, api_key: str)
 
 # --- headers on every response ---------------------------------------------------------------------------------
 
-SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer",
-                    "cache-control": "no-store"}  # fmt: skip
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
 
 
 def test_security_headers_on_every_kind_of_answer(gateway: Gateway, api_key: str) -> None:

@@ -28,8 +28,9 @@ def upright(data: bytes) -> Image.Image:
     return ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
 
 
-def pipeline(img: Image.Image, size: int = 232, shift: int = 0, antialias: bool = True,
-             normalise: bool = True) -> torch.Tensor:  # fmt: skip
+def pipeline(
+    img: Image.Image, size: int = 232, shift: int = 0, antialias: bool = True, normalise: bool = True
+) -> torch.Tensor:
     """The reference transforms written out, with a knob for each mistake: resize, crop, scale, normalise."""
     pixels = F.pil_to_tensor(F.resize(img, size) if antialias else img)
     if not antialias:

@@ -62,8 +62,12 @@ def test_infer_probabilities_binary(
     """v2's whole probability vectors are the reference pipeline's, and v1's scores are the same numbers."""
     names = ["coffee", "camera", "shapes-1"]
     images = [photo(names[0]), encode(picture(names[1]), "PNG"), photo(names[2])]
-    result = client.infer("resnet50", [images_input(images)], outputs=[triton.InferRequestedOutput("probabilities")],
-                          headers={"X-API-Key": api_key})  # fmt: skip
+    result = client.infer(
+        "resnet50",
+        [images_input(images)],
+        outputs=[triton.InferRequestedOutput("probabilities")],
+        headers={"X-API-Key": api_key},
+    )
     probabilities = result.as_numpy("probabilities")
     assert probabilities.shape == (3, 1000) and probabilities.dtype == np.float32
     assert result.get_response()["model_version"] == "1.0"  # the session archive's version
@@ -72,8 +76,12 @@ def test_infer_probabilities_binary(
         assert LABELS[int(np.argmax(row))] == PHOTOS[name]
         assert max_difference(row, model.probabilities(data)) <= PROB_TOLERANCE
     v1 = post(gateway, api_key, content=images[1], headers={"Content-Type": "image/png"}, params={"top_k": 20}).json()
-    assert max_difference([p["score"] for p in v1["predictions"]],
-                          [probabilities[1][p["class_id"]] for p in v1["predictions"]]) <= PROB_TOLERANCE  # fmt: skip
+    assert (
+        max_difference(
+            [p["score"] for p in v1["predictions"]], [probabilities[1][p["class_id"]] for p in v1["predictions"]]
+        )
+        <= PROB_TOLERANCE
+    )
 
 
 def test_infer_classification_strings(client: triton.InferenceServerClient, gateway: Gateway, api_key: str) -> None:
@@ -90,12 +98,12 @@ def test_infer_classification_strings(client: triton.InferenceServerClient, gate
 
 def test_json_base64_request(gateway: Gateway, api_key: str) -> None:
     body = {
-        "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
-                    "data": [base64.b64encode(jpeg()).decode()]}],
+        "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(jpeg()).decode()]}],
         "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}],
-    }  # fmt: skip
-    response = httpx.post(f"{gateway.url}/v2/models/resnet50/infer", json=body, headers={"X-API-Key": api_key},
-                          timeout=60)  # fmt: skip
+    }
+    response = httpx.post(
+        f"{gateway.url}/v2/models/resnet50/infer", json=body, headers={"X-API-Key": api_key}, timeout=60
+    )
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
     assert output["datatype"] == "BYTES" and output["shape"] == [1, 2] and len(output["data"]) == 2
@@ -108,8 +116,9 @@ def test_errors_use_the_protocol_shape(client: triton.InferenceServerClient, gat
         client.infer("resnet50", [images_input([jpeg(), b"not an image"])], headers={"X-API-Key": api_key})
     unknown = httpx.get(f"{gateway.url}/v2/models/other", headers={"X-API-Key": api_key}, timeout=10)
     assert unknown.status_code == 404 and set(unknown.json()) == {"error"}
-    garbage = httpx.post(f"{gateway.url}/v2/models/resnet50/infer", content=b"{not json", timeout=10,
-                         headers={"X-API-Key": api_key})  # fmt: skip
+    garbage = httpx.post(
+        f"{gateway.url}/v2/models/resnet50/infer", content=b"{not json", timeout=10, headers={"X-API-Key": api_key}
+    )
     assert garbage.status_code == 422 and "JSON" in garbage.json()["error"]
 
 

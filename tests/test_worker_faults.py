@@ -37,8 +37,14 @@ def own_torchserve(model_store: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def own_gateway(own_torchserve: TorchServe, api_key: str, tmp_path_factory) -> Iterator[Gateway]:
-    env = gateway_env(own_torchserve, [key_hash(api_key)], rate_limit_rps="10000", rate_limit_burst="10000",
-                      request_timeout_s=str(GATEWAY_TIMEOUT_S), readiness_cache_s="0.2")  # fmt: skip
+    env = gateway_env(
+        own_torchserve,
+        [key_hash(api_key)],
+        rate_limit_rps="10000",
+        rate_limit_burst="10000",
+        request_timeout_s=str(GATEWAY_TIMEOUT_S),
+        readiness_cache_s="0.2",
+    )
     with Gateway(tmp_path_factory.mktemp("gw-worker-kill") / "gw.log", env) as server:
         yield server
 
@@ -47,8 +53,12 @@ def predict(gateway: Gateway, api_key: str, body: bytes) -> tuple[float, float, 
     """(start, end, outcome): the status code, or the name of the client-side error."""
     started = time.monotonic()
     try:
-        response = httpx.post(f"{gateway.url}/v1/predict", content=body, timeout=GATEWAY_TIMEOUT_S + MARGIN_S,
-                              headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"})  # fmt: skip
+        response = httpx.post(
+            f"{gateway.url}/v1/predict",
+            content=body,
+            timeout=GATEWAY_TIMEOUT_S + MARGIN_S,
+            headers={"X-API-Key": api_key, "Content-Type": "image/jpeg"},
+        )
         outcome = str(response.status_code)
         if response.status_code in (503, 429) and "retry-after" not in response.headers:
             outcome += " without Retry-After"
@@ -95,8 +105,10 @@ def test_worker_killed_mid_load(own_gateway: Gateway, own_torchserve: TorchServe
     after = [r for r in results if r[0] >= killed_at]
     outcomes = sorted({r[2] for r in results})
     recovery = None if recovered_at is None else recovered_at - killed_at
-    print(f"\nworker {worker.pid} killed; in flight: {[r[2] for r in in_flight]}; outcomes: {outcomes}; "
-          f"{len(results)} requests; recovery: {recovery if recovery is None else round(recovery, 2)} s")  # fmt: skip
+    print(
+        f"\nworker {worker.pid} killed; in flight: {[r[2] for r in in_flight]}; outcomes: {outcomes}; "
+        f"{len(results)} requests; recovery: {recovery if recovery is None else round(recovery, 2)} s"
+    )
 
     assert recovery is not None and recovery < RECOVERY_BOUND_S, f"no 200 within {RECOVERY_BOUND_S} s of the kill"
     assert in_flight, "no request was in flight at the kill"

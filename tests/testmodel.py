@@ -214,12 +214,16 @@ def build_store(cache_dir: Path) -> Path:
     inputs = f"{PHOTOS} {CALIBRATION_EXTRA} {SEED} {versions}"
     weights_key = _sources_key(*builder, inputs, Path(__file__).resolve().parent / "imagegen.py")
     code = sorted((REPO_ROOT / "handlers").glob("*.py")) + sorted((REPO_ROOT / "modelserver").glob("*.py"))
-    weights = _cached(cache_dir / f"weights-{weights_key}", TEST_MODEL_FILE,
-                      lambda path: torch.save(make_state_dict(), path))  # fmt: skip
+    weights = _cached(
+        cache_dir / f"weights-{weights_key}", TEST_MODEL_FILE, lambda path: torch.save(make_state_dict(), path)
+    )
     store_key = _sources_key(weights_key, *code)
     build = [sys.executable, "-m", "modelserver", "build", "--weights", str(weights), "--output"]
-    _cached(cache_dir / f"store-{store_key}", "resnet50.mar",
-            lambda path: subprocess.run([*build, str(path)], check=True, timeout=600, cwd=REPO_ROOT))  # fmt: skip
+    _cached(
+        cache_dir / f"store-{store_key}",
+        "resnet50.mar",
+        lambda path: subprocess.run([*build, str(path)], check=True, timeout=600, cwd=REPO_ROOT),
+    )
     return cache_dir / f"store-{store_key}"
 
 
