@@ -67,8 +67,13 @@ def test_mixed_batch_keeps_order_and_isolates_bad_items(
         assert context.get_response_status(idx)[0] == 200
     for idx in (1, 3, 4, 5):
         assert context.get_response_status(idx)[0] == 422
-    model = {"name": "resnet50", "version": "1.0", "weights": f"file:{TEST_MODEL_FILE}", "untrained": False,
-             "engine": "onnx"}  # fmt: skip
+    model = {
+        "name": "resnet50",
+        "version": "1.0",
+        "weights": f"file:{TEST_MODEL_FILE}",
+        "untrained": False,
+        "engine": "onnx",
+    }
     assert all(r["model"] == model for r in results)
 
 
@@ -79,16 +84,23 @@ def test_same_image_same_answer_alone_or_in_a_batch(handler: ImageClassifierHand
     assert alone[0]["predictions"][0]["label"] == "espresso"
     assert batched[0]["predictions"][0]["label"] == "missile"
     for other in (batched[1], batched[2]):
-        assert max_difference(probability_vector(alone[0]["predictions"]),
-                              probability_vector(other["predictions"])) <= PROB_TOLERANCE  # fmt: skip
+        assert (
+            max_difference(probability_vector(alone[0]["predictions"]), probability_vector(other["predictions"]))
+            <= PROB_TOLERANCE
+        )
 
 
 def test_default_answers_are_the_reference_pipelines(
     handler: ImageClassifierHandler, seeing_model_dir: Path, seeing_model: Reference
 ) -> None:
     """Small, large (12 MP) and EXIF-rotated photos: the probabilities of torchvision's pipeline and PyTorch."""
-    images = [photo("chelsea"), large_photo("stereo_motorcycle", 12), large_photo("camera", 2),
-              stored_with_orientation(picture("hubble_deep_field"), 8), photo("clock")]  # fmt: skip
+    images = [
+        photo("chelsea"),
+        large_photo("stereo_motorcycle", 12),
+        large_photo("camera", 2),
+        stored_with_orientation(picture("hubble_deep_field"), 8),
+        photo("clock"),
+    ]
     results, _ = run(handler, seeing_model_dir, [{"body": bytearray(data)} for data in images], [ALL] * len(images))
     for data, result in zip(images, results, strict=True):
         assert (

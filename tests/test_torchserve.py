@@ -83,8 +83,9 @@ def test_concurrent_requests_are_batched_and_bad_items_stay_isolated(torchserve:
     payloads = [bad.get(i, photo(name)) for i, name in enumerate(names)]
     solo = {i: predict(torchserve, payloads[i], **ALL).json() for i in (0, 5)}
     with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
-        responses = list(pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}, **ALL),
-                                  enumerate(payloads)))  # fmt: skip
+        responses = list(
+            pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}, **ALL), enumerate(payloads))
+        )
     for i, response in enumerate(responses):
         body = response.json()
         assert body["request_id"] == f"c{i}"
@@ -227,10 +228,20 @@ def test_ready_command_reports_workers(torchserve: TorchServe) -> None:
     import subprocess
 
     done = subprocess.run(
-        [PYTHON, "-m", "modelserver", "ready", "--management-url", torchserve.management_url,
-         "--key-file", str(torchserve.key_file)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "modelserver",
+            "ready",
+            "--management-url",
+            torchserve.management_url,
+            "--key-file",
+            str(torchserve.key_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "READY worker" in done.stdout
     assert ready_workers(torchserve.management_url, torchserve.workdir / "missing" / "key_file.json") == 0

@@ -365,9 +365,10 @@ def heredoc(script: str, path: str) -> str:
 def deploy_ssm_commands(app_dir: Path, script: bytes, serve: str, gateway: str) -> list[str]:
     """The commands deploy.yml sends to one instance, built by the workflow's own jq program."""
     step = next(
-        s for s in yaml.safe_load(DEPLOY_WORKFLOW.read_text())["jobs"]["deploy"]["steps"]
+        s
+        for s in yaml.safe_load(DEPLOY_WORKFLOW.read_text())["jobs"]["deploy"]["steps"]
         if s.get("name") == "Roll out, instance by instance"
-    )  # fmt: skip
+    )
     (program,) = re.findall(r"jq -n [^']*'(\{.*?\})' > ssm-params.json", step["run"], flags=re.S)
     args = {"dir": str(app_dir), "script": base64.b64encode(gzip.compress(script)).decode()}
     args |= {"serve": serve, "gateway": gateway}
@@ -972,8 +973,7 @@ def test_input_validations_refuse_bad_values(workdir: Path, tf_env: dict[str, st
     """Each variable's `validation` block, exercised: a plan with a bad value for each validated variable
     fails with every one of their error messages (a validation that lets its bad value through is named)."""
     names = [name for name in INVALID if name not in DEPENDENT] if group == "independent" else [group]
-    proc = tf_plan(workdir, tf_env, "-refresh=false", *(f"-var={name}={INVALID[name]}" for name in names),
-                   check=False)  # fmt: skip
+    proc = tf_plan(workdir, tf_env, "-refresh=false", *(f"-var={name}={INVALID[name]}" for name in names), check=False)
     assert proc.returncode != 0
     errors = " ".join(proc.stderr.split())
     messages = validation_messages()
