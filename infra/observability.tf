@@ -27,8 +27,10 @@ locals {
     ts_inference_us    = { job = "torchserve", name = "ts_inference_latency_microseconds", unit = "Microseconds", dimensions = [["job"]] }
     ts_queue_us        = { job = "torchserve", name = "ts_queue_latency_microseconds", unit = "Microseconds", dimensions = [["job"]] }
     handler_ms         = { job = "torchserve", name = "HandlerTime", unit = "Milliseconds", dimensions = [["job"]] }
-    preprocess_s       = { job = "torchserve", name = "handler_preprocess_seconds", unit = "Seconds", dimensions = [["job"]] }
-    inference_s        = { job = "torchserve", name = "handler_inference_seconds", unit = "Seconds", dimensions = [["job"]] }
+    preprocess_s       = { job = "torchserve", name = "handler_preprocess_seconds_total", unit = "Seconds", dimensions = [["job"]] }
+    preprocessed       = { job = "torchserve", name = "handler_preprocessed_images_total", unit = "Count", dimensions = [["job"]] }
+    inference_s        = { job = "torchserve", name = "handler_inference_seconds_total", unit = "Seconds", dimensions = [["job"]] }
+    batches            = { job = "torchserve", name = "handler_inference_batches_total", unit = "Count", dimensions = [["job"]] }
   }
 
   # gateway_requests_total is split by route: the scrape labels each series route_kind = health
@@ -350,12 +352,17 @@ locals {
       stat = "Average"
     },
     {
-      title = "Latency: decode + preprocess per image, inference per batch (s)"
+      title = "Latency: decode + preprocess per image, inference per batch (s); images per batch"
       metrics = [
-        concat(local.agent_row.preprocess_s, [{ label = "decode + preprocess" }]),
-        concat(local.agent_row.inference_s, [{ label = "inference" }]),
+        [{ expression = "preprocess_s / preprocessed", label = "decode + preprocess per image", id = "per_image" }],
+        [{ expression = "inference_s / batches", label = "inference per batch", id = "per_batch" }],
+        [{ expression = "preprocessed / batches", label = "images per batch", id = "images_per_batch", yAxis = "right" }],
+        concat(local.agent_row.preprocess_s, [{ id = "preprocess_s", visible = false, stat = "Sum" }]),
+        concat(local.agent_row.preprocessed, [{ id = "preprocessed", visible = false, stat = "Sum" }]),
+        concat(local.agent_row.inference_s, [{ id = "inference_s", visible = false, stat = "Sum" }]),
+        concat(local.agent_row.batches, [{ id = "batches", visible = false, stat = "Sum" }]),
       ]
-      stat = "Average"
+      stat = "Sum"
     },
     {
       title = "Capacity: instances"

@@ -67,8 +67,13 @@ def test_mixed_batch_keeps_order_and_isolates_bad_items(
         assert context.get_response_status(idx)[0] == 200
     for idx in (1, 3, 4, 5):
         assert context.get_response_status(idx)[0] == 422
-    model = {"name": "resnet50", "version": "1.0", "weights": f"file:{TEST_MODEL_FILE}", "untrained": False,
-             "engine": "onnx"}  # fmt: skip
+    model = {
+        "name": "resnet50",
+        "version": "1.0",
+        "weights": f"file:{TEST_MODEL_FILE}",
+        "untrained": False,
+        "engine": "onnx",
+    }
     assert all(r["model"] == model for r in results)
 
 
@@ -79,16 +84,23 @@ def test_same_image_same_answer_alone_or_in_a_batch(handler: ImageClassifierHand
     assert alone[0]["predictions"][0]["label"] == "espresso"
     assert batched[0]["predictions"][0]["label"] == "missile"
     for other in (batched[1], batched[2]):
-        assert max_difference(probability_vector(alone[0]["predictions"]),
-                              probability_vector(other["predictions"])) <= PROB_TOLERANCE  # fmt: skip
+        assert (
+            max_difference(probability_vector(alone[0]["predictions"]), probability_vector(other["predictions"]))
+            <= PROB_TOLERANCE
+        )
 
 
 def test_default_answers_are_the_reference_pipelines(
     handler: ImageClassifierHandler, seeing_model_dir: Path, seeing_model: Reference
 ) -> None:
     """Small, large (12 MP) and EXIF-rotated photos: the probabilities of torchvision's pipeline and PyTorch."""
-    images = [photo("chelsea"), large_photo("stereo_motorcycle", 12), large_photo("camera", 2),
-              stored_with_orientation(picture("hubble_deep_field"), 8), photo("clock")]  # fmt: skip
+    images = [
+        photo("chelsea"),
+        large_photo("stereo_motorcycle", 12),
+        large_photo("camera", 2),
+        stored_with_orientation(picture("hubble_deep_field"), 8),
+        photo("clock"),
+    ]
     results, _ = run(handler, seeing_model_dir, [{"body": bytearray(data)} for data in images], [ALL] * len(images))
     for data, result in zip(images, results, strict=True):
         assert (
@@ -147,7 +159,7 @@ def test_concurrent_decode_gives_the_sequential_answer(seeing_model_dir: Path) -
 
 
 # TorchServe 0.12's frontend reads a worker's `[METRICS]` lines with this pattern (Metric.java, PATTERN); the
-# type it carries makes an auto-detected metric (model_metrics_auto_detect) a histogram.
+# type it carries makes an auto-detected metric (model_metrics_auto_detect) a counter.
 METRIC_LINE = re.compile(
     r"\[METRICS\]\s*([\w\s]+)\.([\w\s]+):([0-9\-,.e]+)\|#([^|]*)(\|#type:([^|,]+))?\|#hostname:([^,]+),([^,]+)(,(.*))?"
 )
@@ -156,9 +168,9 @@ METRIC_LINE = re.compile(
 def test_timings_go_to_torchserve_metrics_and_a_context_without_metrics_is_fine(
     seeing_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With TorchServe's metrics cache in the context, each classified image's decode+preprocess and the batch's
-    forward pass become one histogram line each, in seconds, labelled by model only; the same handler with the
-    tests' context (no metrics) answers alike and reports nothing."""
+    """With TorchServe's metrics cache in the context, each classified image adds its decode+preprocess seconds
+    and 1 image, and the batch's forward pass its seconds and 1 batch, to counters labelled by model only; the
+    same handler with the tests' context (no metrics) answers alike and reports nothing."""
     items = [{"body": bytearray(photo(name))} for name in list(PHOTOS)[:2]] + [{"body": bytearray(b"nope")}]
     headers = [{"X-Request-ID": f"t{i}"} for i in range(len(items))]
     answers = []
@@ -174,12 +186,15 @@ def test_timings_go_to_torchserve_metrics_and_a_context_without_metrics_is_fine(
         if metrics is None:
             assert lines == []
             continue
-        observed = [(m[1], m[2], m[4], m[6]) for m in lines]
+        observed = sorted((m[1], m[2], m[4], m[6]) for m in lines)
         dims = "ModelName:resnet50,Level:Model"
-        assert (
-            sorted(observed)
-            == [("handler_inference_seconds", "Seconds", dims, "HISTOGRAM")]
-            + [("handler_preprocess_seconds", "Seconds", dims, "HISTOGRAM")] * 2
+        assert observed == sorted(
+            [("handler_inference_seconds_total", "Seconds", dims, "COUNTER")]
+            + [("handler_inference_batches_total", "Count", dims, "COUNTER")]
+            + [("handler_preprocess_seconds_total", "Seconds", dims, "COUNTER")] * 2
+            + [("handler_preprocessed_images_total", "Count", dims, "COUNTER")] * 2
         )
-        assert all(0 < float(m[3]) < 60 for m in lines)
+        values = [(m[1], float(m[3])) for m in lines]
+        assert all(0 < value < 60 for name, value in values if name.endswith("_seconds_total"))
+        assert all(value == 1 for name, value in values if not name.endswith("_seconds_total"))
     assert answers[0] == answers[1]

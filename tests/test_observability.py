@@ -20,8 +20,9 @@ import httpx
 import pytest
 import yaml
 from imagegen import jpeg, truncated_jpeg
-from support import Gateway, post
+from support import Gateway, metrics_url, post
 
+from handlers.timing import COUNTERS
 from modelserver.paths import REPO_ROOT
 from modelserver.ports import free_port
 from modelserver.torchserve import TorchServe
@@ -198,9 +199,9 @@ def test_prometheus_scrapes_every_metric_the_dashboard_and_the_rules_query(
 ) -> None:
     """Both targets up; the traffic a user makes (a classified image, one the handler rejects) gives every name the
     rules and the dashboard use, none of them missing; the rules evaluate without an error on real data."""
-    targets = {"gateway": urlsplit(gateway.url).netloc, "torchserve": urlsplit(torchserve.metrics_url).netloc}
+    targets = {"gateway": urlsplit(gateway.url).netloc, "torchserve": urlsplit(metrics_url(torchserve)).netloc}
     wanted = set().union(*map(metric_names, [*rule_expressions().values(), *dashboard_expressions()]))
-    assert {"up", "gateway_requests_total", "handler_inference_seconds_bucket"} <= wanted
+    assert {"up", "gateway_requests_total", *COUNTERS} <= wanted, "the handler's four counters among them"
     with Prometheus(tmp_path, targets) as prometheus:
         scraped: set[str] = set()
         for _ in range(60):

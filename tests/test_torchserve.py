@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 from imagegen import in_format, jpeg, png_claiming, truncated_jpeg
-from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from support import PYTHON, metrics_url, read_properties, start_torchserve
 from testmodel import (
     PHOTOS,
@@ -25,6 +25,7 @@ from testmodel import (
     probability_vector,
 )
 
+from handlers.timing import COUNTERS, INFERENCE, PREPROCESS
 from modelserver.torchserve import TorchServe, allowed_urls, ready_workers, regex_literal, render_config
 
 ALL = {"X-Top-K": "1000"}  # every probability, to compare whole vectors
@@ -82,8 +83,9 @@ def test_concurrent_requests_are_batched_and_bad_items_stay_isolated(torchserve:
     payloads = [bad.get(i, photo(name)) for i, name in enumerate(names)]
     solo = {i: predict(torchserve, payloads[i], **ALL).json() for i in (0, 5)}
     with concurrent.futures.ThreadPoolExecutor(max_workers=12) as pool:
-        responses = list(pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}, **ALL),
-                                  enumerate(payloads)))  # fmt: skip
+        responses = list(
+            pool.map(lambda ip: predict(torchserve, ip[1], **{"X-Request-ID": f"c{ip[0]}"}, **ALL), enumerate(payloads))
+        )
     for i, response in enumerate(responses):
         body = response.json()
         assert body["request_id"] == f"c{i}"
@@ -192,35 +194,54 @@ def test_prometheus_metrics(torchserve: TorchServe) -> None:
 
 
 def test_handler_timings_reach_the_prometheus_output(torchserve: TorchServe) -> None:
-    """The handler's custom metrics (handlers/timing.py) come out of TorchServe's metrics port as histograms
-    labelled by model, level and host (model_metrics_auto_detect in config.properties; without it TorchServe
-    drops them). The worker's log line reaches the frontend a moment after the answer: polled."""
+    """The handler's counters (handlers/timing.py) come out of TorchServe's metrics port as counters under exactly
+    their declared names (TorchServe adds no `_total`), labelled by model, level and host (model_metrics_auto_detect
+    in config.properties; without it TorchServe drops them). The worker's log lines reach the frontend a moment
+    after the answer: polled."""
     assert predict(torchserve, photo(next(iter(PHOTOS)))).status_code == 200
-    families: dict[str, Metric] = {}
+    samples: dict[str, Sample] = {}
+    types: dict[str, str] = {}
     for _ in range(50):
-        text = httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=30).text
-        families = {f.name: f for f in text_string_to_metric_families(text)}
-        if {"handler_preprocess_seconds", "handler_inference_seconds"} <= set(families):
+        families = list(
+            text_string_to_metric_families(httpx.get(f"{metrics_url(torchserve)}/metrics", timeout=30).text)
+        )
+        samples = {s.name: s for f in families for s in f.samples if s.name in COUNTERS}
+        types = {f.name: f.type for f in families}
+        if set(samples) == set(COUNTERS) and samples[INFERENCE.count].value >= 1:
             break
         time.sleep(0.2)
-    for name in ("handler_preprocess_seconds", "handler_inference_seconds"):
-        family = families[name]
-        assert family.type == "histogram", family
-        (count,) = [s for s in family.samples if s.name == f"{name}_count"]
-        assert count.value >= 1 and set(count.labels) == {"ModelName", "Level", "Hostname"}, count
-        assert count.labels["ModelName"] == "resnet50"
-        (total,) = [s for s in family.samples if s.name == f"{name}_sum"]
-        assert 0 < total.value < 60 * count.value, "seconds, not milliseconds"
+    assert set(samples) == set(COUNTERS), sorted(samples)
+    for name, sample in samples.items():
+        # prometheus_client's parser names a counter's family without `_total`; its sample keeps the full name.
+        assert types[name.removesuffix("_total")] == "counter", name
+        assert set(sample.labels) == {"ModelName", "Level", "Hostname"}, sample
+        assert (sample.labels["ModelName"], sample.labels["Level"]) == ("resnet50", "Model"), sample
+    for stage in (PREPROCESS, INFERENCE):
+        count, seconds = samples[stage.count].value, samples[stage.seconds].value
+        assert count >= 1 and count == int(count), stage
+        assert 0 < seconds < 60 * count, f"{stage}: seconds, not milliseconds"
+    # Every forward pass had at least one image decoded and preprocessed (logged before it).
+    assert samples[PREPROCESS.count].value >= samples[INFERENCE.count].value
 
 
 def test_ready_command_reports_workers(torchserve: TorchServe) -> None:
     import subprocess
 
     done = subprocess.run(
-        [PYTHON, "-m", "modelserver", "ready", "--management-url", torchserve.management_url,
-         "--key-file", str(torchserve.key_file)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "modelserver",
+            "ready",
+            "--management-url",
+            torchserve.management_url,
+            "--key-file",
+            str(torchserve.key_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "READY worker" in done.stdout
     assert ready_workers(torchserve.management_url, torchserve.workdir / "missing" / "key_file.json") == 0
