@@ -7,12 +7,11 @@ gateway/observe.py gives every other answer the API's stricter one.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-STATIC = Path(__file__).parent / "static"
+from gateway.assets import STATIC
+
 FILES = {
     "index.html": "text/html; charset=utf-8",
     "demo.js": "text/javascript; charset=utf-8",

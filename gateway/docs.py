@@ -12,7 +12,7 @@ import importlib.resources
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from gateway.demo import STATIC
+from gateway.assets import STATIC
 
 SWAGGER_UI = importlib.resources.files("fastapi_offline") / "static"
 

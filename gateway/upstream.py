@@ -4,7 +4,8 @@ Keys: TorchServe's token authorization stays on. The keys live in the `key_file.
 (shared read-only with the gateway). When TorchServe answers 400 InvalidKeyException, the gateway re-reads
 the file; if the key there is the one that just failed (it expired), it asks TorchServe's management API
 for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
-retries once (the policy, shared with the launcher's readiness probe: modelserver/torchserve_keys.py).
+retries, at most MAX_RECOVERIES times (the policy, shared with the launcher's readiness probe:
+modelserver/torchserve_keys.py).
 Clients never see the rotation.
 
 Overload: at most `max_connections` predictions are in flight to TorchServe per gateway process (below its
@@ -36,7 +37,7 @@ from gateway.metrics import Metrics
 from gateway.problems import Problem
 from gateway.settings import Settings
 from handlers.contract import ItemAnswer, ModelDescription
-from modelserver.torchserve_keys import MAX_RECOVERIES, is_invalid_key, read_keys, recovery
+from modelserver.torchserve_keys import MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -150,7 +151,7 @@ class TorchServeClient:
         return answer
 
     async def _send(self, key: str | None, method: str, url: str, **kwargs: Any) -> RawResponse:
-        headers = {**kwargs.pop("headers", {}), "Authorization": f"Bearer {key or ''}"}
+        headers = {**kwargs.pop("headers", {}), **bearer(key)}
         if isinstance(body := kwargs.get("data"), bytes):
             kwargs["data"], headers["Content-Length"] = slices(body), str(len(body))
         async with self.session.request(method, url, headers=headers, **kwargs) as response:

@@ -137,3 +137,17 @@ def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
     assert graph["pkg.c"] == {"pkg": 1, "pkg.a": 1}
     assert graph["pkg.d"] == {}
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+def test_the_gateway_routers_are_equals() -> None:
+    """A router (a gateway module that makes an APIRouter) imports no other router, nor anything from one:
+    what two routers share lives in the service layer, the dependencies or a module of its own."""
+    graph = import_graph(ROOT, ("gateway", "handlers", "modelserver"))
+    routers = {name for name in graph if name.startswith("gateway.") and "APIRouter(" in module_text(name)}
+    assert {"gateway.predict", "gateway.health", "gateway.v2", "gateway.explain", "gateway.embed"} <= routers
+    crossing = [f"{a} imports {b} (line {n})" for a in sorted(routers) for b, n in graph[a].items() if b in routers]
+    assert not crossing, "routers importing routers: " + "; ".join(crossing)
+
+
+def module_text(name: str) -> str:
+    return (ROOT / (name.replace(".", "/") + ".py")).read_text()
