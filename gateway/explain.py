@@ -16,7 +16,7 @@ from gateway import schemas
 from gateway.deps import Authenticated, InferenceDep, RendersDep
 from gateway.ranking import MAX_TOP_K, RankOptions, ranked
 from gateway.service import model_block
-from handlers.contract import Explanation, ItemAnswer
+from handlers.contract import CLASSES, Explanation, ItemAnswer
 
 router = APIRouter()
 MAX_SIDE = 1024  # the PNG's longer side at most
@@ -32,7 +32,8 @@ class ExplainOptions:
 async def explain_options(
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="number of classes to explain")] = 5,
     class_id: Annotated[
-        int | None, Query(ge=0, le=999, description="also explain this class; the PNG shows it instead of the top-1")
+        int | None,
+        Query(ge=0, le=CLASSES - 1, description="also explain this class; the PNG shows it instead of the top-1"),
     ] = None,
     format: Annotated[Literal["json", "png"], Query(description="json: the grids; png: the overlay")] = "json",
 ) -> ExplainOptions:

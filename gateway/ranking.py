@@ -17,10 +17,9 @@ from fastapi import Query
 from gateway.deps import UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
-from handlers.contract import ItemAnswer, Prediction
+from handlers.contract import CLASSES, ItemAnswer, Prediction
 
 MAX_TOP_K = 20
-ALL_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class RankOptions:
     @property
     def upstream_top_k(self) -> int:
         """How many scores to ask TorchServe for: all of them when renormalising over an allow-list."""
-        return ALL_CLASSES if self.classes else self.top_k
+        return CLASSES if self.classes else self.top_k
 
 
 def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:

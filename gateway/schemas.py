@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from gateway.problems import PROBLEM_JSON, problem_schema
-from handlers.contract import MODEL_NAME
+from handlers.contract import CLASSES, MODEL_NAME
 
 UNTRAINED_NOTE = "true when the archive was built with random weights: predictions are then meaningless"
 
@@ -23,7 +23,7 @@ class ModelBlock(BaseModel):
 
 class Ranked(BaseModel):
     rank: int = Field(ge=1)
-    class_id: int = Field(ge=0, le=999)
+    class_id: int = Field(ge=0, le=CLASSES - 1)
     label: str
     score: float = Field(ge=0, le=1)
 
@@ -98,7 +98,7 @@ class ModelInfo(BaseModel):
 
 
 class ClassMap(BaseModel):
-    class_id: int = Field(ge=0, le=999)
+    class_id: int = Field(ge=0, le=CLASSES - 1)
     label: str
     score: float = Field(ge=0, le=1)
     cam: list[list[float]] = Field(description="7x7 class activation map (rows top to bottom), >= 0, unnormalised")

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from handlers.bounds import MAX_PIXELS
 from handlers.contract import MODEL_NAME
 
 
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
     # Inputs
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="per image")
     max_batch_files: int = Field(32, ge=1)
-    max_pixels: int = Field(40_000_000, ge=1, description="decoded pixel limit (decompression bombs)")
+    max_pixels: int = Field(MAX_PIXELS, ge=1, description="decoded pixel limit (decompression bombs)")
     max_side: int = Field(20_000, ge=1, description="largest accepted width or height")
     max_buffered_bytes: int = Field(
         384 * 1024 * 1024,

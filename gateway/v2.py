@@ -36,7 +36,7 @@ from gateway.settings import Settings
 from gateway.uploads import reserve_body
 from gateway.validation import ENVELOPE_BYTES, CheckedImage, check_image, read_capped
 from gateway.vectors import floats
-from handlers.contract import ItemAnswer, ModelBlock, ModelDescription
+from handlers.contract import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelBlock, ModelDescription
 
 PREFIX = "/v2"
 router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
@@ -44,8 +44,6 @@ HEADER_LENGTH = "inference-header-content-length"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 EMBEDDING_NAME = "embedding"
-LABELS = 1000
-EMBEDDING_SIZE = 2048
 # Bytes held for each byte of a body, in the body budget: the images split out of it, and the body itself
 # or (JSON) its base64 text while they are decoded.
 BODY_COPIES = 2
@@ -63,7 +61,7 @@ def served_version(model: ModelBlock) -> str:
 
 def metadata(model_name: str, model: ModelDescription) -> dict[str, Any]:
     """v2 metadata of what is served: `model` is the handler's description (version, engine, outputs)."""
-    outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, LABELS]}]
+    outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, CLASSES]}]
     if "embedding" in (model.get("outputs") or []):  # archives built before embeddings have none
         outputs.append({"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, EMBEDDING_SIZE]})
     return {
@@ -155,8 +153,8 @@ def classification_k(output: dict[str, Any]) -> int | None:
     k = (output.get("parameters") or {}).get("classification")
     if k is None or output["name"] == EMBEDDING_NAME:
         return None
-    if not isinstance(k, int) or not 1 <= k <= LABELS:
-        raise bad(f"classification must be an integer from 1 to {LABELS}")
+    if not isinstance(k, int) or not 1 <= k <= CLASSES:
+        raise bad(f"classification must be an integer from 1 to {CLASSES}")
     return k
 
 
@@ -171,11 +169,11 @@ def encode_output(output: dict[str, Any], results: list[ItemAnswer]) -> tuple[di
         values = floats(raw)
         tensor = {"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [len(results), EMBEDDING_SIZE]}
     elif k is None:
-        scores = [0.0] * (len(results) * LABELS)
+        scores = [0.0] * (len(results) * CLASSES)
         for row, result in enumerate(results):
             for p in result["predictions"]:
-                scores[row * LABELS + p["class_id"]] = p["score"]
-        tensor = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), LABELS]}
+                scores[row * CLASSES + p["class_id"]] = p["score"]
+        tensor = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), CLASSES]}
         raw = struct.pack(f"<{len(scores)}f", *scores)
         values = scores
     else:
@@ -246,7 +244,7 @@ async def infer(
     caller.charge_images(len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
-    top_k = max([(classification_k(o) or LABELS) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
+    top_k = max([(classification_k(o) or CLASSES) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
     checked: list[CheckedImage] = []
     for index, data in enumerate(images):
         if len(data) > settings.max_upload_bytes:

@@ -26,7 +26,8 @@ from typing import Literal
 RESIZE_SIZE = 232  # the shorter side after torchvision's Resize for ResNet50_Weights.IMAGENET1K_V2
 MAX_ASPECT_RATIO = 200  # longer side / shorter side
 MAX_JPEG_SCANS = 100  # start-of-scan markers before the end of the image
-MAX_SCAN_PIXELS = 16 * 40_000_000  # scans x width x height
+MAX_PIXELS = 40_000_000  # the default decoded-pixel limit of the gateway (GATEWAY_MAX_PIXELS) and the archive
+MAX_SCAN_PIXELS = 16 * MAX_PIXELS  # scans x width x height
 MAX_READS = 20_000  # file reads by Pillow to open and decode one image
 
 # 0xFF then a marker code: not a stuffed 0x00, a fill 0xFF or a restart marker (0xD0-0xD7), the only

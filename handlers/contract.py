@@ -15,6 +15,8 @@ import re
 from typing import NotRequired, TypedDict
 
 MODEL_NAME = "resnet50"  # the archive's name, TorchServe's /predictions/<name>, v2's /v2/models/<name>
+CLASSES = 1000  # ImageNet's classes: class ids 0 to CLASSES - 1
+EMBEDDING_SIZE = 2048  # the pooled vector of /v1/embed and v2's `embedding` output
 
 
 class ImageFormat(TypedDict):

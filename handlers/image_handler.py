@@ -52,6 +52,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from handlers.bounds import MAX_PIXELS
 from handlers.contract import Explanation, Geometry, ItemAnswer, ModelBlock, ModelDescription, Prediction
 from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, load_engine
 from handlers.imaging import ImageError, decode, preprocess
@@ -62,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "engine": "onnx",
-    "max_pixels": 40_000_000,
+    "max_pixels": MAX_PIXELS,
     "default_top_k": 5,
     "max_top_k": 1000,
     "spinning": True,
