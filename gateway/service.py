@@ -25,9 +25,9 @@ from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
 from gateway.validation import CheckedImage
-from handlers.contract import ItemAnswer
+from handlers.contract import CAM, EMBEDDING, EXPLAIN_CLASSES_HEADER, OUTPUT_HEADER, ItemAnswer
 
-EMBEDDING = {"X-Output": "embedding"}  # the handler's extras, asked for in X-Output (handlers/image_handler.py)
+EMBEDDING_OUTPUT = {OUTPUT_HEADER: EMBEDDING}  # the handler's extras, asked for in its OUTPUT_HEADER
 
 
 class ServedModel(TypedDict):
@@ -104,19 +104,19 @@ class Inference:
         return await self.ask(image, top_k)
 
     async def embed(self, image: CheckedImage) -> Asked:
-        return await self.ask(image, 1, EMBEDDING)
+        return await self.ask(image, 1, EMBEDDING_OUTPUT)
 
     async def explain(self, image: CheckedImage, top_k: int, class_id: int | None) -> Asked:
         """The scores with the class activation maps of the top `top_k` classes, and of `class_id` if given."""
-        headers = {"X-Output": "cam"}
+        headers = {OUTPUT_HEADER: CAM}
         if class_id is not None:
-            headers["X-Explain-Classes"] = str(class_id)
+            headers[EXPLAIN_CLASSES_HEADER] = str(class_id)
         return await self.ask(image, top_k, headers)
 
     async def classify_all(self, images: list[CheckedImage], top_k: int, embedding: bool) -> list[ItemAnswer]:
         """Several checked images at once (v2's tensor: one failure fails the request), with their embeddings
         if asked for."""
-        extra = EMBEDDING if embedding else None
+        extra = EMBEDDING_OUTPUT if embedding else None
         asked = await asyncio.gather(*(self.ask(image, top_k, extra) for image in images))
         self.classified(len(asked))
         return [each.answer for each in asked]

@@ -36,7 +36,7 @@ import aiohttp
 from gateway.metrics import Metrics
 from gateway.problems import Problem
 from gateway.settings import Settings
-from handlers.contract import ItemAnswer, ModelDescription
+from handlers.contract import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription
 from modelserver.torchserve_keys import MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
@@ -163,8 +163,8 @@ class TorchServeClient:
         """The handler's 200 body for one image, or a Problem. `extra_headers` ask for more (X-Output)."""
         url = f"{self.settings.inference_url}/predictions/{self.settings.model_name}"
         headers = {
-            "X-Top-K": str(top_k),
-            "X-Request-ID": request_id,
+            TOP_K_HEADER: str(top_k),
+            REQUEST_ID_HEADER: request_id,
             "Content-Type": "application/octet-stream",
             **(extra_headers or {}),
         }

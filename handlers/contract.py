@@ -18,6 +18,13 @@ MODEL_NAME = "resnet50"  # the archive's name, TorchServe's /predictions/<name>,
 CLASSES = 1000  # ImageNet's classes: class ids 0 to CLASSES - 1
 EMBEDDING_SIZE = 2048  # the pooled vector of /v1/embed and v2's `embedding` output
 
+# What the gateway asks of the handler, per image, in request headers (TorchServe passes them through)
+TOP_K_HEADER = "X-Top-K"  # how many classes to return
+OUTPUT_HEADER = "X-Output"  # comma-separated extras: EMBEDDING and/or CAM
+EXPLAIN_CLASSES_HEADER = "X-Explain-Classes"  # with CAM: class ids to map besides the top-k
+REQUEST_ID_HEADER = "X-Request-ID"  # echoed in the answer and the worker's log
+EMBEDDING, CAM = "embedding", "cam"
+
 
 class ImageFormat(TypedDict):
     """One accepted format: its name as Pillow reports it, its magic bytes and its usual file suffixes."""

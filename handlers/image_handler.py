@@ -53,7 +53,20 @@ from typing import Any, Protocol
 import numpy as np
 
 from handlers.bounds import MAX_PIXELS
-from handlers.contract import Explanation, Geometry, ItemAnswer, ModelBlock, ModelDescription, Prediction
+from handlers.contract import (
+    CAM,
+    EMBEDDING,
+    EXPLAIN_CLASSES_HEADER,
+    OUTPUT_HEADER,
+    REQUEST_ID_HEADER,
+    TOP_K_HEADER,
+    Explanation,
+    Geometry,
+    ItemAnswer,
+    ModelBlock,
+    ModelDescription,
+    Prediction,
+)
 from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, load_engine
 from handlers.imaging import ImageError, decode, preprocess
 from handlers.maps import class_maps, crop_in_original, encode_vector, l2_normalised
@@ -72,13 +85,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-EXTRAS = {"embedding": "pooled", "cam": "features"}  # what a request may ask for → the graph output it needs
+EXTRAS = {EMBEDDING: "pooled", CAM: "features"}  # what a request may ask for → the graph output it needs
 # INT8's layer4 map is too coarse for class activation maps: against fp32 on the test model's 12 photos the
 # maps' correlation was 0.25-0.94 and the peak cell moved in 9 of 12, while its pooled vector stayed within
 # cosine 0.98 of fp32's (measured 0.985-0.989). So INT8 gives embeddings and refuses maps.
 WITHHELD = {
     "onnx-int8": {
-        "cam": "the INT8 engine's layer4 map is too coarse for class activation maps; "
+        CAM: "the INT8 engine's layer4 map is too coarse for class activation maps; "
         "serve the fp32 engine (onnx) for explanations"
     }
 }
@@ -172,7 +185,7 @@ class ImageClassifierHandler:
         self.initialized = True
 
     def _top_k(self, context: Context, idx: int) -> int:
-        raw = context.get_request_header(idx, "X-Top-K")
+        raw = context.get_request_header(idx, TOP_K_HEADER)
         if raw is None:
             return int(self.settings["default_top_k"])
         limit = int(self.settings["max_top_k"])
@@ -190,14 +203,14 @@ class ImageClassifierHandler:
         return [
             extra
             for extra, output in EXTRAS.items()
-            if output in have and extra not in withheld and (extra != "cam" or self.fc_weight is not None)
+            if output in have and extra not in withheld and (extra != CAM or self.fc_weight is not None)
         ]
 
     def _extras(self, context: Context, idx: int) -> tuple[frozenset[str], tuple[int, ...]]:
-        raw = context.get_request_header(idx, "X-Output") or ""
+        raw = context.get_request_header(idx, OUTPUT_HEADER) or ""
         extras = {part.strip() for part in raw.split(",") if part.strip()}
         if context.get_request_header(idx, "explain") == "True":  # TorchServe's explanations API
-            extras.add("cam")
+            extras.add(CAM)
         supported = self.supported_extras()
         if unknown := sorted(extras - set(supported) - set(EXTRAS)):
             raise ImageError("bad_output", f"unknown X-Output {', '.join(unknown)}; ask for embedding or cam")
@@ -205,7 +218,7 @@ class ImageClassifierHandler:
             reasons = WITHHELD.get(self.engine.name, {})
             why = "; ".join(reasons.get(extra, f"this archive's model has no {extra} output") for extra in unavailable)
             raise ImageError("unsupported_output", f"{', '.join(unavailable)} not available: {why}")
-        raw_classes = context.get_request_header(idx, "X-Explain-Classes") or ""
+        raw_classes = context.get_request_header(idx, EXPLAIN_CLASSES_HEADER) or ""
         try:
             classes = tuple(int(part) for part in raw_classes.split(",") if part.strip())
         except ValueError:
@@ -222,7 +235,7 @@ class ImageClassifierHandler:
             k = self._top_k(context, idx)
             extras, classes = self._extras(context, idx)
             # A map is placed on the original's pixels: decode it whole, never at a reduced JPEG scale.
-            jpeg_draft = 1 if "cam" in extras else int(self.settings["jpeg_draft"])
+            jpeg_draft = 1 if CAM in extras else int(self.settings["jpeg_draft"])
             with self.timings.timed(PREPROCESS):
                 image = decode(bytes(payload), int(self.settings["max_pixels"]), jpeg_draft)
                 tensor = preprocess(image)
@@ -279,16 +292,16 @@ class ImageClassifierHandler:
 
     def postprocess(self, outputs: Outputs, batch: Batch, context: Context, size: int) -> list[ItemAnswer]:
         answers: list[ItemAnswer] = [
-            {"request_id": context.get_request_header(idx, "X-Request-ID"), "model": self.model_block}
+            {"request_id": context.get_request_header(idx, REQUEST_ID_HEADER), "model": self.model_block}
             for idx in range(size)
         ]
         for row, (idx, item) in enumerate(zip(batch.positions, batch.items, strict=True)):
             answer, scores = answers[idx], outputs.probabilities[row]
             top = [int(c) for c in np.argsort(-scores, kind="stable")[: item.top_k]]
             answer["predictions"] = [self._prediction(c, scores) for c in top]
-            if "embedding" in item.extras:
+            if EMBEDDING in item.extras:
                 answer["embedding"] = encode_vector(l2_normalised(outputs.extra["pooled"][row]))
-            if "cam" in item.extras:
+            if CAM in item.extras:
                 features = outputs.extra["features"][row]
                 answer["explanations"], answer["geometry"] = self.class_activation_maps(item, features, scores, top)
         for idx, err in batch.errors.items():
