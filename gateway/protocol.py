@@ -112,12 +112,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # httptools' stub says BaseTransport; uvicorn passes a Transport
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # asyncio types it BaseTransport; uvicorn's protocol (and the event loop) hand a Transport
         self._transport = transport
         self.lingering = False
         self._linger_timer: asyncio.TimerHandle | None = None
         self._answered_early = False  # the current answer began before its request's body had all arrived
-        super().connection_made(ClosingHook(transport, self))  # type: ignore[arg-type]  # a Transport by duck typing
+        super().connection_made(ClosingHook(transport, self))  # type: ignore[arg-type]  # ClosingHook wraps the Transport and forwards every call: one by duck typing
         self._heads = 0  # request heads parsed on this connection
         self._messages = 0  # requests parsed to their end
         self._keep_alive = True  # whether the last request parsed to its end lets the connection go on
