@@ -24,6 +24,10 @@ ERROR_SHAPES: tuple[tuple[str, ErrorShape], ...] = (
 )
 
 
+# Refusals of a caller (401, 429) or a probe's answer while draining (503): no image was judged.
+NOT_ABOUT_AN_IMAGE = frozenset({"unauthorized", "rate-limited", "draining"})
+
+
 def shape_of(path: str) -> ErrorShape:
     """The error shape of the protocol that `path` belongs to."""
     return next(shape for prefix, shape in ERROR_SHAPES if path.startswith(prefix))
@@ -39,11 +43,8 @@ def install(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, problem: Problem) -> Response:
-        if problem.status < 500 and problem.slug not in ("unauthorized", "rate-limited"):
-            metrics.rejected.labels(problem.slug).inc()
-            metrics.images.labels("rejected").inc()
-        elif problem.status >= 500 and problem.slug != "draining":  # a probe's answer, not an image's
-            metrics.images.labels("failed").inc()
+        if problem.slug not in NOT_ABOUT_AN_IMAGE:
+            metrics.image_refused(problem.status, problem.slug)
         return error_response(request, problem)
 
     @app.exception_handler(RequestValidationError)

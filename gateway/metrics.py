@@ -65,3 +65,12 @@ class Metrics:
         )
         self.draining = Gauge("gateway_draining", "1 while this gateway drains, else 0", registry=self.registry)
         self.draining.set_function(lambda: float(draining()))
+
+    def image_refused(self, status: int, reason: str) -> None:
+        """One image not classified: rejected (a client's mistake, below 500, counted by its problem type
+        `reason`) or failed (the service's)."""
+        if status < 500:
+            self.rejected.labels(reason).inc()
+            self.images.labels("rejected").inc()
+        else:
+            self.images.labels("failed").inc()

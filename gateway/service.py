@@ -138,10 +138,7 @@ class Inference:
         try:
             answer = await work(await uploads.batch_image(upload, self.settings))
         except Problem as problem:
-            outcome = "rejected" if problem.status < 500 else "failed"
-            self.metrics.images.labels(outcome).inc()
-            if outcome == "rejected":
-                self.metrics.rejected.labels(problem.slug).inc()
+            self.metrics.image_refused(problem.status, problem.slug)
             return {"filename": filename, "error": problem.body(self.request_id)}
         self.classified()
         return {"filename": filename, **answer}
