@@ -7,17 +7,11 @@ AMX where present; without either (AVX2 only), ONNX Runtime's int8 kernels gain 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TypedDict
 
-# what we report → the /proc/cpuinfo flags that imply it
-FEATURES = {
-    "AVX2": ("avx2",),
-    "AVX-512": ("avx512f",),
-    "VNNI": ("avx512_vnni", "avx_vnni"),
-    "BF16": ("avx512_bf16",),
-    "AMX": ("amx_tile", "amx_int8", "amx_bf16"),
-}
+from handlers.cpu_features import CPUINFO, FEATURES, features, first_processor
+
+__all__ = ["FEATURES", "Cpu", "describe", "kind", "line", "this_cpu"]
 
 
 class Cpu(TypedDict):
@@ -29,21 +23,13 @@ class Cpu(TypedDict):
 
 def describe(cpuinfo: str) -> Cpu:
     """Model name and features from the text of /proc/cpuinfo (the first processor's entry)."""
-    fields: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        if not line.strip():
-            if fields:
-                break
-            continue
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    flags = set(fields.get("flags", "").split())
-    features = {name: any(flag in flags for flag in implied) for name, implied in FEATURES.items()}
+    fields = first_processor(cpuinfo)
+    have = features(frozenset(fields.get("flags", "").split()))
     return {
         "model": fields.get("model name", "unknown"),
         "cpus": os.cpu_count(),
-        "features": features,
-        "kind": kind(features),
+        "features": have,
+        "kind": kind(have),
     }
 
 
@@ -57,8 +43,7 @@ def kind(features: dict[str, bool]) -> str:
 
 
 def this_cpu() -> Cpu:
-    path = Path("/proc/cpuinfo")
-    return describe(path.read_text() if path.exists() else "")
+    return describe(CPUINFO.read_text() if CPUINFO.exists() else "")
 
 
 def line(cpu: Cpu) -> str:
