@@ -104,6 +104,14 @@ class ModelDescription(ModelBlock):
     labels: int  # how many classes
     label_names: list[str]  # by class id
     int8_gate: dict[str, object] | None  # the INT8 archive's accuracy gate against fp32 (modelserver/quantize.py)
+    # How the worker that answered chose its engine on its CPU (handlers/engine_start.py; absent from older
+    # archives' handlers): what the engine computes in (fp32, bf16, int8), the precision policy it was allowed
+    # (exact, near-fp32, int8), the instruction sets the choice saw, and the choice itself: the engine asked
+    # for, the ones skipped and refused (with their gate against fp32), the served one's verdict.
+    precision: NotRequired[str]
+    precision_policy: NotRequired[str]
+    cpu_features: NotRequired[list[str]]
+    engine_choice: NotRequired[dict[str, object]]
     outputs: list[str]  # the X-Output extras this archive serves: embedding, cam
     max_pixels: int
     default_top_k: int
