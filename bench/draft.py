@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from handlers.engines import OnnxEngine
-from handlers.image_handler import softmax
+from handlers.engines import OnnxEngine, softmax
+from handlers.gate import compare
 from handlers.imaging import JPEG_DRAFT_CHOICES, decode, preprocess
-from modelserver.quantize import compare
 
 LIMIT = 10**9
 

@@ -3,7 +3,7 @@
 # gets: python:3.11-slim-bookworm and PyTorch's CPU index. Only where those are unreachable (said so on
 # stderr) does it fall back to a stand-in base made from Debian packages (docker/base-image.sh) and to the
 # CPU torch wheel of a local find-links directory (TORCH_WHEELS, default /opt/wheels), served to the build
-# over loopback. Settings (environment): WEIGHTS (imagenet|random|PATH of a state dict), ENGINE (onnx|onnx-int8|eager), SERVE_IMAGE,
+# over loopback. Settings (environment): WEIGHTS (imagenet|random|PATH of a state dict), ENGINE (onnx|onnx-int8|openvino-fp32|openvino-bf16|openvino-int8|eager|auto), SERVE_IMAGE,
 # GATEWAY_IMAGE, PYTHON_IMAGE (skip the probe), TORCH_WHEELS, TORCH_WHEELS_PORT (8765). WEIGHTS=imagenet without a way to
 # download.pytorch.org falls back to random weights with a warning, as `make mar` does.
 set -euo pipefail

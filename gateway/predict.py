@@ -57,5 +57,5 @@ async def predict_batch(caller: Authenticated, options: Ranking, service: Infere
 async def models(_: Authenticated, upstream: UpstreamDep) -> dict[str, Any]:
     info = await upstream.model_info()
     readiness = await upstream.readiness()
-    fields = ("name", "version", "weights", "untrained", "labels", "engine", "int8_gate", "outputs")
+    fields = schemas.ModelInfo.model_fields.keys() - {"workers_ready"}
     return {"models": [{**{k: info.get(k) for k in fields}, "workers_ready": readiness.workers_ready}]}

@@ -94,6 +94,19 @@ class ModelInfo(BaseModel):
     outputs: list[str] | None = Field(
         None, description="what the model gives besides scores: embedding (/v1/embed), cam (/v1/explain)"
     )
+    precision: str | None = Field(None, description="what the served engine computes in: fp32, bf16 or int8")
+    precision_policy: str | None = Field(
+        None, description="what the worker was allowed to serve: exact (fp32), near-fp32 (bf16 too), int8 (INT8 too)"
+    )
+    cpu_features: list[str] | None = Field(
+        None, description="the instruction sets the serving CPU has that decide the engine (AVX2, VNNI, BF16, AMX)"
+    )
+    engine_choice: dict[str, Any] | None = Field(
+        None,
+        description="how the worker that answered chose its engine on its CPU: the engine asked for (or auto), the "
+        "ones skipped and why, the ones refused by the gate against fp32 (with the measurement), and the served "
+        "one's gate verdict; each worker decides alone",
+    )
     workers_ready: int
 
 

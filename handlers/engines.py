@@ -1,9 +1,12 @@
 """Inference engines: a batch of preprocessed images (N, 3, 224, 224) float32 → logits (N, 1000).
 
-ONNX Runtime fp32 is the default (its accuracy is the published one); `onnx-int8` runs the statically
-quantised copy the build makes (`model.int8.onnx`, checked against fp32 by the build's accuracy gate),
-several times faster on CPUs with AVX-512 VNNI; PyTorch eager is kept selectable for parity checks.
-torch is imported only by the eager engine, so the ONNX paths do not pay for it.
+ONNX Runtime fp32 (`onnx`) is the default and the reference (its accuracy is the published one); `onnx-int8`
+runs the statically quantised copy the build makes (`model.int8.onnx`, checked against fp32 by the build's
+accuracy gate), several times faster on CPUs with AVX-512 VNNI. OpenVINO compiles the same two graphs:
+`openvino-fp32` and `openvino-bf16` the fp32 graph with an explicit inference precision (bf16 needs AVX-512
+BF16 or AMX in hardware: handlers/engine_choice.py never offers it elsewhere), `openvino-int8` the QDQ graph,
+which it runs in int8. PyTorch eager is kept selectable for parity checks. torch is imported only by the
+eager engine and openvino only by its engines, so the other paths do not pay for them.
 
 Besides the logits, each engine gives layer4's feature map and the pooled vector (OUTPUTS) through
 `run_outputs`, for class activation maps and embeddings; `run` fetches the logits alone.
@@ -23,12 +26,26 @@ ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
 STATE_DICT_FILE = f"{MODEL_NAME}.pth"  # the eager engine's weights; the archive's files are named after the model
 ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": INT8_ONNX_FILE}
-ENGINES = (*ONNX_FILES, "eager")
+# OpenVINO's engines: the graph each compiles and the inference precision it is compiled at.
+OPENVINO = {
+    "openvino-fp32": (ONNX_FILE, "f32"),
+    "openvino-bf16": (ONNX_FILE, "bf16"),
+    "openvino-int8": (INT8_ONNX_FILE, "f32"),
+}
+ENGINES = (*ONNX_FILES, *OPENVINO, "eager")
 # The graph's outputs: logits (N, 1000), layer4's map (N, 2048, 7, 7), its global average (N, 2048).
 OUTPUTS = ("logits", "features", "pooled")
 FC_WEIGHT_FILE = "fc_weight.npy"  # the final layer's weight (1000, 2048) float32, for class activation maps
 
 Floats = npt.NDArray[np.float32]  # what goes in (the preprocessed batch) and what comes out
+
+
+def softmax(logits: Floats) -> Floats:
+    """Probabilities from an engine's logits, per row."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities: Floats = exp / exp.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 class Engine(Protocol):
@@ -70,6 +87,37 @@ class OnnxEngine:
         return outputs
 
 
+class OpenVinoEngine:
+    """OpenVINO on the CPU, one stream of `threads` threads per worker. The QDQ graph's quantised layers run
+    in int8 whatever the hint; its hint is f32 so the layers the build left in fp32 (the classifier) stay so."""
+
+    def __init__(self, model_dir: Path, threads: int, name: str, pinning: bool = False) -> None:
+        import openvino as ov
+
+        self.name = name
+        graph, precision = OPENVINO[name]
+        config = {
+            "INFERENCE_PRECISION_HINT": precision,
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,  # one batch at a time per worker; TorchServe's workers are the parallelism
+            "PERFORMANCE_HINT": "LATENCY",
+            # Each worker would pin its threads from the first core on: two single-threaded workers would
+            # share one core. Off unless the archive asks for it (one worker owning the machine).
+            "ENABLE_CPU_PINNING": pinning,
+        }
+        self._compiled = ov.Core().compile_model(str(model_dir / graph), "CPU", config)
+        self._request = self._compiled.create_infer_request()
+        self.outputs = tuple(output.get_any_name() for output in self._compiled.outputs)
+
+    def run(self, batch: Floats) -> Floats:
+        return self.run_outputs(batch, ["logits"])[0]
+
+    def run_outputs(self, batch: Floats, names: list[str]) -> list[Floats]:
+        results = self._request.infer({0: batch})
+        # The request's output tensors are reused by its next inference: copy what is returned.
+        return [np.array(results[self._compiled.output(name)], dtype=np.float32) for name in names]
+
+
 class EagerEngine:
     name = "eager"
     outputs: tuple[str, ...] = OUTPUTS
@@ -99,10 +147,12 @@ class EagerEngine:
         return [produced[name].numpy() for name in names]
 
 
-def load_engine(kind: str, model_dir: Path, threads: int, spinning: bool = True) -> Engine:
+def load_engine(kind: str, model_dir: Path, threads: int, spinning: bool = True, pinning: bool = False) -> Engine:
     """Build the engine named `kind` from the artefacts in `model_dir`."""
     if kind in ONNX_FILES:
         return OnnxEngine(model_dir, threads, spinning, kind)
+    if kind in OPENVINO:
+        return OpenVinoEngine(model_dir, threads, kind, pinning)
     if kind == "eager":
         return EagerEngine(model_dir, threads)
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

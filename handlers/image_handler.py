@@ -33,8 +33,11 @@ and settings as `customizedMetadata` (TorchServe's custom describe, contract.Mod
 /v1/models uses it).
 
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine`
-(onnx|onnx-int8|eager), `max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided
-by the workers), `spinning` (ONNX Runtime's busy-waiting intra-op threads), `decode_threads` (the images
+(onnx|onnx-int8|openvino-fp32|openvino-bf16|openvino-int8|eager, or auto), `precision` (the precision policy:
+exact|near-fp32|int8, overridden by the environment's ENGINE_PRECISION; the engine actually served is chosen
+and gated on this worker's CPU by handlers/engine_start.py), `pinning` (OpenVINO's thread pinning),
+`max_pixels`, `default_top_k`, `max_top_k`, `threads` (default: the cores divided by the workers), `spinning`
+(ONNX Runtime's busy-waiting intra-op threads), `decode_threads` (the images
 of a batch are decoded and preprocessed concurrently by this many threads; Pillow releases the GIL),
 `jpeg_draft` (1: every image decoded in full, exactly as the reference pipeline; 2, 4 or 8: JPEGs may be
 decoded at reduced scale, down to 1/n, faster and no longer exact; see handlers/imaging.py).
@@ -67,7 +70,10 @@ from handlers.contract import (
     ModelDescription,
     Prediction,
 )
-from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, load_engine
+from handlers.cpu_features import this_cpu_flags
+from handlers.engine_choice import POLICIES
+from handlers.engine_start import Started, count_refusals, log_start, start
+from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, softmax
 from handlers.imaging import ImageError, decode, preprocess
 from handlers.maps import class_maps, crop_in_original, encode_vector, l2_normalised
 from handlers.timing import INFERENCE, PREPROCESS, Timings
@@ -76,6 +82,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "engine": "onnx",
+    "precision": POLICIES[-1],  # no bound beyond the engine named (an archive from before the policy)
+    "pinning": False,
     "max_pixels": MAX_PIXELS,
     "default_top_k": 5,
     "max_top_k": 1000,
@@ -88,13 +96,13 @@ DEFAULTS: dict[str, Any] = {
 EXTRAS = {EMBEDDING: "pooled", CAM: "features"}  # what a request may ask for → the graph output it needs
 # INT8's layer4 map is too coarse for class activation maps: against fp32 on the test model's 12 photos the
 # maps' correlation was 0.25-0.94 and the peak cell moved in 9 of 12, while its pooled vector stayed within
-# cosine 0.98 of fp32's (measured 0.985-0.989). So INT8 gives embeddings and refuses maps.
-WITHHELD = {
-    "onnx-int8": {
-        CAM: "the INT8 engine's layer4 map is too coarse for class activation maps; "
-        "serve the fp32 engine (onnx) for explanations"
-    }
-}
+# cosine 0.98 of fp32's (measured 0.985-0.989). So INT8 gives embeddings and refuses maps. bf16 serves maps
+# only where its worker-start map check passes (handlers/engine_start.py).
+INT8_MAPS = (
+    "the INT8 engine's layer4 map is too coarse for class activation maps; "
+    "serve the fp32 engine (onnx) for explanations"
+)
+WITHHELD = {"onnx-int8": {CAM: INT8_MAPS}, "openvino-int8": {CAM: INT8_MAPS}}
 Request = dict[str, Any]  # one item of TorchServe's batch: the image under "data" or "body", as TorchServe read it
 
 
@@ -137,13 +145,6 @@ class Outputs:
     extra: dict[str, Floats] = field(default_factory=dict)
 
 
-def softmax(logits: Floats) -> Floats:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    probabilities: Floats = exp / exp.sum(axis=1, keepdims=True)
-    return probabilities
-
-
 class ImageClassifierHandler:
     def __init__(self) -> None:
         self.initialized = False
@@ -153,6 +154,8 @@ class ImageClassifierHandler:
         self.settings: dict[str, Any] = dict(DEFAULTS)  # the archive's handler block over DEFAULTS
         self.decoders: ThreadPoolExecutor | None = None
         self.int8_gate: dict[str, Any] | None = None
+        self.started: Started
+        self.withheld: dict[str, str] = {}  # extra → why this worker's engine does not serve it
         self.fc_weight: Floats | None = None
         self.timings = Timings(None)
 
@@ -166,10 +169,16 @@ class ImageClassifierHandler:
         metadata = json.loads((model_dir / "metadata.json").read_text())
         labels = json.loads((model_dir / "index_to_name.json").read_text())
         self.labels = [labels[str(i)] for i in range(len(labels))]
-        self.engine = load_engine(self.settings["engine"], model_dir, threads, bool(self.settings["spinning"]))
+        self.started = start(
+            model_dir, self.settings, bool(metadata["untrained"]), threads, os.environ, this_cpu_flags()
+        )
+        self.engine = self.started.engine
+        self.withheld = dict(WITHHELD.get(self.engine.name, {}))
+        if self.started.maps_withheld:
+            self.withheld[CAM] = self.started.maps_withheld
         decode_threads = int(self.settings["decode_threads"])
         self.decoders = ThreadPoolExecutor(decode_threads, "decode") if decode_threads > 1 else None
-        self.int8_gate = metadata.get("int8_gate") if self.engine.name == "onnx-int8" else None
+        self.int8_gate = metadata.get("int8_gate") if self.started.precision == "int8" else None
         if (model_dir / FC_WEIGHT_FILE).exists():
             self.fc_weight = np.load(model_dir / FC_WEIGHT_FILE)
         self.model_block = {
@@ -181,6 +190,8 @@ class ImageClassifierHandler:
         }
         if metadata["untrained"]:
             logger.warning("UNTRAINED MODEL: %s weights are random; predictions are meaningless", metadata["weights"])
+        log_start(self.started)
+        count_refusals(context, self.started.refused, metadata["model_name"])
         logger.info("initialized %s with %d thread(s)", self.model_block, threads)
         self.initialized = True
 
@@ -199,11 +210,11 @@ class ImageClassifierHandler:
 
     def supported_extras(self) -> list[str]:
         """What this archive's engine can add to an answer (an old archive's graph has the logits alone)."""
-        have, withheld = set(self.engine.outputs), WITHHELD.get(self.engine.name, {})
+        have = set(self.engine.outputs)
         return [
             extra
             for extra, output in EXTRAS.items()
-            if output in have and extra not in withheld and (extra != CAM or self.fc_weight is not None)
+            if output in have and extra not in self.withheld and (extra != CAM or self.fc_weight is not None)
         ]
 
     def _extras(self, context: Context, idx: int) -> tuple[frozenset[str], tuple[int, ...]]:
@@ -215,8 +226,9 @@ class ImageClassifierHandler:
         if unknown := sorted(extras - set(supported) - set(EXTRAS)):
             raise ImageError("bad_output", f"unknown X-Output {', '.join(unknown)}; ask for embedding or cam")
         if unavailable := sorted(extras - set(supported)):
-            reasons = WITHHELD.get(self.engine.name, {})
-            why = "; ".join(reasons.get(extra, f"this archive's model has no {extra} output") for extra in unavailable)
+            why = "; ".join(
+                self.withheld.get(extra, f"this archive's model has no {extra} output") for extra in unavailable
+            )
             raise ImageError("unsupported_output", f"{', '.join(unavailable)} not available: {why}")
         raw_classes = context.get_request_header(idx, EXPLAIN_CLASSES_HEADER) or ""
         try:
@@ -315,6 +327,10 @@ class ImageClassifierHandler:
             "labels": len(self.labels),
             "label_names": self.labels,
             "int8_gate": self.int8_gate,
+            "precision": self.started.precision,
+            "precision_policy": self.started.policy,
+            "cpu_features": self.started.cpu_features,
+            "engine_choice": self.started.record,
             "outputs": self.supported_extras(),
             "max_pixels": self.settings["max_pixels"],
             "default_top_k": self.settings["default_top_k"],

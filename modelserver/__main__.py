@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from handlers.engine_choice import AUTO, POLICIES, POLICY_ENV
 from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
 from modelserver.paths import DEFAULT_MAR, REPO_ROOT
@@ -66,6 +67,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
         jpeg_draft=args.jpeg_draft,
+        precision=args.precision,
     )
     thresholds = Thresholds(args.min_top1_agreement, args.min_top5_overlap, args.max_prob_diff)
     try:
@@ -206,9 +208,16 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
     build.add_argument(
         "--engine",
-        choices=ENGINES,
-        help="onnx (fp32, the default), onnx-int8 (quantised, gated against fp32) or eager; with --if-missing and "
-        "no --engine, an existing archive of any engine is kept",
+        choices=[*ENGINES, AUTO],
+        help="onnx (fp32, the default), onnx-int8 (quantised, gated against fp32), openvino-fp32, openvino-bf16, "
+        "openvino-int8, eager, or auto (the worker picks the fastest this CPU runs within --precision and gates it "
+        "at start; docs/model.md); with --if-missing and no --engine, an existing archive of any engine is kept",
+    )
+    build.add_argument(
+        "--precision",
+        choices=POLICIES,
+        help=f"the precision policy: exact (fp32), near-fp32 (bf16 too), int8 (INT8 too); default: the engine's own, "
+        f"near-fp32 for auto. {POLICY_ENV} in the workers' environment overrides it",
     )
     int8 = build.add_argument_group("onnx-int8", "calibration and the accuracy gate (docs/model.md, 'INT8 engine')")
     int8.add_argument(
@@ -244,7 +253,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
     evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
     source = evaluate.add_mutually_exclusive_group()  # the gateway's engine is the one it serves
-    source.add_argument("--engine", choices=ENGINES, help="override the archive's engine (in process)")
+    source.add_argument("--engine", choices=[*ENGINES, AUTO], help="override the archive's engine (in process)")
     source.add_argument("--gateway-url", help="evaluate the running service instead, e.g. http://127.0.0.1:8000")
     evaluate.add_argument("--api-key", help="the gateway's API key (default: API_KEY from the environment)")
     evaluate.add_argument("--output", type=Path, help="write the JSON report here instead of stdout")

@@ -1,12 +1,15 @@
 """Build `model_store/resnet50.mar`: weights → verified ONNX + state dict + labels + metadata + handler.
 
-    python -m modelserver build [--weights imagenet|random|PATH] [--sha256 HEX] [--engine onnx|onnx-int8|eager]
+    python -m modelserver build [--weights imagenet|random|PATH] [--sha256 HEX] [--engine ENGINE|auto]
+                                [--precision exact|near-fp32|int8]
 
 The ONNX export is checked against the eager model before anything is packaged; a model that fails the
-check is refused. With `--engine onnx-int8` the archive also carries the statically quantised model,
-which must pass the accuracy gate against fp32 (modelserver/quantize.py), else the build refuses. The
+check is refused. An engine that runs the INT8 model (`onnx-int8`, `openvino-int8`) and `auto` make the
+archive carry the statically quantised model, which must pass the accuracy gate against fp32
+(modelserver/quantize.py), else the build refuses. Every engine but fp32 `onnx` makes it carry the
+worker-start gate's set (handlers/gate.py): held-apart images, encoded, and fp32's outputs for them. The
 archive's model-config.yaml carries the serving defaults chosen by measurement (see docs/model.md, "Serving
-defaults").
+defaults") and the precision policy.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import torchvision
 import yaml
 
 from handlers.contract import MODEL_NAME
-from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
+from handlers.engine_choice import AUTO, FALLBACK, INT8_ENGINES, POLICIES, PRECISION
+from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE, OnnxEngine
+from handlers.gate import GATE_FILE, GateSet
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
-from handlers.imaging import JPEG_DRAFT_CHOICES
+from handlers.imaging import JPEG_DRAFT_CHOICES, decode, preprocess
+from handlers.maps import class_maps
 from modelserver import onnx_export
-from modelserver.calibration import image_sets
+from modelserver.calibration import gate_images, image_sets
 from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
 from modelserver.weights import IMAGENET, Weights, sha256_file
 
@@ -46,12 +52,32 @@ class ArchiveError(Exception):
 
 # Workers and batch size per engine, measured with `python -m bench.serving_defaults` (docs/model.md, "Serving
 # defaults"): INT8 serves more per CPU-second from two single-threaded workers (one decodes while the other
-# runs the model); fp32 keeps one two-threaded worker for its single-request latency.
+# runs the model); fp32 keeps one two-threaded worker for its single-request latency. OpenVINO's int8 and
+# bf16 take INT8's layout (one bf16 thread ran as fast as two on AMX, issue 26), fp32 fp32's; `auto` the
+# layout of the engines it prefers (int8, bf16). Not measured through TorchServe for OpenVINO yet.
 ENGINE_DEFAULTS: dict[str, dict[str, int]] = {
     "onnx": {"workers": 1, "batch_size": 8},
     "onnx-int8": {"workers": 2, "batch_size": 4},
+    "openvino-fp32": {"workers": 1, "batch_size": 8},
+    "openvino-bf16": {"workers": 2, "batch_size": 4},
+    "openvino-int8": {"workers": 2, "batch_size": 4},
+    AUTO: {"workers": 2, "batch_size": 4},
     "eager": {"workers": 1, "batch_size": 8},
 }
+# The precision policy an archive names by default: what its engine computes in; `auto`'s is near-fp32
+# (bf16 where the CPU has it, else fp32: answers stay within bf16's gate of fp32's), INT8 on request.
+DEFAULT_POLICY = {"fp32": "exact", "bf16": "near-fp32", "int8": "int8", AUTO: "near-fp32"}
+# Seconds TorchServe gives a worker to load: the engine's compilation plus its gate on GATE_IMAGES images
+# (measured in docs/model.md, "Engines": a few seconds on 2 vCPUs), with room for a busy machine.
+STARTUP_TIMEOUT_S = 120
+
+
+def needs_int8_model(engine: str) -> bool:
+    return engine in INT8_ENGINES or engine == AUTO
+
+
+def default_policy(engine: str) -> str:
+    return DEFAULT_POLICY[AUTO if engine == AUTO else PRECISION[engine]]
 
 
 @dataclass(frozen=True)
@@ -59,10 +85,12 @@ class ServingConfig:
     """What goes into the archive's model-config.yaml."""
 
     engine: str = HANDLER_DEFAULTS["engine"]
+    precision: str = "exact"  # the precision policy (handlers/engine_choice.py)
     workers: int = 1
     batch_size: int = 8
     max_batch_delay_ms: int = 5
     response_timeout_s: int = 30
+    startup_timeout_s: int = STARTUP_TIMEOUT_S
     max_pixels: int = HANDLER_DEFAULTS["max_pixels"]
     default_top_k: int = HANDLER_DEFAULTS["default_top_k"]
     max_top_k: int = HANDLER_DEFAULTS["max_top_k"]  # the gateway's /v1 allows 20; /v2 asks for all 1000
@@ -78,6 +106,7 @@ class ServingConfig:
         batch_size: int | None = None,
         max_batch_delay_ms: int | None = None,
         jpeg_draft: int | None = None,
+        precision: str | None = None,
     ) -> ServingConfig:
         """The engine's measured defaults, with the arguments that are not None."""
         if engine not in ENGINE_DEFAULTS:
@@ -85,6 +114,7 @@ class ServingConfig:
         defaults, plain = ENGINE_DEFAULTS[engine], cls()
         return cls(
             engine=engine,
+            precision=default_policy(engine) if precision is None else precision,
             workers=defaults["workers"] if workers is None else workers,
             batch_size=defaults["batch_size"] if batch_size is None else batch_size,
             max_batch_delay_ms=plain.max_batch_delay_ms if max_batch_delay_ms is None else max_batch_delay_ms,
@@ -92,8 +122,10 @@ class ServingConfig:
         )
 
     def as_yaml(self) -> dict[str, Any]:
-        if self.engine not in ENGINES:
+        if self.engine not in (*ENGINES, AUTO):
             raise ValueError(f"unknown engine {self.engine!r}")
+        if self.precision not in POLICIES:
+            raise ValueError(f"precision must be one of {POLICIES}, got {self.precision!r}")
         if self.jpeg_draft not in JPEG_DRAFT_CHOICES:
             raise ValueError(f"jpeg_draft must be one of {JPEG_DRAFT_CHOICES}, got {self.jpeg_draft!r}")
         return {
@@ -102,8 +134,10 @@ class ServingConfig:
             "batchSize": self.batch_size,
             "maxBatchDelay": self.max_batch_delay_ms,
             "responseTimeout": self.response_timeout_s,
+            "startupTimeout": self.startup_timeout_s,
             "handler": {
                 "engine": self.engine,
+                "precision": self.precision,
                 "max_pixels": self.max_pixels,
                 "default_top_k": self.default_top_k,
                 "max_top_k": self.max_top_k,
@@ -133,11 +167,22 @@ def metadata(
         "untrained": weights.untrained,
         "reference_acc1": weights.reference_acc1,
         "engine": config.engine,
+        "precision": config.precision,
         "onnx_max_abs_logit_diff": onnx_diff,
         "int8_gate": gate.as_dict() if gate else None,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
     }
+
+
+def reference_outputs(payload: Path, images: list[bytes], max_pixels: int) -> GateSet:
+    """fp32's outputs (ONNX Runtime, the reference engine) for the worker-start gate's images."""
+    engine = OnnxEngine(payload, os.cpu_count() or 1)
+    tensors = np.stack([preprocess(decode(data, max_pixels)) for data in images])
+    logits, pooled, features = engine.run_outputs(tensors, ["logits", "pooled", "features"])
+    weight = np.load(payload / FC_WEIGHT_FILE)
+    maps = np.stack([class_maps(f, weight, [int(c)])[0] for f, c in zip(features, logits.argmax(axis=1), strict=True)])
+    return GateSet(images, logits, pooled, maps)
 
 
 def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options) -> Path:
@@ -149,9 +194,11 @@ def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options
     onnx_export.export(weights.model, payload / ONNX_FILE)
     onnx_diff = onnx_export.verify(weights.model, payload / ONNX_FILE)
     gate = None
-    if config.engine == "onnx-int8":
+    if needs_int8_model(config.engine):
         sets = image_sets(int8.calibration)
         gate = quantize_and_gate(payload / ONNX_FILE, payload / INT8_ONNX_FILE, sets, int8.thresholds)
+    if config.engine != FALLBACK:
+        reference_outputs(payload, gate_images(int8.calibration), config.max_pixels).save(payload / GATE_FILE)
     labels = {str(i): name for i, name in enumerate(IMAGENET.meta["categories"])}
     (payload / "index_to_name.json").write_text(json.dumps(labels, indent=0))
     meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff, gate)

@@ -8,18 +8,25 @@ Two disjoint sets, both preprocessed exactly as the handler preprocesses a reque
   cat, a cup of coffee, a rocket, a motorcycle, coins, microscopy, textures...). CALIBRATION_PHOTOS
   calibrate, GATE_PHOTOS are held apart; each photo gives VIEWS crops and flips, so 80 images per set.
   Real photos give activation ranges like real traffic, which synthetic gradients do not.
+
+The worker-start gate (handlers/gate.py) needs the held-apart images encoded, as requests bring them:
+`gate_images` gives at most GATE_IMAGES of them, as JPEG (quality 95, at most 1024 px a side): the folder's
+held-apart files, or the default gate photos' views.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from handlers.contract import IMAGE_SUFFIXES
+from handlers.gate import GATE_IMAGES
 from handlers.imaging import ImageError, decode, preprocess
 
 GATE_EVERY = 4
@@ -109,14 +116,31 @@ def default_sets() -> ImageSets:
     return ImageSets("scikit-image sample photos (default set)", tensors(CALIBRATION_PHOTOS), tensors(GATE_PHOTOS))
 
 
-def spread(paths: list[Path], limit: int = MAX_IMAGES) -> list[Path]:
-    """At most `limit` of `paths`, evenly spaced."""
-    if len(paths) <= limit:
-        return paths
-    return [paths[int(i * len(paths) / limit)] for i in range(limit)]
+T = TypeVar("T")
 
 
-def folder_sets(folder: Path) -> ImageSets:
+def spread(items: list[T], limit: int = MAX_IMAGES) -> list[T]:
+    """At most `limit` of `items`, evenly spaced."""
+    if len(items) <= limit:
+        return items
+    return [items[int(i * len(items) / limit)] for i in range(limit)]
+
+
+GATE_JPEG_SIDE, GATE_JPEG_QUALITY = 1024, 95
+
+
+def jpeg(img: Image.Image) -> bytes:
+    """A gate image as the archive carries it: JPEG, close to the original (the test model's INT8 agreed with
+    fp32 on 0.84 of the default views re-encoded at 384 px / quality 90, 0.86-0.94 at this size and quality)."""
+    small = img.convert("RGB")
+    small.thumbnail((GATE_JPEG_SIDE, GATE_JPEG_SIDE))
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=GATE_JPEG_QUALITY)
+    return out.getvalue()
+
+
+def held_apart(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(calibration, gate) files of a folder: every GATE_EVERY-th is held apart."""
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder {folder} does not exist")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -126,14 +150,28 @@ def folder_sets(folder: Path) -> ImageSets:
             f"(every {GATE_EVERY}th is held apart for the accuracy gate)"
         )
     gate = paths[GATE_EVERY - 1 :: GATE_EVERY]
-    held_apart = set(gate)
-    calibration = [p for p in paths if p not in held_apart]
+    apart = set(gate)
+    return [p for p in paths if p not in apart], gate
+
+
+def folder_sets(folder: Path) -> ImageSets:
+    calibration, gate = held_apart(folder)
+    paths = len(calibration) + len(gate)
 
     def tensors(chosen: list[Path]) -> np.ndarray:
         return np.stack([preprocess(load(p)) for p in spread(chosen)])
 
-    return ImageSets(f"{folder} ({len(paths)} images)", tensors(calibration), tensors(gate))
+    return ImageSets(f"{folder} ({paths} images)", tensors(calibration), tensors(gate))
 
 
 def image_sets(folder: Path | None) -> ImageSets:
     return default_sets() if folder is None else folder_sets(folder)
+
+
+def gate_images(folder: Path | None) -> list[bytes]:
+    """The worker-start gate's images, encoded: held apart from calibration, at most GATE_IMAGES."""
+    if folder is not None:
+        return [jpeg(load(path)) for path in spread(held_apart(folder)[1], GATE_IMAGES)]
+    data = skimage_data_dir()
+    photos = [view for name in GATE_PHOTOS for view in views(load(data / name))]
+    return [jpeg(view) for view in spread(photos, GATE_IMAGES)]

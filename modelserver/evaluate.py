@@ -5,8 +5,9 @@ validation set sorted into class folders, or ImageNetV2) or by its label (`tench
 case and `_` for spaces do not matter), holding that class's images. Classes come from
 `imagenet_classes.tsv` (class index, WordNet id, label).
 
-In process (default): the archive's own engine (its model-config.yaml, or `--engine`) and the handler's
-decoding and preprocessing, batches of 8, images decoded concurrently. Through a running gateway
+In process (default): the archive's own engine (its model-config.yaml, or `--engine`), chosen and gated on
+this CPU as a worker would (`auto` included, handlers/engine_start.py), and the handler's decoding and
+preprocessing, batches of 8, images decoded concurrently. Through a running gateway
 (`--gateway-url`, `--api-key`): every image goes through the real service with the batch client `imgcls`
 (retries included). A progress bar goes to stderr; the JSON report to stdout or `--output`. An image that
 cannot be classified counts as a miss and is listed under `errors`.
@@ -31,7 +32,10 @@ import numpy as np
 from tqdm import tqdm
 
 from handlers.contract import IMAGE_SUFFIXES
-from handlers.engines import load_engine
+from handlers.cpu_features import this_cpu_flags
+from handlers.engine_choice import POLICIES
+from handlers.engine_start import Started
+from handlers.engine_start import start as start_engine
 from handlers.imaging import ImageError, decode, preprocess
 from modelserver.mar import archive_info, unpack
 
@@ -97,10 +101,16 @@ def labelled_images(folder: Path) -> list[Labelled]:
 Outcome = list[int] | str
 
 
-def in_process(mar: Path, images: list[Labelled], settings: dict[str, Any], progress: bool) -> Iterator[Outcome]:
-    """The archive's engine with the handler's decoding and preprocessing."""
+def in_process(
+    mar: Path, images: list[Labelled], settings: dict[str, Any], untrained: bool, progress: bool, served: list[Started]
+) -> Iterator[Outcome]:
+    """The archive's engine, as a worker on this CPU would choose it (appended to `served`), with the handler's
+    decoding and preprocessing."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-        engine = load_engine(settings["engine"], unpack(mar, Path(tmp)), os.cpu_count() or 1)
+        model_dir = unpack(mar, Path(tmp))
+        chosen = start_engine(model_dir, settings, untrained, os.cpu_count() or 1, os.environ, this_cpu_flags())
+        served.append(chosen)
+        engine = chosen.engine
 
         def prepared(item: Labelled) -> np.ndarray | str:
             try:
@@ -198,13 +208,17 @@ def evaluate(
         if mar is None or not mar.is_file():
             raise EvaluationError(f"archive {mar} does not exist; build it with `python -m modelserver build`")
         meta, settings = archive_info(mar)
-        settings["engine"] = engine or settings["engine"]
-        outcomes = list(in_process(mar, images, settings, progress))
+        if engine:  # an engine named here is not bounded by the archive's precision policy
+            settings["engine"], settings["precision"] = engine, POLICIES[-1]
+        served: list[Started] = []
+        outcomes = list(in_process(mar, images, settings, meta["untrained"], progress, served))
         model = {
             "weights": meta["weights"],
             "untrained": meta["untrained"],
-            "engine": settings["engine"],
-            "int8_gate": meta.get("int8_gate"),
+            "engine": served[0].engine.name,
+            "precision": served[0].precision,
+            "engine_choice": served[0].record,
+            "int8_gate": meta.get("int8_gate") if served[0].precision == "int8" else None,
         }
         source = {"mode": "in-process", "archive": str(mar), "model": model}
     return {**source, "folder": str(folder), **report(images, outcomes, time.perf_counter() - started)}

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from handlers.gate import LIMITS, Limits, Measurement, compare
+
 if TYPE_CHECKING:  # the CLI reads Thresholds for every command; Pillow is only needed to build
     from modelserver.calibration import ImageSets
 
@@ -33,13 +35,14 @@ class GateError(Exception):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Set to refuse a broken quantisation, not to certify accuracy (`modelserver evaluate` measures that).
+    """Set to refuse a broken quantisation, not to certify accuracy (`modelserver evaluate` measures that);
+    the defaults are the worker-start gate's INT8 limits (handlers/gate.py).
     On the default gate set the test model quantised as built measured 0.925 / 0.818 / 0.40; calibrated on
     flat grey images instead, 0.46 / 0.58 / 0.94."""
 
-    min_top1_agreement: float = 0.85
-    min_top5_overlap: float = 0.70
-    max_prob_diff: float = 0.60
+    min_top1_agreement: float = LIMITS["int8"].min_top1_agreement
+    min_top5_overlap: float = LIMITS["int8"].min_top5_overlap
+    max_prob_diff: float = LIMITS["int8"].max_prob_diff
 
 
 @dataclass(frozen=True)
@@ -55,15 +58,8 @@ class GateReport:
     thresholds: dict[str, float]
 
     def failures(self) -> list[str]:
-        limits = Thresholds(**self.thresholds)
-        out = []
-        if self.top1_agreement < limits.min_top1_agreement:
-            out.append(f"top-1 agreement {self.top1_agreement:.3f} < {limits.min_top1_agreement}")
-        if self.top5_overlap < limits.min_top5_overlap:
-            out.append(f"top-5 overlap {self.top5_overlap:.3f} < {limits.min_top5_overlap}")
-        if self.max_prob_diff > limits.max_prob_diff:
-            out.append(f"max probability difference {self.max_prob_diff:.3f} > {limits.max_prob_diff}")
-        return out
+        measured = Measurement(self.top1_agreement, self.top5_overlap, self.max_prob_diff)
+        return Limits(**self.thresholds).failures(measured)
 
     def summary(self) -> str:
         return (
@@ -110,21 +106,13 @@ def quantize(fp32_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
 def probabilities(model: Path, images: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
-    from handlers.image_handler import softmax
+    from handlers.engines import softmax
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate(
         [softmax(session.run(None, {name: images[i : i + BATCH]})[0]) for i in range(0, len(images), BATCH)]
     )
-
-
-def compare(fp32: np.ndarray, int8: np.ndarray) -> tuple[float, float, float]:
-    """(top-1 agreement, mean top-5 overlap, max abs probability difference) of two (N, classes) arrays."""
-    top1 = float(np.mean(fp32.argmax(axis=1) == int8.argmax(axis=1)))
-    top5_fp32, top5_int8 = np.argsort(-fp32, axis=1)[:, :5], np.argsort(-int8, axis=1)[:, :5]
-    overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_fp32, top5_int8, strict=True)]))
-    return top1, overlap, float(np.abs(fp32 - int8).max())
 
 
 def gate(fp32_path: Path, int8_path: Path, sets: ImageSets, thresholds: Thresholds) -> GateReport:

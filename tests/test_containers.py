@@ -318,7 +318,7 @@ def test_serve_pins_match_pyproject_and_torch_is_the_cpu_build() -> None:
     defaults = arg_defaults(items)
     text = "\n".join(i.args for i in items if i.keyword == "RUN") + "\n" + defaults["TORCH_PACKAGES"]
     used = pins(text)
-    assert {"torch", "torchvision", "torchserve", "pyyaml", "onnxruntime"} <= set(used)
+    assert {"torch", "torchvision", "torchserve", "pyyaml", "onnxruntime", "openvino"} <= set(used)
     for name, version in used.items():
         assert declared.get(name) == version, (
             f"Dockerfile.serve pins {name}=={version}, pyproject says {declared.get(name)}"

@@ -5,6 +5,7 @@ own Resize + CenterCrop for where the map lies on the original image."""
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 from pathlib import Path
 
@@ -19,9 +20,12 @@ from testmodel import PHOTOS as PHOTO_LABELS
 from testmodel import Reference, photo, picture
 from torchvision.transforms import CenterCrop, Resize
 
+from handlers.bounds import MAX_PIXELS
 from handlers.engines import INT8_ONNX_FILE, ONNX_FILE
+from handlers.gate import GATE_FILE
 from handlers.image_handler import ImageClassifierHandler
-from handlers.imaging import decode, preprocess
+from modelserver.archive import reference_outputs
+from modelserver.calibration import gate_images, image_sets
 from modelserver.quantize import quantize
 
 # The maps against the torch reference, relative to the map's peak. Eager runs PyTorch's own layers; ONNX
@@ -193,13 +197,16 @@ INT8_MIN_COSINE = 0.98  # the INT8 engine's embeddings against fp32's (measured 
 
 @pytest.fixture(scope="module")
 def int8_handler(seeing_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """The test model's archive with its INT8 graph, quantised by the build's own code on the test photos."""
+    """The test model's archive with its INT8 graph, quantised by the build's own code on the build's default
+    calibration set, and the worker-start gate's set, which the INT8 engine must pass to be served."""
     model_dir = tmp_path_factory.mktemp("int8_model_dir")
     shutil.copytree(seeing_model_dir, model_dir, dirs_exist_ok=True)
-    calibration = np.stack([preprocess(decode(photo(name), 10**8)) for name in PHOTO_LABELS])
-    quantize(model_dir / ONNX_FILE, model_dir / INT8_ONNX_FILE, calibration)
+    quantize(model_dir / ONNX_FILE, model_dir / INT8_ONNX_FILE, image_sets(None).calibration)
+    # What the build adds for an engine other than fp32: the worker-start gate's images and fp32's outputs.
+    reference_outputs(model_dir, gate_images(None), MAX_PIXELS).save(model_dir / GATE_FILE)
     service = ImageClassifierHandler()
-    service.initialize(make_context(model_dir, [{}], engine="onnx-int8"))
+    service.initialize(make_context(model_dir, [{}], engine="onnx-int8", precision="int8"))
+    assert service.engine.name == "onnx-int8", json.dumps(service.started.record)  # it passed its gate here
     return service, model_dir
 
 

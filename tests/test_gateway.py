@@ -27,6 +27,8 @@ from testmodel import PROB_TOLERANCE, TEST_MODEL_FILE, Reference, max_difference
 
 from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
+from handlers.cpu_features import present, this_cpu_flags
+from handlers.engine_start import NOT_GATED
 from modelserver.torchserve import TorchServe
 
 SERVED_MODEL = {"name": "resnet50", "version": "1.0", "weights": f"file:{TEST_MODEL_FILE}", "untrained": False}
@@ -174,6 +176,15 @@ def test_models(gateway: Gateway, api_key: str) -> None:
         "engine": "onnx",
         "int8_gate": None,
         "outputs": ["embedding", "cam"],
+        "precision": "fp32",
+        "precision_policy": "exact",
+        "cpu_features": present(this_cpu_flags()),
+        "engine_choice": {
+            "asked": "onnx",
+            "skipped": {},
+            "refused": {},
+            "verdict": NOT_GATED,
+        },
         "workers_ready": model["workers_ready"],
     }
     assert model["workers_ready"] >= 1

@@ -1,8 +1,11 @@
-"""The INT8 engine: built by the real CLI from the test model that sees, gated against fp32, served for real.
+"""The INT8 and OpenVINO engines: built by the real CLI from the test model that sees, gated against fp32 at
+build and again at worker start, served for real.
 
 Known answers come from the test model (tests/testmodel.py): fp32 gives each of its twelve photos the label
 it was fitted to, so evaluate's top-1 on a folder of them is exactly 1.0, and INT8 is held to that photo by
-photo. The gate is shown to refuse a real bad quantisation: calibrated on flat images unlike its gate photos.
+photo. The gate is shown to refuse a real bad quantisation: calibrated on flat images unlike its gate photos;
+the worker-start gate, a corrupted INT8 model (fp32 is served instead). Each engine is held to the bounds of
+its precision (handlers/gate.py's LIMITS), not to numbers measured on one CPU.
 """
 
 from __future__ import annotations
@@ -10,42 +13,42 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import httpx
+import numpy as np
+import onnx
 import pytest
 import yaml
 from imagegen import encode
 from PIL import Image
-from support import API_KEY, PYTHON, Gateway, gateway_env, start_torchserve
-from testmodel import PHOTOS, TEST_MODEL_FILE, photo
+from prometheus_client.parser import text_string_to_metric_families
+from support import API_KEY, PYTHON, Gateway, gateway_env, metrics_url, start_torchserve
+from testmodel import LABELS, PHOTOS, PROB_TOLERANCE, TEST_MODEL_FILE, photo
 
 from gateway.keys import key_hash
+from handlers.cpu_features import present, this_cpu_flags
+from handlers.engine_choice import AUTO, FALLBACK, POLICY_ENV, PRECISION, plan
+from handlers.engine_start import REFUSED_METRIC, start
+from handlers.engines import INT8_ONNX_FILE, OnnxEngine, load_engine, softmax
+from handlers.gate import GATE_FILE, LIMITS, compare, min_cosine
+from handlers.imaging import decode, preprocess
 from modelserver.__main__ import main
 from modelserver.evaluate import classes, evaluate
-from modelserver.mar import archive_info
+from modelserver.mar import archive_info, unpack
 from modelserver.quantize import GateReport, Thresholds
+from modelserver.torchserve import TorchServe
 
 WNIDS = {label: wnid for wnid, label in classes()}
 
 
-def build(weights: Path, output: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [
-        PYTHON,
-        "-m",
-        "modelserver",
-        "build",
-        "--weights",
-        str(weights),
-        "--engine",
-        "onnx-int8",
-        "--output",
-        str(output),
-        *extra,
-    ]
+def build(weights: Path, output: Path, *extra: str, engine: str = "onnx-int8") -> subprocess.CompletedProcess:
+    cmd = [PYTHON, "-m", "modelserver", "build", "--weights", str(weights), "--engine", engine, "--output", str(output)]
+    cmd += extra
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -185,3 +188,131 @@ def test_gate_report_failures_name_each_metric() -> None:
         "max probability difference 0.500 > 0.35",
     ]
     assert GateReport("x", 10, 10, 0.9, 0.8, 0.35, asdict(limits)).failures() == []  # the limits themselves pass
+
+
+# --- every engine against fp32, and the gate at worker start ----------------------------------------------
+
+
+def test_each_engine_agrees_with_fp32_within_its_precisions_bounds(
+    int8_build: tuple[Path, str], tmp_path: Path
+) -> None:
+    """On the test model's twelve photos every engine gives logits and pooled vectors; its probabilities and
+    embeddings stay within its precision's limits of fp32's (the gate's largest probability difference and
+    smallest cosine), and fp32 engines within the suite's tolerance.
+    bf16 runs wherever OpenVINO can compute it (AVX-512 emulates it; handlers/engine_choice.py still never
+    serves it without bf16 in hardware)."""
+    model_dir = unpack(int8_build[0] / "resnet50.mar", tmp_path)
+    images = np.stack([preprocess(decode(photo(name), 10**8)) for name in PHOTOS])
+    fp32_logits, fp32_pooled = OnnxEngine(model_dir, threads=2).run_outputs(images, ["logits", "pooled"])
+    fp32 = softmax(fp32_logits)
+    assert list(fp32.argmax(axis=1)) == [LABELS.index(label) for label in PHOTOS.values()]
+    for name in ("openvino-fp32", "openvino-bf16", "openvino-int8", "onnx-int8"):
+        engine = load_engine(name, model_dir, threads=2)
+        assert {"logits", "pooled", "features"} <= set(engine.outputs)
+        logits, pooled = engine.run_outputs(images, ["logits", "pooled"])
+        assert logits.shape == (12, 1000) and pooled.shape == (12, 2048)
+        top1, _, diff = compare(fp32, softmax(logits))  # top-5 overlap is the gate's, on its larger set
+        limits = LIMITS[PRECISION[name]]
+        assert top1 >= 11 / 12, name  # at most one photo of twelve changes its label
+        assert diff <= limits.max_prob_diff, (name, diff)
+        assert min_cosine(fp32_pooled, pooled) >= limits.min_pooled_cosine, name
+        if PRECISION[name] == "fp32":
+            assert top1 == 1.0 and diff <= PROB_TOLERANCE, (name, diff)
+
+
+def corrupted(mar: Path, store: Path) -> Path:
+    """A copy of `mar` in `store` whose INT8 model has every int8 convolution weight negated: a model that loads,
+    runs and answers wrongly, as a damaged or mis-converted file would."""
+    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(store / "resnet50.mar", "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == INT8_ONNX_FILE:
+                model = onnx.load_from_string(data)
+                for tensor in model.graph.initializer:
+                    if tensor.data_type == onnx.TensorProto.INT8 and len(tensor.dims) == 4:
+                        values = onnx.numpy_helper.to_array(tensor)
+                        tensor.CopyFrom(onnx.numpy_helper.from_array(-np.maximum(values, -127), tensor.name))
+                data = model.SerializeToString()
+            target.writestr(item, data)
+    return store
+
+
+def describe(server: TorchServe) -> dict:
+    auth = {"Authorization": f"Bearer {server.keys()['management']}"}
+    url = f"{server.management_url}/models/resnet50?customized=true"
+    return httpx.get(url, headers=auth, timeout=30).json()[0]["customizedMetadata"]
+
+
+def refused_counts(server: TorchServe) -> list[float]:
+    """REFUSED_METRIC's samples on TorchServe's metrics port, once it shows them."""
+    deadline = time.monotonic() + 30
+    while True:
+        text = httpx.get(f"{metrics_url(server)}/metrics", timeout=30).text
+        samples = [s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == REFUSED_METRIC]
+        if samples or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.5)
+
+
+def test_a_corrupted_int8_model_is_refused_at_worker_start_and_fp32_served(
+    int8_build: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The archive passed the build's gate; its INT8 model is damaged afterwards. Each worker checks it on its
+    CPU at start, refuses it and serves fp32, and says so: in its log, in /v1/models and in a metric."""
+    intact_dir = unpack(int8_build[0] / "resnet50.mar", tmp_path_factory.mktemp("intact"))
+    settings = archive_info(int8_build[0] / "resnet50.mar")[1]
+    intact = start(intact_dir, settings, False, 1, {}, this_cpu_flags())
+    assert intact.engine.name == "onnx-int8", intact.record  # intact, it passes its gate on this CPU
+    store = corrupted(int8_build[0] / "resnet50.mar", tmp_path_factory.mktemp("corrupted"))
+    with start_torchserve(tmp_path_factory.mktemp("ts-corrupted"), store) as server:
+        env = gateway_env(server, [key_hash(API_KEY)], rate_limit_rps="1000", rate_limit_burst="1000")
+        with Gateway(tmp_path_factory.mktemp("gw-corrupted") / "gateway.log", env) as gateway:
+            headers = {"X-API-Key": API_KEY, "Content-Type": "image/jpeg"}
+            (model,) = httpx.get(f"{gateway.url}/v1/models", headers=headers, timeout=30).json()["models"]
+            answer = httpx.post(f"{gateway.url}/v1/predict", content=photo("chelsea"), headers=headers, timeout=60)
+        counts = refused_counts(server)
+        log = (server.workdir / "logs" / "model_log.log").read_text()
+    assert (model["engine"], model["precision"], model["int8_gate"]) == (FALLBACK, "fp32", None)
+    assert model["outputs"] == ["embedding", "cam"]  # fp32's, maps included
+    refusal = model["engine_choice"]["refused"]["onnx-int8"]
+    assert refusal["passed"] is False and refusal["failures"] and refusal["engine"] == "onnx-int8"
+    assert model["engine_choice"]["asked"] == "onnx-int8"
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "tabby"
+    assert log.count("engine onnx-int8 REFUSED on this CPU") == 2  # each of the two workers decided alone
+    assert log.count("serving engine onnx (asked: onnx-int8, FELL BACK to fp32)") == 2
+    assert counts and sum(counts) == 2
+
+
+@pytest.fixture(scope="module")
+def auto_store(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An `auto` archive (its default policy, near-fp32), built by the real CLI."""
+    store = tmp_path_factory.mktemp("auto_store")
+    done = build(weights, store / "resnet50.mar", engine=AUTO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return store
+
+
+def test_auto_serves_the_first_engine_that_passes_its_gate_on_this_cpu(
+    auto_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The archive says near-fp32; the environment raises it to int8 at worker start. What is served is the first
+    candidate for this CPU's flags that passed its gate here, and the description and the log name it."""
+    meta, settings = archive_info(auto_store / "resnet50.mar")
+    assert (meta["engine"], settings["engine"], settings["precision"]) == (AUTO, AUTO, "near-fp32")
+    with zipfile.ZipFile(auto_store / "resnet50.mar") as mar:
+        assert {INT8_ONNX_FILE, GATE_FILE} <= set(mar.namelist())
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(POLICY_ENV, "int8")
+        with start_torchserve(tmp_path_factory.mktemp("ts-auto"), auto_store) as server:
+            described = describe(server)
+            log = (server.workdir / "logs" / "model_log.log").read_text()
+    flags = this_cpu_flags()
+    candidates = plan(AUTO, "int8", flags, has_int8_model=True).candidates
+    choice, served = described["engine_choice"], described["engine"]
+    assert served == next(name for name in candidates if name not in choice["refused"])
+    assert all(not verdict["passed"] for verdict in choice["refused"].values())
+    assert (described["precision"], described["precision_policy"]) == (PRECISION[served], "int8")
+    assert described["cpu_features"] == present(flags)
+    if served != FALLBACK:
+        assert choice["verdict"]["passed"] and choice["verdict"]["engine"] == served
+    assert f"serving engine {served} (asked: auto" in log and "policy int8" in log
