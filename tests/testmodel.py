@@ -34,7 +34,7 @@ import torch
 import torchvision
 from imagegen import encode, shapes, stored_with_orientation
 from PIL import Image, ImageOps
-from support import REFERENCE, reference
+from reference import REFERENCE, reference
 from torchvision.models import ResNet50_Weights, resnet50
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -233,7 +233,7 @@ def build_store(cache_dir: Path) -> Path:
 # Two probability vectors (1000 classes) the tests call equal differ by at most this much in any class.
 # For the twelve photos ONNX Runtime and eager PyTorch differ by up to 2.1e-5 (AMD EPYC, AVX-512), one batch
 # size and another by 0; each mistake in the preprocessing moves some probability of every photo by 0.016
-# or more (tests/test_testmodel.py asserts > 10x this tolerance).
+# or more (tests/integration/test_testmodel.py asserts > 10x this tolerance).
 PROB_TOLERANCE = 1e-4
 
 
