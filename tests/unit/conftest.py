@@ -18,3 +18,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if imported:
         print(f"\nthe fast tier imported {', '.join(imported)}: it must not (tests/unit/conftest.py)", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of the async tests (`@pytest.mark.anyio`): the gateway's own, asyncio."""
+    return "asyncio"
