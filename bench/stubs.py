@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from handlers.contract import MODEL_NAME, ModelBlock
+from contract.wire import MODEL_NAME, ModelBlock
 
 MODEL: ModelBlock = {"name": MODEL_NAME, "version": "1.0", "weights": "stub", "untrained": True, "engine": "stub"}
 PREDICTION = {

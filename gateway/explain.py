@@ -12,11 +12,11 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from contract.wire import CLASSES, Explanation, ItemAnswer
 from gateway import schemas
 from gateway.deps import Authenticated, InferenceDep, RendersDep
 from gateway.ranking import MAX_TOP_K, RankOptions, ranked
 from gateway.service import model_block
-from handlers.contract import CLASSES, Explanation, ItemAnswer
 
 router = APIRouter()
 MAX_SIDE = 1024  # the PNG's longer side at most

@@ -14,10 +14,10 @@ from typing import Annotated, TypedDict
 
 from fastapi import Query
 
+from contract.wire import CLASSES, ItemAnswer, Prediction
 from gateway.deps import UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
-from handlers.contract import CLASSES, ItemAnswer, Prediction
 
 MAX_TOP_K = 20
 

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from contract.wire import CLASSES, MODEL_NAME
 from gateway.problems import PROBLEM_JSON, problem_schema
-from handlers.contract import CLASSES, MODEL_NAME
 
 UNTRAINED_NOTE = "true when the archive was built with random weights: predictions are then meaningless"
 

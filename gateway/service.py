@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 
 from fastapi import Request
 
+from contract.wire import CAM, EMBEDDING, EXPLAIN_CLASSES_HEADER, OUTPUT_HEADER, ItemAnswer
 from gateway import uploads
 from gateway.auth import Caller
 from gateway.drain import Drain
@@ -25,7 +26,6 @@ from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
 from gateway.validation import CheckedImage
-from handlers.contract import CAM, EMBEDDING, EXPLAIN_CLASSES_HEADER, OUTPUT_HEADER, ItemAnswer
 
 EMBEDDING_OUTPUT = {OUTPUT_HEADER: EMBEDDING}  # the handler's extras, asked for in its OUTPUT_HEADER
 

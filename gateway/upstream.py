@@ -5,7 +5,7 @@ Keys: TorchServe's token authorization stays on. The keys live in the `key_file.
 the file; if the key there is the one that just failed (it expired), it asks TorchServe's management API
 for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
 retries, at most MAX_RECOVERIES times (the policy, shared with the launcher's readiness probe:
-modelserver/torchserve_keys.py).
+contract/torchserve_tokens.py).
 Clients never see the rotation.
 
 Overload: at most `max_connections` predictions are in flight to TorchServe per gateway process (below its
@@ -33,11 +33,11 @@ from typing import Any
 
 import aiohttp
 
+from contract.torchserve_tokens import MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
+from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription
 from gateway.metrics import Metrics
 from gateway.problems import Problem
 from gateway.settings import Settings
-from handlers.contract import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription
-from modelserver.torchserve_keys import MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -46,7 +46,7 @@ ITEM_CODE_PROBLEMS = {
     "bad_top_k": "invalid-request",
     "bad_output": "invalid-request",
     "unsupported_output": "output-unavailable",
-    # the handler's own size bounds (handlers/bounds.py): the same problem as the gateway's header check
+    # the handler's own size bounds (contract/bounds.py): the same problem as the gateway's header check
     "too_large": "image-too-large",
     "extreme_aspect_ratio": "image-too-large",
 }
@@ -54,7 +54,7 @@ ITEM_CODE_PROBLEMS = {
 
 class KeySource:
     """TorchServe's current 'inference' and 'management' keys, replaced when refused as
-    modelserver/torchserve_keys.py decides (the policy the launcher's readiness probe shares)."""
+    contract/torchserve_tokens.py decides (the policy the launcher's readiness probe shares)."""
 
     def __init__(self, key_file: Path, management_url: str, session: aiohttp.ClientSession) -> None:
         self.key_file = key_file
@@ -208,7 +208,7 @@ class TorchServeClient:
             body = None
         predictions = body.get("predictions") if isinstance(body, dict) else None
         if status == 200 and isinstance(predictions, list):
-            item: ItemAnswer = body  # the handler's answer (handlers/contract.py)
+            item: ItemAnswer = body  # the handler's answer (contract/wire.py)
             return item
         if status == 422 and isinstance(body, dict) and isinstance(body.get("error"), dict):
             code = str(body["error"].get("code", "undecodable"))

@@ -4,7 +4,7 @@
     GET  /v2/models/{name}, /v2/models/{name}/ready
     POST /v2/models/{name}/infer
 
-({name}: the served model, GATEWAY_MODEL_NAME, by default handlers/contract.py's MODEL_NAME.)
+({name}: the served model, GATEWAY_MODEL_NAME, by default contract/wire.py's MODEL_NAME.)
 
 Input: one BYTES tensor of encoded images, shape [N] (N = batch, at most GATEWAY_MAX_BATCH_FILES), as
 base64 strings in JSON, or raw with the binary-data extension (`Inference-Header-Content-Length`; each
@@ -27,6 +27,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from contract.wire import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelBlock, ModelDescription
 from gateway import service
 from gateway.budget import hold_of
 from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
@@ -36,7 +37,6 @@ from gateway.settings import Settings
 from gateway.uploads import reserve_body
 from gateway.validation import ENVELOPE_BYTES, CheckedImage, check_image, read_capped
 from gateway.vectors import floats
-from handlers.contract import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelBlock, ModelDescription
 
 PREFIX = "/v2"
 router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])

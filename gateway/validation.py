@@ -2,7 +2,7 @@
 
 The format is decided from the bytes alone; the client's content type and filename are never trusted.
 Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel; so are
-the bounds the handler applies too (handlers/bounds.py: aspect ratio, progressive JPEG scans, reads).
+the bounds the handler applies too (contract/bounds.py: aspect ratio, progressive JPEG scans, reads).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
+from contract.bounds import BoundedReader, RefusalCode, TooManyReads, refusal
+from contract.formats import ACCEPTED_LABELS, sniffed_format
 from gateway.problems import Problem
 from gateway.settings import Settings
-from handlers.bounds import BoundedReader, RefusalCode, TooManyReads, refusal
-from handlers.contract import ACCEPTED_LABELS, sniffed_format
 
 if TYPE_CHECKING:
     from gateway.budget import Hold
 
-# The problem type of each refusal of handlers/bounds.py: too costly to resize is too large, the others malformed.
+# The problem type of each refusal of contract/bounds.py: too costly to resize is too large, the others malformed.
 REFUSAL_TYPES: dict[RefusalCode, str] = {
     "extreme_aspect_ratio": "image-too-large",
     "too_many_scans": "invalid-image",

@@ -16,7 +16,7 @@ Request format (one request = one image; TorchServe batches concurrent requests)
     marks those requests with the header `explain: True`, which `_extras` turns into `cam` (the stock
     `explain_handle` hook is not used).
 
-Response per request, always JSON (handlers/contract.py's ItemAnswer):
+Response per request, always JSON (contract/wire.py's ItemAnswer):
     200  {"request_id", "model": {...}, "predictions": [{"class_id", "label", "score"}, ...]}
          scores are softmax probabilities, in descending order
          with `embedding`: "embedding", the L2-normalised pooled 2048-d vector, float32 little-endian, base64
@@ -52,8 +52,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from handlers.bounds import MAX_PIXELS
-from handlers.contract import (
+from contract.bounds import MAX_PIXELS
+from contract.wire import (
     CAM,
     EMBEDDING,
     EXPLAIN_CLASSES_HEADER,

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 
-from handlers.contract import MODEL_NAME
+from contract.torchserve_tokens import KEY_FILE, MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
+from contract.wire import MODEL_NAME
 from modelserver.paths import BASE_CONFIG
 from modelserver.ports import Ports
 from modelserver.process_groups import stop_groups
-from modelserver.torchserve_keys import KEY_FILE, MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
 PID_FILE = ".model_server.pid"  # TorchServe's launcher writes the frontend's pid there, in $TMPDIR
 FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"
@@ -75,7 +75,7 @@ def render_config(base: str, overrides: dict[str, str]) -> str:
 
 def describe(management_url: str, key_file: Path, timeout: float = 2.0) -> httpx.Response:
     """The management API's description of the model; a refused management key is replaced as
-    modelserver/torchserve_keys.py decides (a newer one from the file, or renewed with the API key)."""
+    contract/torchserve_tokens.py decides (a newer one from the file, or renewed with the API key)."""
     url = f"{management_url}/models/{MODEL_NAME}"
     key = read_keys(key_file).get("management")
     response = httpx.get(url, headers=bearer(key), timeout=timeout)

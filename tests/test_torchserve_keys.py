@@ -1,4 +1,4 @@
-"""TorchServe's key policy (modelserver/torchserve_keys.py), the decisions alone; the gateway and the readiness
+"""TorchServe's key policy (contract/torchserve_tokens.py), the decisions alone; the gateway and the readiness
 probe act on them against a real TorchServe in tests/test_gateway_faults.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from modelserver.torchserve_keys import Recovery, Renewal, is_invalid_key, read_keys, recovery
+from contract.torchserve_tokens import Recovery, Renewal, is_invalid_key, read_keys, recovery
 
 MANAGEMENT = "http://127.0.0.1:8081"
 KEYS = {"inference": "i-1", "management": "m-1", "API": "api"}

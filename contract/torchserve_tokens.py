@@ -8,10 +8,6 @@ working directory. The inference and management keys expire (`token_expiration_m
 400 with an InvalidKeyException. What follows a refusal: a newer key in the file if there is one (TorchServe
 restarted, or someone rotated it), else a renewal with the file's permanent API key (`POST /token?type=<kind>`
 on the management API, which rewrites the file) and the file read again; at most `MAX_RECOVERIES` times.
-
-Standard library only, so that both images carry it without their dependencies: the serve image copies all
-of modelserver/ (Dockerfile.serve), the gateway image copies this file and modelserver/__init__.py alone
-(Dockerfile.gateway); tests/test_containers.py checks both.
 """
 
 from __future__ import annotations
