@@ -21,8 +21,9 @@ REQUEST_ID_HEADER = "X-Request-ID"  # echoed in the answer and the worker's log
 EMBEDDING, CAM = "embedding", "cam"
 
 
-class ModelBlock(TypedDict):
-    """The served model, in every answer and in /v1/models."""
+class ServedModel(TypedDict):
+    """The served model as the handler names it in every answer (the gateway's answers carry it as their model
+    block, gateway/schemas.py's ModelBlock, without the engine) and in its description."""
 
     name: str
     version: str
@@ -31,13 +32,17 @@ class ModelBlock(TypedDict):
     engine: str
 
 
-class Prediction(TypedDict):
+class ClassScore(TypedDict):
+    """One class's softmax probability for the image."""
+
     class_id: int
     label: str
     score: float
 
 
-class Explanation(Prediction):
+class ClassMap(ClassScore):
+    """A class's score and its class activation map (gateway/schemas.py's ClassMap in /v1/explain's answer)."""
+
     cam: list[list[float]]  # 7x7 class activation map, over the model's input crop
 
 
@@ -56,15 +61,15 @@ class ItemAnswer(TypedDict):
     """The handler's JSON answer for one image: predictions (with the extras asked for) or an error."""
 
     request_id: str | None
-    model: ModelBlock
-    predictions: NotRequired[list[Prediction]]
+    model: ServedModel
+    predictions: NotRequired[list[ClassScore]]
     embedding: NotRequired[str]  # base64 of the L2-normalised pooled vector, float32 little-endian
-    explanations: NotRequired[list[Explanation]]
+    explanations: NotRequired[list[ClassMap]]
     geometry: NotRequired[Geometry]
     error: NotRequired[ItemError]
 
 
-class ModelDescription(ModelBlock):
+class ModelDescription(ServedModel):
     """The handler's custom describe, TorchServe's `customizedMetadata` of GET /models/<name>?customized=true
     (the gateway's /v1/models): the model block, the labels, what the engine can add to an answer and the
     archive's limits."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from contract.wire import CLASSES, Explanation, ItemAnswer
+from contract.wire import CLASSES, ClassMap, ItemAnswer
 from gateway import schemas
 from gateway.deps import Authenticated, InferenceDep, RendersDep
 from gateway.ranking import MAX_TOP_K, RankOptions, ranked
@@ -43,7 +43,7 @@ async def explain_options(
 Options = Annotated[ExplainOptions, Depends(explain_options)]
 
 
-def explained(answer: ItemAnswer, class_ids: list[int]) -> list[Explanation]:
+def explained(answer: ItemAnswer, class_ids: list[int]) -> list[ClassMap]:
     by_class = {e["class_id"]: e for e in answer["explanations"]}
     return [by_class[c] for c in dict.fromkeys(class_ids)]
 
@@ -66,7 +66,7 @@ async def explain(_: Authenticated, options: Options, renders: RendersDep, servi
     predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None))
     geometry = answer["geometry"]
     if options.format == "png":
-        [chosen] = explained(answer, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
+        [chosen] = explained(answer, [options.class_id if options.class_id is not None else predictions[0].class_id])
         from gateway.overlay import render  # NumPy, only for this form
 
         png = await renders.run(render, image.data, chosen["cam"], geometry, MAX_SIDE)
@@ -79,7 +79,7 @@ async def explain(_: Authenticated, options: Options, renders: RendersDep, servi
         "model": model_block(answer),
         "predictions": predictions,
         "decision": decision,
-        "explanations": explained(answer, [p["class_id"] for p in predictions] + extra),
+        "explanations": explained(answer, [p.class_id for p in predictions] + extra),
         "image": {"width": geometry["width"], "height": geometry["height"]},
         "crop": {"left": left, "top": top, "right": right, "bottom": bottom},
         "timing_ms": service.timing_ms(asked.upstream_s),

@@ -10,14 +10,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, TypedDict
+from typing import Annotated
 
 from fastapi import Query
 
-from contract.wire import CLASSES, ItemAnswer, Prediction
+from contract.wire import CLASSES, ItemAnswer
 from gateway.deps import UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
+from gateway.schemas import Decision, Ranked
 
 MAX_TOP_K = 20
 
@@ -59,16 +60,6 @@ def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
     return frozenset(ids)
 
 
-class Ranked(Prediction):
-    rank: int
-
-
-class Decision(TypedDict):
-    label: str  # "unknown" when no score passes `unknown_below`
-    class_id: int | None
-    score: float | None
-
-
 async def rank_options(
     upstream: UpstreamDep,
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="number of classes to return")] = 5,
@@ -95,10 +86,9 @@ def ranked(answer: ItemAnswer, options: RankOptions) -> tuple[list[Ranked], Deci
         total = sum(p["score"] for p in kept) or 1.0
         scored = [{**p, "score": p["score"] / total} for p in kept]
     best = scored[0] if scored else None
-    decision: Decision
     if best is None or (options.unknown_below is not None and best["score"] < options.unknown_below):
-        decision = {"label": "unknown", "class_id": None, "score": best["score"] if best else None}
+        decision = Decision(label="unknown", class_id=None, score=best["score"] if best else None)
     else:
-        decision = {"label": best["label"], "class_id": best["class_id"], "score": best["score"]}
+        decision = Decision(label=best["label"], class_id=best["class_id"], score=best["score"])
     cut = [p for p in scored[: options.top_k] if options.min_score is None or p["score"] >= options.min_score]
-    return [{"rank": i + 1, **p} for i, p in enumerate(cut)], decision
+    return [Ranked(rank=i + 1, **p) for i, p in enumerate(cut)], decision

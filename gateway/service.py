@@ -23,25 +23,12 @@ from gateway.auth import Caller
 from gateway.drain import Drain
 from gateway.metrics import Metrics
 from gateway.problems import Problem
+from gateway.schemas import ModelBlock, Timing
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
 from gateway.validation import CheckedImage
 
 EMBEDDING_OUTPUT = {OUTPUT_HEADER: EMBEDDING}  # the handler's extras, asked for in its OUTPUT_HEADER
-
-
-class ServedModel(TypedDict):
-    """The model block of the gateway's answers (the handler's, without its engine)."""
-
-    name: str | None
-    version: str | None
-    weights: str | None
-    untrained: bool | None
-
-
-class Timing(TypedDict):
-    total: float
-    upstream: float
 
 
 @dataclass(frozen=True)
@@ -52,16 +39,17 @@ class Asked:
     upstream_s: float
 
 
-def model_block(answer: ItemAnswer) -> ServedModel:
+def model_block(answer: ItemAnswer) -> ModelBlock:
+    """The model block of the gateway's answers: the handler's served model, without its engine."""
     model = answer.get("model")
     if model is None:
-        return {"name": None, "version": None, "weights": None, "untrained": None}
-    return {
-        "name": model.get("name"),
-        "version": model.get("version"),
-        "weights": model.get("weights"),
-        "untrained": model.get("untrained"),
-    }
+        return ModelBlock(name=None, version=None, weights=None, untrained=None)
+    return ModelBlock(
+        name=model.get("name"),
+        version=model.get("version"),
+        weights=model.get("weights"),
+        untrained=model.get("untrained"),
+    )
 
 
 # One file of a batch, once checked: its part of the batch's answer (with its "model", lifted to the top).
@@ -83,7 +71,7 @@ class Inference:
 
     def timing_ms(self, upstream_s: float) -> Timing:
         total = time.perf_counter() - self.started
-        return {"total": round(total * 1000, 2), "upstream": round(upstream_s * 1000, 2)}
+        return Timing(total=round(total * 1000, 2), upstream=round(upstream_s * 1000, 2))
 
     def classified(self, count: int = 1) -> None:
         self.metrics.images.labels("classified").inc(count)

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from contract.wire import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelBlock, ModelDescription
+from contract.wire import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelDescription, ServedModel
 from gateway import service
 from gateway.budget import hold_of
 from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
@@ -54,7 +54,7 @@ def error_response(problem: Problem, request_id: str | None) -> Response:
     return JSONResponse({"error": f"{problem.title}: {problem.detail}"}, problem.status, headers=problem.headers)
 
 
-def served_version(model: ModelBlock) -> str:
+def served_version(model: ServedModel) -> str:
     """The served model's version, from the handler's model block (the archive's metadata)."""
     return str(model["version"])
 
