@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import demo, docs, embed, explain, health, logs, predict, v2
+from gateway import demo, docs, embed, explain, health, predict, v2
 from gateway.auth import KeyStore, RateLimiter
 from gateway.budget import BodyBudget, BudgetMiddleware
 from gateway.drain import Drain, DrainMiddleware
@@ -28,7 +28,6 @@ ERROR_SHAPES = ErrorShapes(((v2.PREFIX + "/", v2.error_response), ("/", problem_
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logs.configure(settings.log_level)
     drain = Drain(settings.drain_s)
     metrics = Metrics(settings.max_connections, lambda: drain.draining)
 
