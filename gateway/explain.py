@@ -72,7 +72,7 @@ async def explain(
     predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None))
     geometry = answer["geometry"]
     if options.format == "png":
-        [chosen] = explained(answer, [options.class_id if options.class_id is not None else predictions[0].class_id])
+        [chosen] = explained(answer, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
         from gateway.overlay import render  # NumPy, only for this form
 
         png = await renders.run(render, image.data, chosen["cam"], geometry, MAX_SIDE)
@@ -85,7 +85,7 @@ async def explain(
         model=model_block(answer),
         predictions=predictions,
         decision=decision,
-        explanations=explained(answer, [p.class_id for p in predictions] + extra),
+        explanations=explained(answer, [p["class_id"] for p in predictions] + extra),
         image=schemas.Size(width=geometry["width"], height=geometry["height"]),
         crop=schemas.Box(left=left, top=top, right=right, bottom=bottom),
         timing_ms=service.timing_ms(asked.upstream_s),

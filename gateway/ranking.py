@@ -91,9 +91,10 @@ def ranked(answer: ItemAnswer, options: RankOptions) -> tuple[list[Ranked], Deci
         total = sum(p["score"] for p in kept) or 1.0
         scored = [{**p, "score": p["score"] / total} for p in kept]
     best = scored[0] if scored else None
+    decision: Decision
     if best is None or (options.unknown_below is not None and best["score"] < options.unknown_below):
-        decision = Decision(label="unknown", class_id=None, score=best["score"] if best else None)
+        decision = {"label": "unknown", "class_id": None, "score": best["score"] if best else None}
     else:
-        decision = Decision(label=best["label"], class_id=best["class_id"], score=best["score"])
+        decision = {"label": best["label"], "class_id": best["class_id"], "score": best["score"]}
     cut = [p for p in scored[: options.top_k] if options.min_score is None or p["score"] >= options.min_score]
-    return [Ranked(rank=i + 1, **p) for i, p in enumerate(cut)], decision
+    return [{"rank": i + 1, **p} for i, p in enumerate(cut)], decision

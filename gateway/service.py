@@ -78,7 +78,7 @@ class Inference:
 
     def timing_ms(self, upstream_s: float) -> Timing:
         total = time.perf_counter() - self.started
-        return Timing(total=round(total * 1000, 2), upstream=round(upstream_s * 1000, 2))
+        return {"total": round(total * 1000, 2), "upstream": round(upstream_s * 1000, 2)}
 
     async def ask(self, image: CheckedImage, top_k: int, extra_headers: dict[str, str] | None = None) -> Asked:
         """Send one checked image upstream: the handler's answer (the image counted as classified), or a Problem."""
