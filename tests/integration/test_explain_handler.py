@@ -13,8 +13,8 @@ import pytest
 import torch
 from imagegen import encode, stored_with_orientation
 from PIL import Image
-from support import make_context
-from support import reference as reference_input
+from reference import make_context
+from reference import reference as reference_input
 from testmodel import PHOTOS as PHOTO_LABELS
 from testmodel import Reference, photo, picture
 from torchvision.transforms import CenterCrop, Resize

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -19,8 +18,9 @@ from contract.wire import MODEL_NAME
 from gateway.problems import CATALOGUE, Problem
 from gateway.validation import REFUSAL_TYPES, sniff
 from handlers.imaging import ImageError, decode
+from modelserver.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 SEND = "send JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from modelserver.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 PACKAGES = ("contract", "gateway", "handlers", "modelserver", "bench", "client")
 
 
