@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.budget import BodyBudget, BudgetMiddleware, Hold
+from gateway.budget import ENVELOPE_BYTES, BodyBudget, BudgetMiddleware, Hold
 from gateway.problems import Problem
 from gateway.settings import Settings
-from gateway.validation import ENVELOPE_BYTES
 
 
 def test_a_hold_grows_to_what_it_needs_and_counts_each_byte_once() -> None:
