@@ -25,7 +25,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from handlers.contract import IMAGE_SUFFIXES
+from contract.formats import IMAGE_SUFFIXES
 from handlers.gate import GATE_IMAGES
 from handlers.imaging import ImageError, decode, preprocess
 

@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from handlers.contract import IMAGE_SUFFIXES
+from contract.formats import IMAGE_SUFFIXES
 from handlers.cpu_features import this_cpu_flags
 from handlers.engine_choice import POLICIES
 from handlers.engine_start import Started
