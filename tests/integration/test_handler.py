@@ -24,6 +24,7 @@ from testmodel import (
 )
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from handlers.engine_start import UNTRAINED_WAIVER
 from handlers.image_handler import ImageClassifierHandler
 
 ALL = {"X-Top-K": "1000"}
@@ -198,3 +199,13 @@ def test_timings_go_to_torchserve_metrics_and_a_context_without_metrics_is_fine(
         assert all(0 < value < 60 for name, value in values if name.endswith("_seconds_total"))
         assert all(value == 1 for name, value in values if not name.endswith("_seconds_total"))
     assert answers[0] == answers[1]
+
+
+def test_untrained_weights_waive_the_engine_gate_and_say_so(model_dir: Path) -> None:
+    """Random weights (the session's blind archive): fp32's answers are noise, so the worker-start gate is waived
+    for the engine asked for, and the description says so instead of showing a verdict."""
+    service = ImageClassifierHandler()
+    service.initialize(make_context(model_dir, [{}], engine="openvino-fp32", precision="exact"))
+    described = service.describe()
+    assert (described["engine"], described["untrained"], described["precision"]) == ("openvino-fp32", True, "fp32")
+    assert described["engine_choice"]["verdict"] == UNTRAINED_WAIVER
