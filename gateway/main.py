@@ -55,7 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     errors.install(app, metrics)
 
-    app.add_middleware(BudgetMiddleware, budget=BodyBudget.of(settings))
+    budget = BodyBudget.of(settings)
+    app.add_middleware(
+        BudgetMiddleware, budget=budget, rate_bytes_s=settings.body_rate_bytes_s, grace_s=settings.body_grace_s
+    )
     app.add_middleware(ObserveMiddleware, metrics=metrics, shape_of=errors.shape_of)
     app.add_middleware(DrainMiddleware, drain=drain)
     return app

@@ -34,7 +34,7 @@ from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.settings import Settings
 from gateway.uploads import reserve_body
-from gateway.validation import ENVELOPE_BYTES, CheckedImage, check_image, read_capped
+from gateway.validation import CheckedImage, check_image, read_capped
 from gateway.vectors import floats
 from handlers.contract import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelBlock, ModelDescription
 
@@ -230,7 +230,7 @@ async def infer(
     request: Request, model_name: str, caller: Authenticated, settings: SettingsDep, inference: InferenceDep
 ) -> Response:
     expect_model(settings, model_name)
-    limit = settings.max_batch_bytes + ENVELOPE_BYTES
+    limit = settings.max_body_bytes
     reserve_body(request, limit, BODY_COPIES)
     body = await read_capped(request.stream(), limit, hold_of(request), "the inference request", BODY_COPIES)
     request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH), settings.max_batch_files)

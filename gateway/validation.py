@@ -29,7 +29,6 @@ REFUSAL_TYPES: dict[RefusalCode, str] = {
     "too_many_scans": "invalid-image",
     "too_fragmented": "invalid-image",
 }
-ENVELOPE_BYTES = 64 * 1024  # allowed on top of the image limits for what wraps them: multipart parts, v2's JSON
 
 
 @dataclass(frozen=True)
