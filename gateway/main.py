@@ -13,6 +13,7 @@ from gateway import demo, docs, embed, errors, explain, health, logs, predict, v
 from gateway.auth import KeyStore, RateLimiter
 from gateway.budget import BodyBudget, BudgetMiddleware
 from gateway.drain import Drain, DrainMiddleware
+from gateway.early import EarlyAnswerMiddleware
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
 from gateway.renders import RenderSlots
@@ -61,4 +62,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(ObserveMiddleware, metrics=metrics, shape_of=errors.shape_of)
     app.add_middleware(DrainMiddleware, drain=drain)
+    app.add_middleware(EarlyAnswerMiddleware, linger_s=settings.linger_s)  # outermost: the server's receive
     return app
