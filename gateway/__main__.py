@@ -8,13 +8,12 @@ Signals (gateway/drain.py): SIGTERM drains for GATEWAY_DRAIN_S, then stops; SIGU
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from gateway.drain import DrainingServer
+from gateway.drain import serve
 from gateway.main import create_app
 from gateway.protocol import ConnectionLimits, guarded_protocol
 from gateway.settings import get_settings
@@ -36,9 +35,8 @@ def main() -> None:
         access_log=False,
         log_config=None,
     )
-    server = DrainingServer(config, app.state.drain)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised by uvicorn once stopped: as uvicorn.run
-        server.run()
+    server = uvicorn.Server(config)
+    serve(server, app.state.drain)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 
