@@ -10,7 +10,7 @@ WEIGHTS ?= imagenet
 # onnx (fp32, default), onnx-int8 (quantised; the build refuses it below the accuracy gate) or eager
 ENGINE ?= onnx
 
-.PHONY: setup mar run test lint clean api-key bench images
+.PHONY: setup mar run test test-fast test-unit test-integration test-system lint clean api-key bench images
 
 setup: $(STAMP)
 
@@ -33,14 +33,29 @@ mar: setup
 run: mar
 	$(PY) -m modelserver run
 
-test: setup
-	$(PY) -m mypy
-	$(PY) -m pytest
+# The tests in tiers (docs/development.md, "Tests"), cheapest first; make stops at the first step that fails,
+# and each tier at its first failing test (FAILFAST= runs a whole tier). `make test-fast` is what every change
+# runs: lint, types and the fast tier, about a minute. .ci/run and .github/workflows/ci.yml run these steps.
+FAILFAST ?= -x
+PYTEST = $(PY) -m pytest $(FAILFAST)
+
+test: test-fast test-integration test-system
+
+test-fast: lint test-unit
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m mypy
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-integration: setup
+	$(PYTEST) tests/integration
+
+test-system: setup
+	$(PYTEST) tests/system
 
 clean:
 	rm -rf .run $(MAR)

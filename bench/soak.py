@@ -9,7 +9,7 @@ any other host is refused. The load stops by itself after the given time.
 What counts as a failure (the service's promise under load): anything but 200, 429, or 503 with a
 `Retry-After`; any transport error (connection reset, refused, protocol error); any request without an
 answer within the gateway's timeout plus a margin (a hang). The tests import `saturate`, `RssSampler`
-and `growth` (tests/load/test_saturation.py).
+and `growth` (tests/system/load/test_saturation.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # The one per-instance rollout (docs/operations.md, "Rollout runbook"): pull, out of rotation, recreate, warm up and
 # wait until ready, back into rotation; when the new images never get ready, back to the previous ones
 # and exit 1. Used by the EC2 unit's reload, by deploy.yml through SSM (one instance at a time) and by
-# tests/test_fleet.py. Everything comes from the environment:
+# tests/system/fleet/test_fleet.py. Everything comes from the environment:
 #   SERVE_IMAGE, GATEWAY_IMAGE   the images to roll out (required)
 #   COMPOSE_PROJECT_NAME, GATEWAY_PORT, GATEWAY_API_KEY_HASHES, ...   docker-compose.yml's usual variables
 #   COMPOSE_FILE        default: the docker-compose.yml next to this folder

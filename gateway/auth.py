@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request, Response
@@ -43,16 +44,18 @@ class Bucket:
 
 
 class RateLimiter:
-    """A token bucket per key: `rate` tokens per second, at most `burst` at once. An image costs a token."""
+    """A token bucket per key: `rate` tokens per second, at most `burst` at once. An image costs a token.
+    `clock` gives the seconds the buckets refill by (monotonic; a test passes its own)."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
         self.burst = burst
+        self.clock = clock
         self._buckets: dict[str, Bucket] = {}
 
     def take(self, key_id: str, tokens: int = 1) -> tuple[bool, int, float]:
         """All `tokens` or none: (allowed, tokens remaining, seconds until `tokens` are available)."""
-        now = time.monotonic()
+        now = self.clock()
         bucket = self._buckets.setdefault(key_id, Bucket(float(self.burst), now))
         bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
         bucket.updated = now

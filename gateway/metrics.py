@@ -1,7 +1,7 @@
 """Prometheus metrics of the gateway, in a registry of its own (one per app).
 
 Labels are low-cardinality only: method, the route template, status, outcome, a problem type slug. Never
-an API key, a key id, an image's name or a request id (tests/test_gateway.py scrapes and checks).
+an API key, a key id, an image's name or a request id (tests/integration/test_gateway.py scrapes and checks).
 """
 
 from __future__ import annotations

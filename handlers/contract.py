@@ -1,7 +1,7 @@
 """What the gateway and the handler agree on: the model's name, the image formats, the shapes of the answers.
 
 Standard library only, like handlers/bounds.py: the gateway image carries this file, bounds.py and
-handlers/__init__.py alone from handlers/ (Dockerfile.gateway copies them; tests/test_containers.py checks
+handlers/__init__.py alone from handlers/ (Dockerfile.gateway copies them; tests/unit/test_containers.py checks
 it), and the model archive carries all of handlers/ (modelserver/archive.py). The handler builds its JSON
 answers as these TypedDicts and the gateway reads TorchServe's answers as them, so a field renamed on one
 side is a type error on the other; its custom describe is a ModelDescription. The gateway sniffs an upload's

@@ -11,7 +11,7 @@ on the management API, which rewrites the file) and the file read again; at most
 
 Standard library only, so that both images carry it without their dependencies: the serve image copies all
 of modelserver/ (Dockerfile.serve), the gateway image copies this file and modelserver/__init__.py alone
-(Dockerfile.gateway); tests/test_containers.py checks both.
+(Dockerfile.gateway); tests/unit/test_containers.py checks both.
 """
 
 from __future__ import annotations

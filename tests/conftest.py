@@ -1,4 +1,6 @@
-"""Session fixtures: the model archives (random weights; the test model that sees) and one real TorchServe."""
+"""Session fixtures of the integration and system tiers: the model archives (random weights; the test model
+that sees), one real TorchServe, the gateway in front of it, the images. Built only when a test asks for
+them; torch is imported only then, so the fast tier (tests/unit) never imports it."""
 
 from __future__ import annotations
 
@@ -6,15 +8,18 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from containers import build_images
 from support import API_KEY, OTHER_KEY, PYTHON, Gateway, gateway_env, group_alive, start_torchserve
-from testmodel import TEST_MODEL_FILE, Reference, build_store
 
 from gateway.keys import key_hash
 from modelserver.mar import unpack
 from modelserver.torchserve import TorchServe
+
+if TYPE_CHECKING:
+    from testmodel import Reference
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +44,8 @@ def model_dir(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def seeing_model_store(request: pytest.FixtureRequest) -> Path:
     """A model store holding resnet50.mar of the test model that sees its input (tests/testmodel.py), built by
     the real CLI from a state dict; cached under the pytest cache dir, keyed by everything it is built from."""
+    from testmodel import build_store
+
     return build_store(request.config.cache.mkdir("seeing-model"))
 
 
@@ -51,6 +58,8 @@ def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPath
 @pytest.fixture(scope="session")
 def seeing_model(seeing_model_dir: Path) -> Reference:
     """The test model in eager PyTorch behind torchvision's reference pipeline (what the service must answer)."""
+    from testmodel import Reference
+
     return Reference(seeing_model_dir)
 
 
@@ -85,6 +94,23 @@ def images(seeing_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """Both images, built once per session by `make images`' script (WEIGHTS=PATH) with the test model's
     state dict under its own name, which the model block shows (warm layers: seconds; the test model is
     deterministic). Used by the container suites (tests/containers.py)."""
+    from testmodel import TEST_MODEL_FILE
+
     weights = tmp_path_factory.mktemp("weights") / TEST_MODEL_FILE
     shutil.copyfile(seeing_model_dir / "resnet50.pth", weights)
     return build_images(weights)
+
+
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier (its folder under tests/) and, in the system tier, with its system
+    (the folder below that: docker, fleet, infra, ...), so `-m` selects across folders too."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts
+        if parts[0] in TIERS:
+            item.add_marker(parts[0])
+            if parts[0] == "system" and len(parts) > 2:
+                item.add_marker(parts[1])

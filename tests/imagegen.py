@@ -90,7 +90,7 @@ def in_format(fmt: str, width: int = 300, height: int = 260) -> bytes:
     return encode(img, fmt)
 
 
-FORMATS = [fmt["name"] for fmt in IMAGE_FORMATS]  # pinned in tests/test_contract.py
+FORMATS = [fmt["name"] for fmt in IMAGE_FORMATS]  # pinned in tests/unit/test_contract.py
 
 
 def truncated_jpeg() -> bytes:

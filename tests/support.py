@@ -5,7 +5,6 @@ Test files import shared helpers from here only, never from each other or from c
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -20,15 +19,9 @@ from typing import TypeVar
 
 import httpx
 import psutil
-import torch
-import yaml
-from PIL import Image, ImageOps
-from torchvision.models import ResNet50_Weights
-from ts.context import Context, RequestProcessor
 
 from bench.processes import process_roles
 from gateway.problems import PROBLEM_JSON, TYPE_BASE
-from handlers.imaging import decode, preprocess
 from modelserver.gateway_process import GatewayProcess as Gateway
 from modelserver.gateway_process import gateway_env
 from modelserver.paths import REPO_ROOT
@@ -41,14 +34,11 @@ __all__ = [
     "OTHER_KEY",
     "PYTHON",
     "Gateway",
-    "assert_identical",
-    "MAX_PIXELS",
     "assert_problem",
     "client_env",
     "imgcls",
     "imgcls_cmd",
     "jsonl",
-    "make_context",
     "metrics_url",
     "read_properties",
     "worker_processes",
@@ -56,9 +46,7 @@ __all__ = [
     "free_port",
     "gateway_env",
     "group_alive",
-    "ours",
     "post",
-    "reference",
     "slowest_answer_during",
     "start_torchserve",
 ]
@@ -94,38 +82,6 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict:
     assert body["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text
     return body
-
-
-REFERENCE = ResNet50_Weights.IMAGENET1K_V2.transforms()
-MAX_PIXELS = 40_000_000
-
-
-def reference(data: bytes) -> torch.Tensor:
-    """torchvision's own pipeline for the weights, after EXIF orientation and RGB conversion."""
-    return REFERENCE(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
-
-
-def ours(data: bytes) -> torch.Tensor:
-    return torch.from_numpy(preprocess(decode(data, MAX_PIXELS)))
-
-
-def assert_identical(data: bytes) -> None:
-    expected, actual = reference(data), ours(data)
-    assert actual.dtype == expected.dtype == torch.float32
-    assert actual.shape == expected.shape == (3, 224, 224)
-    assert torch.equal(actual, expected), f"max abs diff {(actual - expected).abs().max().item()}"
-
-
-# --- the handler in process, as TorchServe drives it ---------------------------------------------------------
-
-
-def make_context(model_dir: Path, headers: list[dict[str, str]], **settings: object) -> Context:
-    """A Context for `headers` (one dict per request); `settings` override the archive's handler block."""
-    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-    config["handler"].update(settings)
-    context = Context("resnet50", str(model_dir), {}, len(headers), None, "0.12.0", model_yaml_config=config)
-    context.request_processor = [RequestProcessor(dict(h)) for h in headers]
-    return context
 
 
 # --- the batch client (imgcls) as a subprocess -------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import ts
 from imagegen import in_format, jpeg, png_claiming, stored_with_orientation, truncated_jpeg
-from support import make_context
+from reference import make_context
 from testmodel import (
     PHOTOS,
     PROB_TOLERANCE,

@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from modelserver.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
 PACKAGES = ("gateway", "handlers", "modelserver", "bench", "client")
 
 

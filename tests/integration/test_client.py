@@ -27,9 +27,10 @@ from client.sender import Sender
 from client.tasks import Classify, Embed
 from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
+from modelserver.paths import REPO_ROOT
 from modelserver.torchserve import TorchServe
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 GOOD = {  # 12 images in nested folders: path → the test model's photo, which it knows by its label
     "top1.jpg": "astronaut",

@@ -1,5 +1,5 @@
 """TorchServe's key policy (modelserver/torchserve_keys.py), the decisions alone; the gateway and the readiness
-probe act on them against a real TorchServe in tests/test_gateway_faults.py."""
+probe act on them against a real TorchServe in tests/integration/test_gateway_faults.py."""
 
 from __future__ import annotations
 

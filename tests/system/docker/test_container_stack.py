@@ -27,7 +27,8 @@ import psutil
 import pytest
 from containers import API_KEY, JPEG, ROOT, Stack, container_marks, docker
 from imagegen import jpeg
-from support import assert_problem, client_env, free_port, imgcls_cmd, jsonl, make_context, summary
+from reference import make_context
+from support import assert_problem, client_env, free_port, imgcls_cmd, jsonl, summary
 from testmodel import LABELS, PHOTOS, TEST_MODEL_FILE, photo
 
 from handlers.image_handler import ImageClassifierHandler

@@ -8,13 +8,14 @@ import itertools
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from modelserver.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 ROTATION = REPO / "deploy" / "rotation.py"
 MIN_TAG = "rotation:restore-min-size"
 NAMES = itertools.count()

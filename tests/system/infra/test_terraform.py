@@ -22,8 +22,9 @@ import pytest
 import yaml
 
 from handlers.timing import COUNTERS
+from modelserver.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO_ROOT
 INFRA = REPO / "infra"
 TERRAFORM = shutil.which("terraform")
 REGION = "us-east-1"

@@ -166,7 +166,7 @@ def test_garbage_from_upstream_is_502(api_key: str, tmp_path: Path) -> None:
 
 
 def test_connection_cut_by_upstream_is_503_with_retry_after(api_key: str, tmp_path: Path) -> None:
-    """A crash mid-request (tests/test_container_stack.py does it to the real TorchServe): retryable."""
+    """A crash mid-request (tests/system/docker/test_container_stack.py does it to the real TorchServe): retryable."""
     with gateway_before(DroppingUpstream, api_key, tmp_path) as gateway:
         response = post(gateway, api_key, content=jpeg(), headers=JPEG)
         body = assert_problem(response, 503, "model-unavailable")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -18,8 +17,9 @@ from gateway.validation import REFUSAL_TYPES, sniff
 from handlers.bounds import RefusalCode
 from handlers.contract import ACCEPTED_FORMATS, IMAGE_FORMATS, IMAGE_SUFFIXES, MODEL_NAME, sniffed_format
 from handlers.imaging import ImageError, decode
+from modelserver.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 SEND = "send JPEG, PNG, WebP, GIF, BMP or TIFF"
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from imagegen import encode, stored_with_orientation
 from PIL import Image
-from support import make_context
-from support import reference as reference_input
+from reference import make_context
+from reference import reference as reference_input
 from testmodel import PHOTOS as PHOTO_LABELS
 from testmodel import Reference, photo, picture
 from torchvision.transforms import CenterCrop, Resize
@@ -24,9 +24,11 @@ from handlers.image_handler import ImageClassifierHandler
 from handlers.imaging import decode, preprocess
 from modelserver.quantize import quantize
 
-# The maps against the torch reference, relative to the map's peak. Eager runs PyTorch's own layers; ONNX
-# Runtime's convolutions sum in another order, which moves layer4's features by about 1e-5 relative and the
-# maps (a sum over 2048 channels) by up to about 4e-5 (measured; the export itself is held to 1e-3 in logits).
+# The maps against the torch reference. A map is a sum over 2048 channels of weight x feature, whose terms
+# cancel: its error is relative to the size of those terms (the sum of |weight x feature|), not to its peak,
+# which can be near zero. Eager runs PyTorch's own layers; ONNX Runtime's convolutions sum in another order,
+# which moves layer4's features by about 1e-5 relative, so a map element by at most about that much of its
+# terms' size, on any model (the export itself is held to 1e-3 in logits).
 CAM_TOLERANCE = {"eager": 1e-5, "onnx": 1e-4}
 EMBEDDING_TOLERANCE = {"eager": 1e-6, "onnx": 1e-5}  # absolute, per component of the unit vector
 
@@ -59,10 +61,12 @@ def torch_maps(reference: Reference, data: bytes) -> tuple[torch.Tensor, torch.T
     return seen["layer4"][0], seen["avgpool"][0].flatten(), logits
 
 
-def reference_cam(reference: Reference, data: bytes, class_id: int) -> np.ndarray:
+def reference_cam(reference: Reference, data: bytes, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The class activation map of `class_id` by torch, and the size of its terms (sum of |weight x feature|)."""
     features, _, _ = torch_maps(reference, data)
     weight = reference.model.fc.weight.detach()[class_id]
-    return torch.relu(torch.einsum("k,kij->ij", weight, features)).numpy()
+    terms = torch.einsum("k,kij->ij", weight.abs(), features.abs())
+    return torch.relu(torch.einsum("k,kij->ij", weight, features)).numpy(), terms.numpy()
 
 
 PHOTOS = ["chelsea", "astronaut", "coffee", "stereo_motorcycle"]
@@ -80,10 +84,9 @@ def test_cam_equals_the_torch_reference(
     assert classes == [p["class_id"] for p in result["predictions"]] + [0]
     for explanation in result["explanations"]:
         cam = np.asarray(explanation["cam"])
-        expected = reference_cam(seeing_model, data, explanation["class_id"])
+        expected, terms = reference_cam(seeing_model, data, explanation["class_id"])
         assert cam.shape == (7, 7) and cam.min() >= 0
-        peak = max(float(expected.max()), 1e-12)
-        assert np.abs(cam - expected).max() / peak < CAM_TOLERANCE[engine_handler.engine.name]
+        assert (np.abs(cam - expected) <= CAM_TOLERANCE[engine_handler.engine.name] * terms).all()
     top = result["explanations"][0]
     assert top["cam"] and np.asarray(top["cam"]).max() > 0  # the top class was seen somewhere
 

@@ -24,7 +24,7 @@ from imagegen import (
     with_orientation,
 )
 from PIL import Image
-from support import MAX_PIXELS, assert_identical, ours
+from reference import MAX_PIXELS, assert_identical, ours
 from testmodel import large_photo
 
 from handlers.bounds import MAX_JPEG_SCANS, jpeg_refusal, jpeg_scans

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from modelserver.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 DOCS = [REPO / "README.md", REPO / "SECURITY.md", REPO / "infra" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL_FENCES = {"", "sh", "bash", "shell", "console"}
 # Top-level folders whose paths, named in code, must exist (unless git ignores them: generated or the user's).

@@ -1,1 +1,0 @@
-"""Load and soak tests (the long soak is `python -m bench.soak`, see docs/operations.md, "Reliability")."""
