@@ -18,7 +18,7 @@ import torch
 import yaml
 from torchvision.models import resnet50
 
-from handlers.contract import MODEL_NAME
+from contract.wire import MODEL_NAME
 from handlers.engines import STATE_DICT_FILE
 
 

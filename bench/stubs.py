@@ -18,9 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from handlers.contract import MODEL_NAME, ModelBlock
+from contract.wire import MODEL_NAME, ServedModel
 
-MODEL: ModelBlock = {"name": MODEL_NAME, "version": "1.0", "weights": "stub", "untrained": True, "engine": "stub"}
+MODEL: ServedModel = {"name": MODEL_NAME, "version": "1.0", "weights": "stub", "untrained": True, "engine": "stub"}
 PREDICTION = {
     "predictions": [{"class_id": i, "label": f"class {i}", "score": 0.5 / (i + 1)} for i in range(20)],
     "model": MODEL,

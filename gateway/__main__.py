@@ -13,6 +13,7 @@ import sys
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from gateway import logs
 from gateway.drain import serve
 from gateway.main import create_app
 from gateway.protocol import ConnectionLimits, guarded_protocol
@@ -21,6 +22,7 @@ from gateway.settings import get_settings
 
 def main() -> None:
     settings = get_settings()
+    logs.configure(settings.log_level)  # the process's logging: JSON lines on stdout
     app = create_app(settings)
     config = uvicorn.Config(
         app,

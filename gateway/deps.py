@@ -2,7 +2,9 @@
 route (`settings: SettingsDep`, `_: Authenticated`, ...) and none reads the app's state itself.
 
 `create_app` (gateway/main.py) keeps the app's services in `app.state`; this module is the one place that
-reads them back, each with its type.
+reads them back, each with its type. It also turns what a request carries into the plain values the service
+layer takes: the caller (after auth), the ranking options (their `classes` resolved against the served
+model's labels), the service itself with the request's id.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from gateway.auth import Caller, KeyStore, RateLimiter, admit
 from gateway.budget import hold_of
 from gateway.drain import Drain
 from gateway.metrics import Metrics
+from gateway.ranking import RankOptions, RankQuery, rank_query, resolve_classes
 from gateway.renders import RenderSlots
 from gateway.service import Inference
 from gateway.settings import Settings
@@ -59,8 +62,21 @@ async def authenticate(
 Authenticated = Annotated[Caller, Depends(authenticate)]
 
 
+async def rank_options(query: Annotated[RankQuery, Depends(rank_query)], upstream: UpstreamDep) -> RankOptions:
+    """The ranking the client asked for (gateway/ranking.py), an allow-list of `classes` resolved against the
+    served model's labels (asked of TorchServe only then)."""
+    allowed = None
+    if query.classes is not None:
+        allowed = resolve_classes(query.classes, (await upstream.model_info())["label_names"])
+    return RankOptions(query.top_k, query.min_score, query.unknown_below, allowed)
+
+
+Ranking = Annotated[RankOptions, Depends(rank_options)]
+
+
 async def inference(request: Request, settings: SettingsDep, upstream: UpstreamDep, metrics: MetricsDep) -> Inference:
-    return Inference(request, settings, upstream, metrics)
+    request_id: str = request.state.request_id  # set by gateway/observe.py
+    return Inference(settings, upstream, metrics, request_id)
 
 
 InferenceDep = Annotated[Inference, Depends(inference)]

@@ -9,13 +9,14 @@ base64 (exact, and about a quarter of the size).
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
-from gateway import schemas
-from gateway.deps import Authenticated, InferenceDep
-from gateway.service import Asked, model_block
+from contract.wire import ItemAnswer
+from gateway import schemas, uploads
+from gateway.deps import Authenticated, InferenceDep, SettingsDep
+from gateway.service import model_block
 from gateway.validation import CheckedImage
 from gateway.vectors import floats
 
@@ -23,12 +24,11 @@ router = APIRouter()
 Encoding = Annotated[Literal["json", "base64"], Query(description="json: a list of floats; base64: float32 LE")]
 
 
-def vector(asked: Asked, encoding: str) -> dict[str, Any]:
-    """The model block and the handler's base64 float32 vector, as the client asked for it."""
-    raw = asked.answer["embedding"]
+def vector(answer: ItemAnswer, encoding: str) -> tuple[list[float] | str, int]:
+    """The handler's base64 float32 vector as the client asked for it, and its dimensions."""
+    raw = answer["embedding"]
     values = floats(base64.b64decode(raw))
-    embedding = values if encoding == "json" else raw
-    return {"model": model_block(asked.answer), "embedding": embedding, "dimensions": len(values)}
+    return (values if encoding == "json" else raw), len(values)
 
 
 @schemas.single_route(
@@ -38,20 +38,36 @@ def vector(asked: Asked, encoding: str) -> dict[str, Any]:
     "The image's embedding (L2-normalised, 2048-d)",
     "Input as for /v1/predict. The dot product of two embeddings is their cosine similarity.",
 )
-async def embed(_: Authenticated, service: InferenceDep, encoding: Encoding = "json") -> dict[str, Any]:
-    asked = await service.embed(await service.one_image())
-    service.classified()
-    return {
-        "request_id": service.request_id,
-        "encoding": encoding,
-        **vector(asked, encoding),
-        "timing_ms": service.timing_ms(asked.upstream_s),
-    }
+async def embed(
+    request: Request, _: Authenticated, settings: SettingsDep, service: InferenceDep, encoding: Encoding = "json"
+) -> schemas.Embedding:
+    asked = await service.embed(await uploads.single_image(request, settings))
+    embedding, dimensions = vector(asked.answer, encoding)
+    return schemas.Embedding(
+        request_id=service.request_id,
+        model=model_block(asked.answer),
+        encoding=encoding,
+        embedding=embedding,
+        dimensions=dimensions,
+        timing_ms=service.timing_ms(asked.upstream_s),
+    )
 
 
 @schemas.batch_route(router, "/v1/embed/batch", schemas.BatchEmbedding, "Embeddings of several images")
-async def embed_batch(caller: Authenticated, service: InferenceDep, encoding: Encoding = "json") -> dict[str, Any]:
-    async def work(image: CheckedImage) -> dict[str, Any]:
-        return vector(await service.embed(image), encoding)
+async def embed_batch(
+    request: Request, caller: Authenticated, settings: SettingsDep, service: InferenceDep, encoding: Encoding = "json"
+) -> schemas.BatchEmbedding:
+    async def work(
+        filename: str | None, image: CheckedImage
+    ) -> tuple[schemas.ModelBlock, schemas.BatchEmbeddingResult]:
+        asked = await service.embed(image)
+        embedding, dimensions = vector(asked.answer, encoding)
+        return model_block(asked.answer), schemas.BatchEmbeddingResult(
+            filename=filename, embedding=embedding, dimensions=dimensions
+        )
 
-    return {**await service.batch(caller, work), "encoding": encoding}
+    files = await uploads.batch_uploads(request, settings)
+    done = await service.batch(files, caller, work, schemas.BatchEmbeddingResult)
+    return schemas.BatchEmbedding(
+        request_id=service.request_id, model=done.model, encoding=encoding, results=done.results
+    )

@@ -8,15 +8,15 @@ box they cover, in the original's pixels) or draws one of them over the image as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
-from gateway import schemas
-from gateway.deps import Authenticated, InferenceDep, RendersDep
+from contract.wire import CLASSES, ClassMap, ItemAnswer
+from gateway import schemas, uploads
+from gateway.deps import Authenticated, InferenceDep, RendersDep, SettingsDep
 from gateway.ranking import MAX_TOP_K, RankOptions, ranked
 from gateway.service import model_block
-from handlers.contract import CLASSES, Explanation, ItemAnswer
 
 router = APIRouter()
 MAX_SIDE = 1024  # the PNG's longer side at most
@@ -43,7 +43,7 @@ async def explain_options(
 Options = Annotated[ExplainOptions, Depends(explain_options)]
 
 
-def explained(answer: ItemAnswer, class_ids: list[int]) -> list[Explanation]:
+def explained(answer: ItemAnswer, class_ids: list[int]) -> list[ClassMap]:
     by_class = {e["class_id"]: e for e in answer["explanations"]}
     return [by_class[c] for c in dict.fromkeys(class_ids)]
 
@@ -58,10 +58,16 @@ def explained(answer: ItemAnswer, class_ids: list[int]) -> list[Explanation]:
     f"at most {MAX_SIDE} px, with the map of `class_id` (default: the top class) over it.",
     responses={200: {"content": {"image/png": {}}}, **schemas.ERRORS},
 )
-async def explain(_: Authenticated, options: Options, renders: RendersDep, service: InferenceDep) -> Any:
-    image = await service.one_image()
+async def explain(
+    request: Request,
+    _: Authenticated,
+    options: Options,
+    renders: RendersDep,
+    settings: SettingsDep,
+    service: InferenceDep,
+) -> schemas.Explanation | Response:
+    image = await uploads.single_image(request, settings)
     asked = await service.explain(image, options.top_k, options.class_id)
-    service.classified()
     answer = asked.answer
     predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None))
     geometry = answer["geometry"]
@@ -74,13 +80,13 @@ async def explain(_: Authenticated, options: Options, renders: RendersDep, servi
         return Response(png, media_type="image/png", headers=headers)
     left, top, right, bottom = geometry["crop"]
     extra = [options.class_id] if options.class_id is not None else []
-    return {
-        "request_id": service.request_id,
-        "model": model_block(answer),
-        "predictions": predictions,
-        "decision": decision,
-        "explanations": explained(answer, [p["class_id"] for p in predictions] + extra),
-        "image": {"width": geometry["width"], "height": geometry["height"]},
-        "crop": {"left": left, "top": top, "right": right, "bottom": bottom},
-        "timing_ms": service.timing_ms(asked.upstream_s),
-    }
+    return schemas.Explanation(
+        request_id=service.request_id,
+        model=model_block(answer),
+        predictions=predictions,
+        decision=decision,
+        explanations=explained(answer, [p["class_id"] for p in predictions] + extra),
+        image=schemas.Size(width=geometry["width"], height=geometry["height"]),
+        crop=schemas.Box(left=left, top=top, right=right, bottom=bottom),
+        timing_ms=service.timing_ms(asked.upstream_s),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import schemas, service
+from gateway import readiness, schemas
 from gateway.auth import admit
 from gateway.deps import DrainDep, KeysDep, LimiterDep, MetricsDep, SettingsDep, UpstreamDep
 
@@ -14,8 +14,8 @@ router = APIRouter()
 
 
 @router.get("/healthz", response_model=schemas.Health, summary="The gateway process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> schemas.Health:
+    return schemas.Health(status="ok")
 
 
 @router.get(
@@ -24,9 +24,9 @@ async def healthz() -> dict[str, str]:
     responses={503: schemas.ERRORS[503]},
     summary="TorchServe has a READY worker for the model",
 )
-async def readyz(drain: DrainDep, upstream: UpstreamDep) -> service.ReadyBody:
-    service.refuse_while_draining(drain)
-    return await service.ready(upstream)
+async def readyz(drain: DrainDep, upstream: UpstreamDep) -> schemas.Ready:
+    readiness.refuse_while_draining(drain)
+    return await readiness.ready(upstream)
 
 
 async def metrics_access(

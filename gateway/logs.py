@@ -25,6 +25,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO") -> None:
+    """The process's logging, set by its entry point (`python -m gateway`): the root logger writes JSON lines to
+    stdout, uvicorn's loggers go through it, and uvicorn's access log is off (the request line replaces it)."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from handlers.contract import Geometry
+from contract.wire import Geometry
 
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: a 1024 px overlay in a few ms instead of tens
 REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA"})

@@ -1,26 +1,23 @@
 """Classification on the /v1 API: /v1/predict (one image), /v1/predict/batch (several) and /v1/models
 (what is served).
 
-A request's path: this module (auth, ranking options) → gateway/service.py (reading the image through
-gateway/uploads.py and gateway/validation.py, then asking gateway/upstream.py, the TorchServe client) →
-handlers/image_handler.py inside the TorchServe worker; the scores come back and are ranked by
-gateway/ranking.py.
+A request's path: this module (the image read and checked by gateway/uploads.py and gateway/validation.py;
+auth and ranking options from gateway/deps.py) → gateway/service.py (asking gateway/upstream.py, the
+TorchServe client) → handlers/image_handler.py inside the TorchServe worker; the scores come back and are
+ranked by gateway/ranking.py.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from fastapi import APIRouter, Request
 
-from fastapi import APIRouter, Depends
-
-from gateway import schemas
-from gateway.deps import Authenticated, InferenceDep, UpstreamDep
-from gateway.ranking import RankOptions, rank_options, ranked
+from gateway import schemas, uploads
+from gateway.deps import Authenticated, InferenceDep, Ranking, SettingsDep, UpstreamDep
+from gateway.ranking import ranked
 from gateway.service import model_block
 from gateway.validation import CheckedImage
 
 router = APIRouter()
-Ranking = Annotated[RankOptions, Depends(rank_options)]
 
 
 @schemas.single_route(
@@ -30,32 +27,40 @@ Ranking = Annotated[RankOptions, Depends(rank_options)]
     "Classify one image",
     "Send the image as multipart field `file`, or as the raw body with an `image/*` type.",
 )
-async def predict(_: Authenticated, options: Ranking, service: InferenceDep) -> dict[str, Any]:
-    asked = await service.classify(await service.one_image(), options.upstream_top_k)
-    service.classified()
+async def predict(
+    request: Request, _: Authenticated, options: Ranking, settings: SettingsDep, service: InferenceDep
+) -> schemas.Prediction:
+    asked = await service.classify(await uploads.single_image(request, settings), options.upstream_top_k)
     predictions, decision = ranked(asked.answer, options)
-    return {
-        "request_id": service.request_id,
-        "model": model_block(asked.answer),
-        "predictions": predictions,
-        "decision": decision,
-        "timing_ms": service.timing_ms(asked.upstream_s),
-    }
+    return schemas.Prediction(
+        request_id=service.request_id,
+        model=model_block(asked.answer),
+        predictions=predictions,
+        decision=decision,
+        timing_ms=service.timing_ms(asked.upstream_s),
+    )
 
 
 @schemas.batch_route(router, "/v1/predict/batch", schemas.BatchPrediction, "Classify several images")
-async def predict_batch(caller: Authenticated, options: Ranking, service: InferenceDep) -> dict[str, Any]:
-    async def work(image: CheckedImage) -> dict[str, Any]:
+async def predict_batch(
+    request: Request, caller: Authenticated, options: Ranking, settings: SettingsDep, service: InferenceDep
+) -> schemas.BatchPrediction:
+    async def work(filename: str | None, image: CheckedImage) -> tuple[schemas.ModelBlock, schemas.BatchResult]:
         asked = await service.classify(image, options.upstream_top_k)
         predictions, decision = ranked(asked.answer, options)
-        return {"model": model_block(asked.answer), "predictions": predictions, "decision": decision}
+        return model_block(asked.answer), schemas.BatchResult(
+            filename=filename, predictions=predictions, decision=decision
+        )
 
-    return await service.batch(caller, work)
+    files = await uploads.batch_uploads(request, settings)
+    done = await service.batch(files, caller, work, schemas.BatchResult)
+    return schemas.BatchPrediction(request_id=service.request_id, model=done.model, results=done.results)
 
 
 @router.get("/v1/models", response_model=schemas.Models, responses=schemas.ERRORS, summary="What is served")
-async def models(_: Authenticated, upstream: UpstreamDep) -> dict[str, Any]:
+async def models(_: Authenticated, upstream: UpstreamDep) -> schemas.Models:
     info = await upstream.model_info()
     readiness = await upstream.readiness()
     fields = ("name", "version", "weights", "untrained", "labels", "engine", "int8_gate", "outputs")
-    return {"models": [{**{k: info.get(k) for k in fields}, "workers_ready": readiness.workers_ready}]}
+    served = {k: info.get(k) for k in fields}
+    return schemas.Models(models=[schemas.ModelInfo(**served, workers_ready=readiness.workers_ready)])

@@ -10,14 +10,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, TypedDict
+from typing import Annotated
 
 from fastapi import Query
 
-from gateway.deps import UpstreamDep
+from contract.wire import CLASSES, ItemAnswer
 from gateway.digits import ascii_int
 from gateway.problems import Problem
-from handlers.contract import CLASSES, ItemAnswer, Prediction
+from gateway.schemas import Decision, Ranked
 
 MAX_TOP_K = 20
 
@@ -59,18 +59,18 @@ def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
     return frozenset(ids)
 
 
-class Ranked(Prediction):
-    rank: int
+@dataclass(frozen=True)
+class RankQuery:
+    """The ranking parameters as the client sent them; gateway/deps.py makes them RankOptions (`classes` resolved
+    against the served model's labels)."""
+
+    top_k: int
+    min_score: float | None
+    unknown_below: float | None
+    classes: str | None
 
 
-class Decision(TypedDict):
-    label: str  # "unknown" when no score passes `unknown_below`
-    class_id: int | None
-    score: float | None
-
-
-async def rank_options(
-    upstream: UpstreamDep,
+async def rank_query(
     top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="number of classes to return")] = 5,
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="drop predictions below this")] = None,
     unknown_below: Annotated[
@@ -79,12 +79,8 @@ async def rank_options(
     classes: Annotated[
         str | None, Query(max_length=20000, description="allow-list: comma-separated class ids or label names")
     ] = None,
-) -> RankOptions:
-    allowed = None
-    if classes is not None:
-        info = await upstream.model_info()
-        allowed = resolve_classes(classes, info["label_names"])
-    return RankOptions(top_k, min_score, unknown_below, allowed)
+) -> RankQuery:
+    return RankQuery(top_k, min_score, unknown_below, classes)
 
 
 def ranked(answer: ItemAnswer, options: RankOptions) -> tuple[list[Ranked], Decision]:

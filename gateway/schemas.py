@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
+from contract.wire import CLASSES, MODEL_NAME
 from gateway.problems import PROBLEM_JSON, problem_schema
-from handlers.contract import CLASSES, MODEL_NAME
 
 UNTRAINED_NOTE = "true when the archive was built with random weights: predictions are then meaningless"
 
@@ -21,20 +22,22 @@ class ModelBlock(BaseModel):
     untrained: bool | None = Field(description=UNTRAINED_NOTE)
 
 
-class Ranked(BaseModel):
-    rank: int = Field(ge=1)
-    class_id: int = Field(ge=0, le=CLASSES - 1)
+# The parts of an answer that gateway/ranking.py and the service build are TypedDicts: plain dicts to them,
+# validated and documented by pydantic as members of the response models below (the same schema as models).
+class Ranked(TypedDict):
+    rank: Annotated[int, Field(ge=1)]
+    class_id: Annotated[int, Field(ge=0, le=CLASSES - 1)]
     label: str
-    score: float = Field(ge=0, le=1)
+    score: Annotated[float, Field(ge=0, le=1)]
 
 
-class Decision(BaseModel):
-    label: str = Field(description='the top label, or "unknown" when the best score is below unknown_below')
+class Decision(TypedDict):
+    label: Annotated[str, Field(description='the top label, or "unknown" when the best score is below unknown_below')]
     class_id: int | None
     score: float | None
 
 
-class Timing(BaseModel):
+class Timing(TypedDict):
     total: float
     upstream: float
 

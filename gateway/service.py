@@ -1,47 +1,34 @@
-"""The service layer: what every router asks of the model, whatever its wire protocol.
+"""The service layer: what every wire protocol asks of the model, in plain values.
 
-`Inference` (one per request, from gateway/deps.py) reads the request's images (gateway/uploads.py), asks
-TorchServe for the scores and the extras a route needs (gateway/upstream.py: classify, embed, explain; one
-image, or a batch whose files are answered each on its own), counts the images' outcomes and times them.
-The routers shape its answers for their protocol. Readiness (`ready`, `refuse_while_draining`) is the
-probes' service: /readyz and v2's health routes.
+`Inference` (one per request, from gateway/deps.py) takes checked images (gateway/validation.py's
+CheckedImage; each protocol's router reads them out of its request through gateway/uploads.py), the options
+and the caller, never the request itself. It asks TorchServe for the scores and the extras a route needs
+(gateway/upstream.py: classify, embed, explain; one image, a tensor of several, or a batch whose files are
+answered each on its own) and times them. The outcome of an image is counted where it is known: `ask` counts
+every image TorchServe classified, whatever the route; a refused image is counted by `Metrics.image_refused`,
+from the app's Problem handler (gateway/errors.py) or, for a file of a batch, here. The routers shape the
+answers for their protocol. The readiness probes have a service of their own (gateway/readiness.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Generic, TypeVar
 
-from fastapi import Request
-
+from contract.wire import CAM, EMBEDDING, EXPLAIN_CLASSES_HEADER, OUTPUT_HEADER, ItemAnswer
 from gateway import uploads
 from gateway.auth import Caller
-from gateway.drain import Drain
 from gateway.metrics import Metrics
 from gateway.problems import Problem
+from gateway.schemas import ModelBlock, Timing
 from gateway.settings import Settings
 from gateway.upstream import TorchServeClient
 from gateway.validation import CheckedImage
-from handlers.contract import CAM, EMBEDDING, EXPLAIN_CLASSES_HEADER, OUTPUT_HEADER, ItemAnswer
 
 EMBEDDING_OUTPUT = {OUTPUT_HEADER: EMBEDDING}  # the handler's extras, asked for in its OUTPUT_HEADER
-
-
-class ServedModel(TypedDict):
-    """The model block of the gateway's answers (the handler's, without its engine)."""
-
-    name: str | None
-    version: str | None
-    weights: str | None
-    untrained: bool | None
-
-
-class Timing(TypedDict):
-    total: float
-    upstream: float
 
 
 @dataclass(frozen=True)
@@ -52,52 +39,55 @@ class Asked:
     upstream_s: float
 
 
-def model_block(answer: ItemAnswer) -> ServedModel:
+def model_block(answer: ItemAnswer) -> ModelBlock:
+    """The model block of the gateway's answers: the handler's served model, without its engine."""
     model = answer.get("model")
     if model is None:
-        return {"name": None, "version": None, "weights": None, "untrained": None}
-    return {
-        "name": model.get("name"),
-        "version": model.get("version"),
-        "weights": model.get("weights"),
-        "untrained": model.get("untrained"),
-    }
+        return ModelBlock(name=None, version=None, weights=None, untrained=None)
+    return ModelBlock(
+        name=model.get("name"),
+        version=model.get("version"),
+        weights=model.get("weights"),
+        untrained=model.get("untrained"),
+    )
 
 
-# One file of a batch, once checked: its part of the batch's answer (with its "model", lifted to the top).
-ItemWork = Callable[[CheckedImage], Awaitable[dict[str, Any]]]
+Result = TypeVar("Result")
+# One file of a batch, once checked (its filename, its image) → the model block and the file's result.
+FileWork = Callable[[str | None, CheckedImage], Awaitable[tuple[ModelBlock, Result]]]
+# The result of a file that was refused, from keywords `filename` and `error` (the problem's body): the
+# route's result model itself.
+FileRefused = Callable[..., Result]
+
+
+@dataclass(frozen=True)
+class BatchAnswer(Generic[Result]):
+    """A batch's results in input order, and the model block of the first file answered (None if none was)."""
+
+    model: ModelBlock | None
+    results: list[Result]
 
 
 class Inference:
-    def __init__(self, request: Request, settings: Settings, upstream: TorchServeClient, metrics: Metrics) -> None:
-        self.request = request
+    def __init__(self, settings: Settings, upstream: TorchServeClient, metrics: Metrics, request_id: str) -> None:
         self.settings = settings
         self.upstream = upstream
         self.metrics = metrics
+        self.request_id = request_id
         self.started = time.perf_counter()  # when the route began (after auth)
-
-    @property
-    def request_id(self) -> str:
-        request_id: str = self.request.state.request_id  # set by gateway/observe.py
-        return request_id
 
     def timing_ms(self, upstream_s: float) -> Timing:
         total = time.perf_counter() - self.started
         return {"total": round(total * 1000, 2), "upstream": round(upstream_s * 1000, 2)}
 
-    def classified(self, count: int = 1) -> None:
-        self.metrics.images.labels("classified").inc(count)
-
-    async def one_image(self) -> CheckedImage:
-        return await uploads.single_image(self.request, self.settings)
-
     async def ask(self, image: CheckedImage, top_k: int, extra_headers: dict[str, str] | None = None) -> Asked:
-        """Send one checked image upstream: the handler's answer, or a Problem."""
+        """Send one checked image upstream: the handler's answer (the image counted as classified), or a Problem."""
         started = time.perf_counter()
         try:
             answer = await self.upstream.predict(image.data, top_k, self.request_id, extra_headers)
         finally:
             self.metrics.upstream_latency.observe(time.perf_counter() - started)
+        self.metrics.images.labels("classified").inc()
         return Asked(answer, time.perf_counter() - started)
 
     async def classify(self, image: CheckedImage, top_k: int) -> Asked:
@@ -118,46 +108,28 @@ class Inference:
         if asked for."""
         extra = EMBEDDING_OUTPUT if embedding else None
         asked = await asyncio.gather(*(self.ask(image, top_k, extra) for image in images))
-        self.classified(len(asked))
         return [each.answer for each in asked]
 
-    async def batch(self, caller: Caller, work: ItemWork) -> dict[str, Any]:
-        """A multipart batch (repeated field `files`), each file through `work`, concurrently; results in order.
-        The model block of the first answer is lifted to the top."""
-        files = await uploads.batch_uploads(self.request, self.settings)
+    async def batch(
+        self,
+        files: Sequence[uploads.Upload],
+        caller: Caller,
+        work: FileWork[Result],
+        refused: FileRefused[Result],
+    ) -> BatchAnswer[Result]:
+        """A multipart batch's files (gateway/uploads.py's batch_uploads), charged to `caller`, each read, checked
+        and passed to `work` concurrently; a file refused becomes its `refused` result, the others unaffected."""
         caller.charge_images(len(files))
-        results = await asyncio.gather(*(self._batch_item(upload, work) for upload in files))
-        models = [r["model"] for r in results if "model" in r]
-        for result in results:
-            result.pop("model", None)
-        return {"request_id": self.request_id, "model": models[0] if models else None, "results": results}
+        done = await asyncio.gather(*(self._batch_file(upload, work, refused) for upload in files))
+        models = [model for model, _ in done if model is not None]
+        return BatchAnswer(models[0] if models else None, [result for _, result in done])
 
-    async def _batch_item(self, upload: uploads.Upload, work: ItemWork) -> dict[str, Any]:
-        """One file of a batch: checked, then `work` (which asks upstream); a Problem becomes its `error`."""
+    async def _batch_file(
+        self, upload: uploads.Upload, work: FileWork[Result], refused: FileRefused[Result]
+    ) -> tuple[ModelBlock | None, Result]:
         filename = None if isinstance(upload, str) else upload.filename
         try:
-            answer = await work(await uploads.batch_image(upload, self.settings))
+            return await work(filename, await uploads.batch_image(upload, self.settings))
         except Problem as problem:
             self.metrics.image_refused(problem.status, problem.slug)
-            return {"filename": filename, "error": problem.body(self.request_id)}
-        self.classified()
-        return {"filename": filename, **answer}
-
-
-class ReadyBody(TypedDict):
-    status: str
-    detail: str
-    workers_ready: int
-
-
-def refuse_while_draining(drain: Drain) -> None:
-    if drain.draining:
-        raise Problem("draining", "this instance is leaving the rotation; it answers requests until it stops")
-
-
-async def ready(upstream: TorchServeClient) -> ReadyBody:
-    """A Problem unless TorchServe has a READY worker for the model."""
-    readiness = await upstream.readiness()
-    if not readiness.ready:
-        raise upstream.unavailable(f"not ready: {readiness.reason}")
-    return {"status": "ready", "detail": readiness.reason, "workers_ready": readiness.workers_ready}
+            return None, refused(filename=filename, error=problem.body(self.request_id))

@@ -9,8 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from handlers.bounds import MAX_PIXELS
-from handlers.contract import MODEL_NAME
+from contract.bounds import MAX_PIXELS
+from contract.wire import MODEL_NAME
 
 MiB = 1024 * 1024
 ENVELOPE_BYTES = 64 * 1024  # allowed on top of the image limits for what wraps them: multipart parts, v2's JSON

@@ -1,20 +1,49 @@
 """Reading a request's images from its body: one image (multipart field `file`, or the raw body with an
-image/* type) or a batch (repeated multipart field `files`), under the size limits and the body budget
-(gateway/budget.py), each image checked before anything is forwarded (gateway/validation.py)."""
+image/* type), a batch (repeated multipart field `files`) or the encoded images of v2's tensor, under the size
+limits and the body budget (gateway/budget.py), each image checked before anything is forwarded
+(gateway/validation.py). The routers call it to turn a request into the service's plain values."""
 
 from __future__ import annotations
+
+import io
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from gateway.budget import hold_of
+from gateway.budget import Hold, hold_of
 from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.settings import ENVELOPE_BYTES, Settings
-from gateway.validation import CheckedImage, capped, check_image, read_capped
+from gateway.validation import CheckedImage, check_image
 
 Upload = UploadFile | str  # a multipart part: a file, or text where a file was expected
+
+
+async def capped(
+    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
+) -> AsyncGenerator[bytes]:
+    """The chunks of a streamed body, each reserved in the request's `hold` (`copies` bytes for each byte
+    the route will hold) before it is passed on; 413 as soon as the body passes `limit` (Content-Length or not)."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limit:
+            raise Problem("payload-too-large", f"{what} exceeds the limit of {limit} bytes")
+        hold.cover(received * copies)
+        yield chunk
+
+
+async def read_capped(
+    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
+) -> bytes:
+    """Collect a streamed body as `capped` passes it on. A BytesIO grows in place and hands its buffer over
+    without a copy (a bytearray would be copied into the bytes)."""
+    body = io.BytesIO()
+    async for chunk in capped(chunks, limit, hold, what, copies):
+        body.write(chunk)
+    return body.getvalue()
 
 
 def declared_length(request: Request) -> int | None:
@@ -31,6 +60,13 @@ def reserve_body(request: Request, limit: int, copies: int = 1) -> None:
     if declared > limit:
         raise Problem("payload-too-large", f"the upload exceeds the limit of {limit} bytes")
     hold_of(request).cover(declared * copies)
+
+
+async def read_body(request: Request, limit: int, what: str = "the upload", copies: int = 1) -> bytes:
+    """The request's whole body, at most `limit` bytes, reserved in the body budget (`copies` bytes for each
+    byte) from its declared length, else as it arrives."""
+    reserve_body(request, limit, copies)
+    return await read_capped(request.stream(), limit, hold_of(request), what, copies)
 
 
 class InMemoryParts(MultiPartParser):
@@ -73,8 +109,7 @@ async def single_image(request: Request, settings: Settings) -> CheckedImage:
             raise Problem("invalid-request", "the multipart body has no field named 'file'")
         data = await file_bytes(form["file"], settings.max_upload_bytes, "file")
     elif content_type.startswith(("image/", "application/octet-stream")):
-        reserve_body(request, settings.max_upload_bytes)
-        data = await read_capped(request.stream(), settings.max_upload_bytes, hold_of(request))
+        data = await read_body(request, settings.max_upload_bytes)
     else:
         raise Problem(
             "unsupported-media-type",
@@ -99,3 +134,18 @@ async def batch_uploads(request: Request, settings: Settings) -> list[Upload]:
 async def batch_image(upload: Upload, settings: Settings) -> CheckedImage:
     """One file of a batch, read and checked."""
     return check_image(await file_bytes(upload, settings.max_upload_bytes, "files"), settings)
+
+
+def tensor_images(elements: list[bytes], settings: Settings) -> list[CheckedImage]:
+    """The encoded images of a tensor (v2's BYTES input), each within the per-image limit and checked; the first
+    refusal fails them all and names the image's index."""
+    checked: list[CheckedImage] = []
+    for index, data in enumerate(elements):
+        if len(data) > settings.max_upload_bytes:
+            raise Problem("payload-too-large", f"image {index} exceeds {settings.max_upload_bytes} bytes")
+        try:
+            checked.append(check_image(data, settings))
+        except Problem as problem:
+            problem.detail = f"image {index}: {problem.detail}"
+            raise
+    return checked

@@ -5,7 +5,7 @@ Keys: TorchServe's token authorization stays on. The keys live in the `key_file.
 the file; if the key there is the one that just failed (it expired), it asks TorchServe's management API
 for a new one with the file's permanent API key (`POST /token?type=...`), which rewrites the file, and
 retries, at most MAX_RECOVERIES times (the policy, shared with the launcher's readiness probe:
-modelserver/torchserve_keys.py).
+contract/torchserve_tokens.py).
 Clients never see the rotation.
 
 Overload: at most `max_connections` predictions are in flight to TorchServe per gateway process (below its
@@ -33,11 +33,11 @@ from typing import Any
 
 import aiohttp
 
+from contract.torchserve_tokens import MAX_RECOVERIES, bearer, is_invalid_token, read_tokens, recovery
+from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription
 from gateway.metrics import Metrics
 from gateway.problems import Problem
 from gateway.settings import Settings
-from handlers.contract import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription
-from modelserver.torchserve_keys import MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
 logger = logging.getLogger("gateway.upstream")
 
@@ -46,33 +46,33 @@ ITEM_CODE_PROBLEMS = {
     "bad_top_k": "invalid-request",
     "bad_output": "invalid-request",
     "unsupported_output": "output-unavailable",
-    # the handler's own size bounds (handlers/bounds.py): the same problem as the gateway's header check
+    # the handler's own size bounds (contract/bounds.py): the same problem as the gateway's header check
     "too_large": "image-too-large",
     "extreme_aspect_ratio": "image-too-large",
 }
 
 
-class KeySource:
-    """TorchServe's current 'inference' and 'management' keys, replaced when refused as
-    modelserver/torchserve_keys.py decides (the policy the launcher's readiness probe shares)."""
+class TokenSource:
+    """TorchServe's current 'inference' and 'management' tokens, replaced when refused as
+    contract/torchserve_tokens.py decides (the policy the launcher's readiness probe shares)."""
 
     def __init__(self, key_file: Path, management_url: str, session: aiohttp.ClientSession) -> None:
         self.key_file = key_file
         self.management_url = management_url
         self.session = session
-        self._keys: dict[str, str] = {}
+        self._tokens: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     def get(self, kind: str) -> str | None:
-        if kind not in self._keys:
-            self._keys = read_keys(self.key_file)
-        return self._keys.get(kind)
+        if kind not in self._tokens:
+            self._tokens = read_tokens(self.key_file)
+        return self._tokens.get(kind)
 
     async def refresh(self, kind: str, stale: str | None) -> str | None:
         """A key to use instead of `stale`: a newer one from the file, or one renewed via management."""
         async with self._lock:
-            self._keys = read_keys(self.key_file)
-            step = recovery(kind, stale, self._keys, self.management_url)
+            self._tokens = read_tokens(self.key_file)
+            step = recovery(kind, stale, self._tokens, self.management_url)
             if (renewal := step.renewal) is None:
                 return step.key
             try:
@@ -81,9 +81,9 @@ class KeySource:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 logger.warning("renewing the TorchServe %s key failed: %s", kind, exc)
                 return None
-            self._keys = read_keys(self.key_file)
+            self._tokens = read_tokens(self.key_file)
             logger.info("renewed the TorchServe %s key", kind)
-            return self._keys.get(kind)
+            return self._tokens.get(kind)
 
 
 SEND_SLICE = 256 * 1024
@@ -128,7 +128,7 @@ class TorchServeClient:
             auto_decompress=False,
         )
         self.slots = asyncio.Semaphore(settings.max_connections)
-        self.keys = KeySource(settings.key_file, settings.management_url, self.session)
+        self.tokens = TokenSource(settings.key_file, settings.management_url, self.session)
         self._readiness = Readiness(False, "not checked yet")
         self._readiness_lock = asyncio.Lock()
         self._model_info: ModelDescription | None = None
@@ -137,14 +137,14 @@ class TorchServeClient:
         await self.session.close()
 
     async def _authorized(self, kind: str, method: str, url: str, **kwargs: Any) -> RawResponse:
-        key = self.keys.get(kind)
+        key = self.tokens.get(kind)
         answer = await self._send(key, method, url, **kwargs)
         # At most two recoveries: a newer key from the file (TorchServe restarted or someone rotated it),
         # then a renewal through the management API (that key expired too).
         for _ in range(MAX_RECOVERIES):
-            if not is_invalid_key(answer.status, answer.body):
+            if not is_invalid_token(answer.status, answer.body):
                 break
-            key = await self.keys.refresh(kind, key)
+            key = await self.tokens.refresh(kind, key)
             if key is None:
                 break
             answer = await self._send(key, method, url, **kwargs)
@@ -208,7 +208,7 @@ class TorchServeClient:
             body = None
         predictions = body.get("predictions") if isinstance(body, dict) else None
         if status == 200 and isinstance(predictions, list):
-            item: ItemAnswer = body  # the handler's answer (handlers/contract.py)
+            item: ItemAnswer = body  # the handler's answer (contract/wire.py)
             return item
         if status == 422 and isinstance(body, dict) and isinstance(body.get("error"), dict):
             code = str(body["error"].get("code", "undecodable"))
@@ -218,7 +218,7 @@ class TorchServeClient:
             raise self.unavailable("the model has no free worker; retry shortly")
         if status == 413:
             raise Problem("payload-too-large", "the model server refused the upload size")
-        if is_invalid_key(answer.status, answer.body):
+        if is_invalid_token(answer.status, answer.body):
             raise self.unavailable("the gateway cannot authenticate to the model server")
         logger.error("unexpected upstream answer %s: %.200r", status, answer.body)
         raise Problem("upstream-error", f"the model server answered {status} unexpectedly")

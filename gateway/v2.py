@@ -4,7 +4,7 @@
     GET  /v2/models/{name}, /v2/models/{name}/ready
     POST /v2/models/{name}/infer
 
-({name}: the served model, GATEWAY_MODEL_NAME, by default handlers/contract.py's MODEL_NAME.)
+({name}: the served model, GATEWAY_MODEL_NAME, by default contract/wire.py's MODEL_NAME.)
 
 Input: one BYTES tensor of encoded images, shape [N] (N = batch, at most GATEWAY_MAX_BATCH_FILES), as
 base64 strings in JSON, or raw with the binary-data extension (`Inference-Header-Content-Length`; each
@@ -22,21 +22,19 @@ import base64
 import binascii
 import json
 import struct
-from typing import Any
+from typing import Any, TypedDict
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from gateway import service
-from gateway.budget import hold_of
+from contract.wire import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelDescription, ServedModel
+from gateway import readiness
 from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.settings import Settings
-from gateway.uploads import reserve_body
-from gateway.validation import CheckedImage, check_image, read_capped
+from gateway.uploads import read_body, tensor_images
 from gateway.vectors import floats
-from handlers.contract import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelBlock, ModelDescription
 
 PREFIX = "/v2"
 router = APIRouter(prefix=PREFIX, tags=["Open Inference Protocol v2"])
@@ -54,14 +52,43 @@ def error_response(problem: Problem, request_id: str | None) -> Response:
     return JSONResponse({"error": f"{problem.title}: {problem.detail}"}, problem.status, headers=problem.headers)
 
 
-def served_version(model: ModelBlock) -> str:
+def served_version(model: ServedModel) -> str:
     """The served model's version, from the handler's model block (the archive's metadata)."""
     return str(model["version"])
 
 
-def metadata(model_name: str, model: ModelDescription) -> dict[str, Any]:
+class TensorMetadata(TypedDict):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(TypedDict):
+    """GET /v2/models/{name}: the protocol's model metadata."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class Live(TypedDict):
+    live: bool
+
+
+class ServerReady(TypedDict):
+    ready: bool
+
+
+class ModelReady(TypedDict):
+    name: str
+    ready: bool
+
+
+def metadata(model_name: str, model: ModelDescription) -> ModelMetadata:
     """v2 metadata of what is served: `model` is the handler's description (version, engine, outputs)."""
-    outputs = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, CLASSES]}]
+    outputs: list[TensorMetadata] = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, CLASSES]}]
     if "embedding" in (model.get("outputs") or []):  # archives built before embeddings have none
         outputs.append({"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, EMBEDDING_SIZE]})
     return {
@@ -188,35 +215,37 @@ def encode_output(output: dict[str, Any], results: list[ItemAnswer]) -> tuple[di
     return tensor, b""
 
 
-@router.get("/health/live", summary="The gateway process is alive")
-async def live() -> dict[str, Any]:
+# The JSON answers' documented schema is a plain object, as before they were typed: response_model says so.
+JSON_OBJECT = dict[str, Any]
+
+
+@router.get("/health/live", response_model=JSON_OBJECT, summary="The gateway process is alive")
+async def live() -> Live:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="TorchServe has a READY worker", responses={503: {}})
-async def ready(drain: DrainDep, upstream: UpstreamDep) -> dict[str, Any]:
-    service.refuse_while_draining(drain)
-    await service.ready(upstream)
+@router.get("/health/ready", response_model=JSON_OBJECT, summary="TorchServe has a READY worker", responses={503: {}})
+async def ready(drain: DrainDep, upstream: UpstreamDep) -> ServerReady:
+    readiness.refuse_while_draining(drain)
+    await readiness.ready(upstream)
     return {"ready": True}
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "Unknown model"}}
 
 
-@router.get("/models/{model_name}", summary="Model metadata", responses=NOT_FOUND)
+@router.get("/models/{model_name}", response_model=JSON_OBJECT, summary="Model metadata", responses=NOT_FOUND)
 async def model_metadata(
     model_name: str, _: Authenticated, settings: SettingsDep, upstream: UpstreamDep
-) -> dict[str, Any]:
+) -> ModelMetadata:
     expect_model(settings, model_name)
     return metadata(model_name, await upstream.model_info())
 
 
-@router.get("/models/{model_name}/ready", summary="The model is ready", responses=NOT_FOUND)
-async def model_ready(
-    model_name: str, _: Authenticated, settings: SettingsDep, upstream: UpstreamDep
-) -> dict[str, Any]:
+@router.get("/models/{model_name}/ready", response_model=JSON_OBJECT, summary="The model is ready", responses=NOT_FOUND)
+async def model_ready(model_name: str, _: Authenticated, settings: SettingsDep, upstream: UpstreamDep) -> ModelReady:
     expect_model(settings, model_name)
-    await service.ready(upstream)  # the model serves while the gateway drains: only /v2/health/ready turns 503
+    await readiness.ready(upstream)  # the model serves while the gateway drains: only /v2/health/ready turns 503
     return {"name": model_name, "ready": True}
 
 
@@ -230,9 +259,7 @@ async def infer(
     request: Request, model_name: str, caller: Authenticated, settings: SettingsDep, inference: InferenceDep
 ) -> Response:
     expect_model(settings, model_name)
-    limit = settings.max_body_bytes
-    reserve_body(request, limit, BODY_COPIES)
-    body = await read_capped(request.stream(), limit, hold_of(request), "the inference request", BODY_COPIES)
+    body = await read_body(request, settings.max_body_bytes, "the inference request", BODY_COPIES)
     request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH), settings.max_batch_files)
     del body  # what is kept is split from it (the tail is a view of it)
     inputs = request_json.get("inputs")
@@ -245,15 +272,7 @@ async def infer(
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
     top_k = max([(classification_k(o) or CLASSES) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
-    checked: list[CheckedImage] = []
-    for index, data in enumerate(images):
-        if len(data) > settings.max_upload_bytes:
-            raise Problem("payload-too-large", f"image {index} exceeds {settings.max_upload_bytes} bytes")
-        try:
-            checked.append(check_image(data, settings))
-        except Problem as problem:
-            problem.detail = f"image {index}: {problem.detail}"
-            raise
+    checked = tensor_images(images, settings)
     results = await inference.classify_all(checked, top_k, embedding=EMBEDDING_NAME in wanted)
     encoded = [encode_output(output, results) for output in outputs]
     response_json = {

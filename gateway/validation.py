@@ -2,28 +2,22 @@
 
 The format is decided from the bytes alone; the client's content type and filename are never trusted.
 Dimensions come from the image header, so a decompression bomb is refused without decoding a pixel; so are
-the bounds the handler applies too (handlers/bounds.py: aspect ratio, progressive JPEG scans, reads).
+the bounds the handler applies too (contract/bounds.py: aspect ratio, progressive JPEG scans, reads).
 """
 
 from __future__ import annotations
 
-import io
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
+from contract.bounds import BoundedReader, RefusalCode, TooManyReads, refusal
+from contract.formats import ACCEPTED_LABELS, sniffed_format
 from gateway.problems import Problem
 from gateway.settings import Settings
-from handlers.bounds import BoundedReader, RefusalCode, TooManyReads, refusal
-from handlers.contract import ACCEPTED_LABELS, sniffed_format
 
-if TYPE_CHECKING:
-    from gateway.budget import Hold
-
-# The problem type of each refusal of handlers/bounds.py: too costly to resize is too large, the others malformed.
+# The problem type of each refusal of contract/bounds.py: too costly to resize is too large, the others malformed.
 REFUSAL_TYPES: dict[RefusalCode, str] = {
     "extreme_aspect_ratio": "image-too-large",
     "too_many_scans": "invalid-image",
@@ -37,31 +31,6 @@ class CheckedImage:
     format: str
     width: int
     height: int
-
-
-async def capped(
-    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
-) -> AsyncGenerator[bytes]:
-    """The chunks of a streamed body, each reserved in the request's `hold` (`copies` bytes for each byte
-    the route will hold) before it is passed on; 413 as soon as the body passes `limit` (Content-Length or not)."""
-    received = 0
-    async for chunk in chunks:
-        received += len(chunk)
-        if received > limit:
-            raise Problem("payload-too-large", f"{what} exceeds the limit of {limit} bytes")
-        hold.cover(received * copies)
-        yield chunk
-
-
-async def read_capped(
-    chunks: AsyncIterator[bytes], limit: int, hold: Hold, what: str = "the upload", copies: int = 1
-) -> bytes:
-    """Collect a streamed body as `capped` passes it on. A BytesIO grows in place and hands its buffer over
-    without a copy (a bytearray would be copied into the bytes)."""
-    body = io.BytesIO()
-    async for chunk in capped(chunks, limit, hold, what, copies):
-        body.write(chunk)
-    return body.getvalue()
 
 
 def sniff(data: bytes) -> str:

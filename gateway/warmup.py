@@ -16,10 +16,10 @@ import uuid
 
 from PIL import Image
 
+from contract.wire import ItemAnswer
 from gateway.problems import Problem
 from gateway.settings import get_settings
 from gateway.upstream import TorchServeClient
-from handlers.contract import ItemAnswer
 
 
 def warmup_image() -> bytes:

@@ -16,7 +16,7 @@ Request format (one request = one image; TorchServe batches concurrent requests)
     marks those requests with the header `explain: True`, which `_extras` turns into `cam` (the stock
     `explain_handle` hook is not used).
 
-Response per request, always JSON (handlers/contract.py's ItemAnswer):
+Response per request, always JSON (contract/wire.py's ItemAnswer):
     200  {"request_id", "model": {...}, "predictions": [{"class_id", "label", "score"}, ...]}
          scores are softmax probabilities, in descending order
          with `embedding`: "embedding", the L2-normalised pooled 2048-d vector, float32 little-endian, base64
@@ -52,20 +52,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from handlers.bounds import MAX_PIXELS
-from handlers.contract import (
+from contract.bounds import MAX_PIXELS
+from contract.wire import (
     CAM,
     EMBEDDING,
     EXPLAIN_CLASSES_HEADER,
     OUTPUT_HEADER,
     REQUEST_ID_HEADER,
     TOP_K_HEADER,
-    Explanation,
+    ClassMap,
+    ClassScore,
     Geometry,
     ItemAnswer,
-    ModelBlock,
     ModelDescription,
-    Prediction,
+    ServedModel,
 )
 from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, load_engine
 from handlers.imaging import ImageError, decode, preprocess
@@ -149,7 +149,7 @@ class ImageClassifierHandler:
         self.initialized = False
         self.engine: Engine
         self.labels: list[str] = []
-        self.model_block: ModelBlock
+        self.model_block: ServedModel
         self.settings: dict[str, Any] = dict(DEFAULTS)  # the archive's handler block over DEFAULTS
         self.decoders: ThreadPoolExecutor | None = None
         self.int8_gate: dict[str, Any] | None = None
@@ -274,18 +274,18 @@ class ImageClassifierHandler:
                 logits, extra = self.engine.run(inputs), []
         return Outputs(softmax(logits), dict(zip(wanted, extra, strict=True)))
 
-    def _prediction(self, class_id: int, scores: Floats) -> Prediction:
+    def _prediction(self, class_id: int, scores: Floats) -> ClassScore:
         return {"class_id": class_id, "label": self.labels[class_id], "score": float(scores[class_id])}
 
     def class_activation_maps(
         self, item: Item, features: Floats, scores: Floats, top: list[int]
-    ) -> tuple[list[Explanation], Geometry]:
+    ) -> tuple[list[ClassMap], Geometry]:
         """One image's class activation maps for its top classes and the X-Explain-Classes, and where the
         grid lies on the upright image (X-Output: cam, or TorchServe's explanations API)."""
         assert self.fc_weight is not None  # supported_extras() refused the request otherwise
         classes = list(dict.fromkeys([*top, *item.explain_classes]))
         maps = class_maps(features, self.fc_weight, classes)
-        explanations: list[Explanation] = [
+        explanations: list[ClassMap] = [
             {**self._prediction(c, scores), "cam": grid.tolist()} for c, grid in zip(classes, maps, strict=True)
         ]
         return explanations, {"width": item.size[0], "height": item.size[1], "crop": crop_in_original(*item.size)}

@@ -25,8 +25,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from handlers.bounds import RESIZE_SIZE, BoundedReader, TooManyReads, refusal, resized_size
-from handlers.contract import ACCEPTED_FORMATS, ACCEPTED_LABELS
+from contract.bounds import RESIZE_SIZE, BoundedReader, TooManyReads, refusal, resized_size
+from contract.formats import ACCEPTED_FORMATS, ACCEPTED_LABELS
 
 CROP_SIZE = 224
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
@@ -48,7 +48,7 @@ def decode(data: bytes, max_pixels: int, jpeg_draft: int = 1) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing anything that is not a bounded, whole image.
 
     Raises ImageError with code `empty`, `unsupported_format`, `too_large`, `extreme_aspect_ratio`,
-    `too_many_scans`, `too_fragmented` or `undecodable`. The pixel limit and the bounds of handlers/bounds.py
+    `too_many_scans`, `too_fragmented` or `undecodable`. The pixel limit and the bounds of contract/bounds.py
     are checked from the header and the marker stream, before any pixel is decoded; Pillow's reads are
     bounded throughout. `jpeg_draft` > 1 allows reduced-scale decoding of JPEGs, down to 1/jpeg_draft (see
     the module docstring).

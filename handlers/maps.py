@@ -16,7 +16,7 @@ import base64
 
 import numpy as np
 
-from handlers.bounds import resized_size
+from contract.bounds import resized_size
 from handlers.engines import Floats
 from handlers.imaging import crop_box
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from contract.torchserve_tokens import KEY_FILE
 from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
 from modelserver.paths import DEFAULT_MAR, REPO_ROOT
@@ -19,7 +20,6 @@ from modelserver.ports import Ports, port_in_use
 from modelserver.process_groups import stop_on_sigterm
 from modelserver.quantize import Thresholds
 from modelserver.torchserve import TorchServe, TorchServeError, ready_workers
-from modelserver.torchserve_keys import KEY_FILE
 from modelserver.watchdog import Watchdog
 
 

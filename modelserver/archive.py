@@ -26,17 +26,20 @@ import torch
 import torchvision
 import yaml
 
-from handlers.contract import MODEL_NAME
+from contract.wire import MODEL_NAME
 from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import JPEG_DRAFT_CHOICES
 from modelserver import onnx_export
 from modelserver.calibration import image_sets
+from modelserver.paths import REPO_ROOT
 from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
 from modelserver.weights import IMAGENET, Weights, sha256_file
 
 MODEL_VERSION = "1.0"
-HANDLER_PACKAGE = Path(__file__).resolve().parent.parent / "handlers"
+# What the worker imports, copied into the archive's root (TorchServe puts the unpacked archive on its path):
+# the handler and the contract it shares with the gateway.
+WORKER_PACKAGES = tuple(REPO_ROOT / name for name in ("handlers", "contract"))
 HANDLER_ENTRY = "handlers/image_handler.py"  # TorchServe calls its module-level handle()
 
 
@@ -156,7 +159,8 @@ def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options
     (payload / "index_to_name.json").write_text(json.dumps(labels, indent=0))
     meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff, gate)
     (payload / "metadata.json").write_text(json.dumps(meta, indent=2))
-    shutil.copytree(HANDLER_PACKAGE, payload / "code" / "handlers", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in WORKER_PACKAGES:
+        shutil.copytree(package, payload / "code" / package.name, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "model-config.yaml").write_text(yaml.safe_dump(config.as_yaml(), sort_keys=False))
     return payload
 

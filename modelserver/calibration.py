@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from handlers.contract import IMAGE_SUFFIXES
+from contract.formats import IMAGE_SUFFIXES
 from handlers.imaging import ImageError, decode, preprocess
 
 GATE_EVERY = 4

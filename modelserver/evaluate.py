@@ -30,7 +30,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from handlers.contract import IMAGE_SUFFIXES
+from contract.formats import IMAGE_SUFFIXES
 from handlers.engines import load_engine
 from handlers.imaging import ImageError, decode, preprocess
 from modelserver.mar import archive_info, unpack

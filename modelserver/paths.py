@@ -1,6 +1,6 @@
 """Where the launcher, the benchmarks and the tests find things in the checkout.
 
-Standard library and handlers/contract.py only: `python -m modelserver ready` (the serve image's health
+Standard library and contract/ only: `python -m modelserver ready` (the serve image's health
 check) imports it.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from handlers.contract import MODEL_NAME
+from contract.wire import MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_CONFIG = REPO_ROOT / "config.properties"  # TorchServe's settings; each run renders its own copy

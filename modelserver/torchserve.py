@@ -18,11 +18,11 @@ from pathlib import Path
 
 import httpx
 
-from handlers.contract import MODEL_NAME
+from contract.torchserve_tokens import KEY_FILE, MAX_RECOVERIES, bearer, is_invalid_token, read_tokens, recovery
+from contract.wire import MODEL_NAME
 from modelserver.paths import BASE_CONFIG
 from modelserver.ports import Ports
 from modelserver.process_groups import stop_groups
-from modelserver.torchserve_keys import KEY_FILE, MAX_RECOVERIES, bearer, is_invalid_key, read_keys, recovery
 
 PID_FILE = ".model_server.pid"  # TorchServe's launcher writes the frontend's pid there, in $TMPDIR
 FRONTEND_CLASS = b"org.pytorch.serve.ModelServer"
@@ -75,17 +75,17 @@ def render_config(base: str, overrides: dict[str, str]) -> str:
 
 def describe(management_url: str, key_file: Path, timeout: float = 2.0) -> httpx.Response:
     """The management API's description of the model; a refused management key is replaced as
-    modelserver/torchserve_keys.py decides (a newer one from the file, or renewed with the API key)."""
+    contract/torchserve_tokens.py decides (a newer one from the file, or renewed with the API key)."""
     url = f"{management_url}/models/{MODEL_NAME}"
-    key = read_keys(key_file).get("management")
+    key = read_tokens(key_file).get("management")
     response = httpx.get(url, headers=bearer(key), timeout=timeout)
     for _ in range(MAX_RECOVERIES):
-        if not is_invalid_key(response.status_code, response.content):
+        if not is_invalid_token(response.status_code, response.content):
             break
-        step = recovery("management", key, read_keys(key_file), management_url)
+        step = recovery("management", key, read_tokens(key_file), management_url)
         if (renewal := step.renewal) is not None:
             httpx.post(renewal.url, params=renewal.params, headers=renewal.headers, timeout=timeout).raise_for_status()
-            key = read_keys(key_file).get("management")
+            key = read_tokens(key_file).get("management")
         else:
             key = step.key
         if key is None:
@@ -155,7 +155,7 @@ class TorchServe:
         return f"TMPDIR={shlex.quote(str(self.tmp_dir))} {shlex.quote(str(BIN_DIR / 'torchserve'))} --stop"
 
     def keys(self) -> dict[str, str]:
-        return read_keys(self.key_file)
+        return read_tokens(self.key_file)
 
     def inference_headers(self) -> dict[str, str]:
         """The Authorization header of a prediction sent to this instance directly (not through the gateway)."""

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-from handlers.contract import IMAGE_FORMATS
+from contract.formats import IMAGE_FORMATS
 
 RNG_SEED = 7
 
@@ -142,7 +142,7 @@ def stored_with_orientation(upright: Image.Image, orientation: int, quality: int
     return encode(stored, "JPEG", quality=quality, exif=exif.tobytes())
 
 
-# --- hostile shapes (issue 18): cheap to send, costly to decode or resize without the bounds of handlers/bounds.py
+# --- hostile shapes (issue 18): cheap to send, costly to decode or resize without the bounds of contract/bounds.py
 
 
 def thin_png(width: int = 20000, height: int = 1) -> bytes:

@@ -209,14 +209,18 @@ def build_store(cache_dir: Path) -> Path:
     """A model store with resnet50.mar of the test model, built by the project's CLI (`--weights PATH`).
 
     The state dict is cached under a key of the builder's functions and inputs, the image generator and the
-    library versions; the archive under that key plus the handler and modelserver code (the archive packages
-    the handler), so a change to any of them rebuilds what depends on it.
+    library versions; the archive under that key plus the contract, handler and modelserver code (the archive
+    packages the contract and the handler), so a change to any of them rebuilds what depends on it.
     """
     versions = f"{torch.__version__} {torchvision.__version__} {skimage.__version__} {np.__version__} {PIL.__version__}"
     builder = [inspect.getsource(f) for f in (picture, _views, _batch, _recalibrate, _features, _fit, make_state_dict)]
     inputs = f"{PHOTOS} {CALIBRATION_EXTRA} {SEED} {versions}"
     weights_key = _sources_key(*builder, inputs, Path(__file__).resolve().parent / "imagegen.py")
-    code = sorted((REPO_ROOT / "handlers").glob("*.py")) + sorted((REPO_ROOT / "modelserver").glob("*.py"))
+    code = [
+        path
+        for package in ("contract", "handlers", "modelserver")
+        for path in sorted((REPO_ROOT / package).glob("*.py"))
+    ]
     weights = _cached(
         cache_dir / f"weights-{weights_key}", TEST_MODEL_FILE, lambda path: torch.save(make_state_dict(), path)
     )

@@ -34,7 +34,7 @@ def test_archive_contents(model_store: Path) -> None:
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
     assert {"model.onnx", "resnet50.pth", "index_to_name.json", "metadata.json", "model-config.yaml"} <= names
-    assert {"image_handler.py", "handlers/imaging.py", "handlers/engines.py", "handlers/bounds.py"} <= names
+    assert {"image_handler.py", "handlers/imaging.py", "handlers/engines.py", "contract/bounds.py"} <= names
     assert manifest["model"]["modelName"] == "resnet50"
     assert manifest["model"]["handler"] == "image_handler.py"
 

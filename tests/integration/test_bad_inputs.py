@@ -163,7 +163,7 @@ def test_gateway_still_serves_after_the_corpus(gateway: Gateway, api_key: str) -
     assert response.status_code == 200
 
 
-# --- the costs of one image bounded (handlers/bounds.py; docs/model.md, "The handler") --------------------------------
+# --- the costs of one image bounded (contract/bounds.py; docs/model.md, "The handler") --------------------------------
 
 
 @pytest.mark.parametrize("size", [(20000, 1), (1, 20000), (20000, 2), (2, 20000), (201, 1)])

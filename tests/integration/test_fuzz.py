@@ -27,11 +27,11 @@ from support import Gateway, post, slowest_answer_during
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from contract.formats import ACCEPTED_FORMATS, IMAGE_FORMATS
 from gateway.problems import PROBLEM_JSON, Problem
 from gateway.protocol import ConnectionLimits, guarded_protocol
 from gateway.settings import Settings
 from gateway.validation import CheckedImage, check_image, sniff
-from handlers.contract import ACCEPTED_FORMATS, IMAGE_FORMATS
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "50"))
 BASE_CHECKS = [not_a_server_error, response_schema_conformance]

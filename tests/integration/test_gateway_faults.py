@@ -16,10 +16,10 @@ import pytest
 from imagegen import jpeg
 from support import PYTHON, Gateway, assert_problem, free_port, gateway_env, post, start_torchserve
 
+from contract.torchserve_tokens import bearer, is_invalid_token
 from gateway.keys import key_hash
 from modelserver.gateway_process import Upstream
 from modelserver.torchserve import TorchServe
-from modelserver.torchserve_keys import bearer, is_invalid_key
 
 JPEG = {"Content-Type": "image/jpeg"}
 
@@ -55,11 +55,11 @@ def test_expired_keys_are_renewed_without_client_failures(
 
 def test_the_readiness_probe_renews_an_expired_management_key(short_lived_keys: TorchServe) -> None:
     """`python -m modelserver ready` (the serve container's health check) follows the gateway's key policy
-    (modelserver/torchserve_keys.py): the file's expired management key is renewed, the READY worker counted."""
+    (contract/torchserve_tokens.py): the file's expired management key is renewed, the READY worker counted."""
     stale = short_lived_keys.keys()["management"]
     time.sleep(3.5)  # the key in the file has now expired
     refused = httpx.get(f"{short_lived_keys.management_url}/models", headers=bearer(stale), timeout=10)
-    assert is_invalid_key(refused.status_code, refused.content), refused.text
+    assert is_invalid_token(refused.status_code, refused.content), refused.text
     probe = [PYTHON, "-m", "modelserver", "ready", "--management-url", short_lived_keys.management_url]
     ready = subprocess.run([*probe, "--key-file", str(short_lived_keys.key_file)], capture_output=True, text=True)
     assert ready.returncode == 0 and "READY worker(s)" in ready.stdout, ready.stdout + ready.stderr  # 0: none READY

@@ -27,7 +27,7 @@ from PIL import Image
 from reference import MAX_PIXELS, assert_identical, ours
 from testmodel import large_photo
 
-from handlers.bounds import MAX_JPEG_SCANS, jpeg_refusal, jpeg_scans
+from contract.bounds import MAX_JPEG_SCANS, jpeg_refusal, jpeg_scans
 from handlers.imaging import ImageError, decode, preprocess
 
 
@@ -69,7 +69,7 @@ def test_sizes_match_reference(size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("size", [(200, 1), (1, 200), (4000, 20), (20, 4000), (600, 3), (3, 17), (20000, 100)])
 def test_the_thinnest_accepted_shapes_match_reference(size: tuple[int, int]) -> None:
-    """Up to the aspect-ratio bound (200:1, handlers/bounds.py) the whole resize runs, bit-identical."""
+    """Up to the aspect-ratio bound (200:1, contract/bounds.py) the whole resize runs, bit-identical."""
     assert_identical(encode(gradient(*size), "PNG"))
 
 

@@ -2,7 +2,7 @@
 
 It serves TorchServe's inference and management routes that the gateway calls (`POST /predictions/<model>`,
 `GET /models/<model>` with and without `customized=true`, `POST /token?type=<kind>`) on a loopback port, in
-the test's own event loop, answering as the handler does (handlers/contract.py). It keeps TorchServe's token
+the test's own event loop, answering as the handler does (contract/wire.py). It keeps TorchServe's token
 rules: it writes `key_file.json`, refuses a wrong key with 400 InvalidKeyException, and renews a key with the
 file's API key. A test scripts the faults it needs: the next answers (`script`), an expired key (`expire`),
 a delay (`delay_s`); and reads what the gateway sent (`seen`).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from handlers.contract import CLASSES, REQUEST_ID_HEADER, TOP_K_HEADER
+from contract.wire import CLASSES, REQUEST_ID_HEADER, TOP_K_HEADER
 
 MODEL = {"name": "resnet50", "version": "1.0", "weights": "file:fake.pth", "untrained": False, "engine": "onnx"}
 # ImageNet has labels that name two classes ("crane", "maillot"); so do these: classes 0 and 1 are "crane".

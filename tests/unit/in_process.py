@@ -4,7 +4,6 @@ client and the error shapes without a server process."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,22 +28,11 @@ class InProcess:
     torchserve: FakeTorchServe
 
 
-def quiet_app(settings: Settings) -> FastAPI:
-    """`create_app(settings)`, leaving the test process's logging as it was (create_app configures the
-    gateway's JSON logs on the root logger)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return create_app(settings)
-    finally:
-        root.handlers[:], root.level = handlers, level
-
-
 @asynccontextmanager
 async def gateway(tmp_path: Path, **settings: object) -> AsyncIterator[InProcess]:
     """The app with `settings` (GATEWAY_* names, lower case) over the fake TorchServe, its lifespan running."""
     async with FakeTorchServe(tmp_path / "key_file.json").running() as torchserve:
-        app = quiet_app(
+        app = create_app(
             Settings(
                 inference_url=torchserve.url,
                 management_url=torchserve.url,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 
 import httpx
@@ -14,8 +15,10 @@ from fake_torchserve import INVALID_KEY, SCORES
 from imagegen import png
 from in_process import API_KEY, OTHER_KEY, gateway
 
+from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER
+from gateway.main import create_app
 from gateway.problems import PROBLEM_JSON, TYPE_BASE
-from handlers.contract import REQUEST_ID_HEADER, TOP_K_HEADER
+from gateway.settings import Settings
 
 pytestmark = pytest.mark.anyio
 IMAGE = png(64, 48)
@@ -209,3 +212,24 @@ async def test_an_unhandled_error_is_answered_in_the_shape_of_the_paths_protocol
         assert v1.status_code == 500 and v1.headers["content-type"] == PROBLEM_JSON
         assert v1.json()["type"] == TYPE_BASE + "internal-error"
         assert "secret" not in v1.text + v2.text
+
+
+async def test_making_an_app_leaves_the_processs_logging_alone() -> None:
+    """Logging is the entry point's (gateway/__main__.py): an app made in a test, a benchmark or a tool leaves the
+    root logger and uvicorn's loggers as they were."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+    loggers = [logging.getLogger(name) for name in names]
+    before = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    create_app(Settings(api_key_hashes=["a" * 64], log_level="DEBUG"))
+    assert [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers] == before
+
+
+async def test_the_lifespan_gives_the_torchserve_client_the_apps_metrics() -> None:
+    """The client the lifespan makes counts into the app's own metrics (its upstream latency and slots), not
+    into a registry of its own; it is closed when the app stops."""
+    app = create_app(Settings(api_key_hashes=["a" * 64]))
+    async with app.router.lifespan_context(app):
+        upstream = app.state.upstream
+        assert upstream.metrics is app.state.metrics
+        assert not upstream.session.closed
+    assert upstream.session.closed

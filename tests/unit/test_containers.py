@@ -27,11 +27,11 @@ import pytest
 import yaml
 from support import read_properties
 
+from contract.torchserve_tokens import KEY_FILE
 from gateway.settings import Settings
 from modelserver import __main__ as modelserver_cli
 from modelserver.paths import REPO_ROOT
 from modelserver.torchserve import allowed_urls, command
-from modelserver.torchserve_keys import KEY_FILE
 
 ROOT = REPO_ROOT
 SERVE = ROOT / "Dockerfile.serve"
@@ -350,42 +350,40 @@ def test_gateway_image_runs_the_gateway_without_torch() -> None:
     assert one(final, "EXPOSE").args.split() == [port]
 
 
-def test_gateway_image_carries_the_handler_modules_the_gateway_imports() -> None:
-    """The gateway shares handlers/bounds.py (the bounds both check) and handlers/contract.py (the model name,
-    the formats, the answers' shapes) with the handler: its image copies those files, and what it imports from
-    handlers/ imports nothing else from there, nor anything outside the standard library."""
-    sources = (ROOT / "gateway").rglob("*.py")
-    imported = {m for f in sources for m in re.findall(r"^from (handlers\.\w+) import", f.read_text(), re.M)}
-    assert imported == {"handlers.bounds", "handlers.contract"}
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of the modules `path` imports, at any depth (relative imports left out)."""
+    tree = ast.parse(path.read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    return {name.split(".")[0] for name in names}
+
+
+def test_gateway_image_installs_the_contract_package() -> None:
+    """What the gateway shares with the TorchServe side is the package contract/ (the model name, the formats,
+    the answers' shapes, the bounds both check, TorchServe's key policy): the gateway imports nothing else of
+    the project, and its image copies contract/ whole and installs it with the gateway, no single file of
+    handlers/ or modelserver/; contract/ imports the standard library and itself alone."""
+    project = {"contract", "handlers", "modelserver", "gateway", "bench", "client"}
+    imported = set().union(*(top_level_imports(f) for f in (ROOT / "gateway").rglob("*.py"))) & project
+    assert imported == {"gateway", "contract"}
     copied = {source for stage, paths, _ in copies(instructions(GATEWAY)) if not stage for source in paths}
-    for module in imported:
-        path = module.replace(".", "/") + ".py"
-        assert {path, "handlers/__init__.py"} <= copied, f"Dockerfile.gateway does not COPY {path}"
-        source = (ROOT / path).read_text()
-        assert not re.search(r"^\s*(from|import) handlers", source, re.M)
-        top_level = {name.split(".")[0] for name in re.findall(r"^\s*(?:from|import) (\w[\w.]*)", source, re.M)}
-        assert top_level <= sys.stdlib_module_names | {"__future__"}, f"{path} imports {top_level}"
+    assert "contract/" in copied
+    assert not any(path.startswith(("handlers", "modelserver")) for path in copied), copied
+    modules = sorted((ROOT / "contract").rglob("*.py"))
+    assert ROOT / "contract" / "__init__.py" in modules
+    for module in modules:
+        assert top_level_imports(module) <= sys.stdlib_module_names | {"__future__", "contract"}, module
 
 
-def test_both_images_carry_the_torchserve_key_policy() -> None:
-    """One key policy (modelserver/torchserve_keys.py) for the gateway and the serve image's health check
-    (`python -m modelserver ready`): the gateway image copies it with modelserver/__init__.py and nothing else
-    of modelserver/, the serve image all of modelserver/; it imports the standard library alone."""
-    sources = (ROOT / "gateway").rglob("*.py")
-    imported = {m for f in sources for m in re.findall(r"^\s*from (modelserver[.\w]*) import", f.read_text(), re.M)}
-    assert imported == {"modelserver.torchserve_keys"}
-    in_gateway, in_serve = (
-        {s for stage, paths, _ in copies(instructions(f)) if not stage for s in paths} for f in (GATEWAY, SERVE)
-    )
-    assert {"modelserver/__init__.py", "modelserver/torchserve_keys.py"} <= in_gateway
-    assert not any(path.startswith("modelserver/") and path.endswith("/") for path in in_gateway)
-    assert "modelserver/" in in_serve
+def test_serve_image_installs_the_contract_and_its_archive_carries_it() -> None:
+    """The serve image's builder has contract/ beside handlers/ and modelserver/: the project's wheel, installed
+    in the runtime for its health check (`python -m modelserver ready`, which reads TorchServe's key file with
+    contract/torchserve_tokens.py), and the archive it builds (modelserver/archive.py) both carry it."""
+    in_serve = {s for stage, paths, _ in copies(instructions(SERVE)) if not stage for s in paths}
+    assert {"contract/", "handlers/", "modelserver/"} <= in_serve
     assert "modelserver" in " ".join(exec_form(one(final_stage(instructions(SERVE)), "HEALTHCHECK")))
-    for module in ("modelserver/__init__.py", "modelserver/torchserve_keys.py"):
-        tree = ast.parse((ROOT / module).read_text())
-        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert {name.split(".")[0] for name in names} <= sys.stdlib_module_names | {"__future__"}, module
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    assert "contract*" in find["include"]
 
 
 @pytest.mark.parametrize("dockerfile", [SERVE, GATEWAY], ids=lambda p: p.name)

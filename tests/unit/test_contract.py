@@ -1,4 +1,4 @@
-"""handlers/contract.py and handlers/bounds.py, the declarations the gateway and the handler share: the
+"""contract/ (wire.py, formats.py, bounds.py), the declarations the gateway and the handler share: the
 formats agree with Pillow, both sides word and classify refusals as before, the config files serve the model
 under the contract's name."""
 
@@ -12,10 +12,11 @@ import pytest
 from imagegen import in_format
 from PIL import Image
 
+from contract.bounds import RefusalCode
+from contract.formats import ACCEPTED_FORMATS, IMAGE_FORMATS, IMAGE_SUFFIXES, sniffed_format
+from contract.wire import MODEL_NAME
 from gateway.problems import CATALOGUE, Problem
 from gateway.validation import REFUSAL_TYPES, sniff
-from handlers.bounds import RefusalCode
-from handlers.contract import ACCEPTED_FORMATS, IMAGE_FORMATS, IMAGE_SUFFIXES, MODEL_NAME, sniffed_format
 from handlers.imaging import ImageError, decode
 from modelserver.paths import REPO_ROOT
 

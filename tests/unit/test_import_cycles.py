@@ -1,6 +1,7 @@
-"""No import cycle among the project's modules: not at module level, and not hidden inside a function either
-(an import inside a function is still a dependency, only a deferred one). Read with `ast`, nothing imported.
-Imports under `if TYPE_CHECKING:` never run and are left out: annotations may name a module both ways."""
+"""No import cycle among the project's modules: not at module level, not hidden inside a function (an import
+inside a function is still a dependency, only a deferred one), and not for the type checker alone either (an
+import under `if TYPE_CHECKING:` never runs, but it is a dependency all the same: two modules that name each
+other's types are one module in two files). Read with `ast`, nothing imported."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from modelserver.paths import REPO_ROOT
 
 ROOT = REPO_ROOT
-PACKAGES = ("gateway", "handlers", "modelserver", "bench", "client")
+PACKAGES = ("contract", "gateway", "handlers", "modelserver", "bench", "client")
 
 
 def modules(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
@@ -32,15 +33,15 @@ def is_type_checking(node: ast.AST) -> bool:
     )
 
 
-def import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement that can run, at any depth."""
+def import_nodes(tree: ast.AST, type_only: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run, at any depth; with `type_only`, those under TYPE_CHECKING too."""
     found: list[ast.Import | ast.ImportFrom] = []
     pending = [tree]
     while pending:
         node = pending.pop()
         if isinstance(node, ast.Import | ast.ImportFrom):
             found.append(node)
-        elif is_type_checking(node):
+        elif is_type_checking(node) and not type_only:
             assert isinstance(node, ast.If)
             pending.extend(node.orelse)
         else:
@@ -48,13 +49,13 @@ def import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return found
 
 
-def imported(module: str, path: Path, known: dict[str, Path]) -> dict[str, int]:
+def imported(module: str, path: Path, known: dict[str, Path], type_only: bool) -> dict[str, int]:
     """The project modules `module` imports anywhere in its file (module level, functions, classes), each with
     the line of its first import: `from a import b` names a.b when that is a module, else a; a package's
     __init__ counts too, as Python runs it first."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     targets: dict[str, int] = {}
-    for node in sorted(import_nodes(ast.parse(path.read_text(), str(path))), key=lambda n: n.lineno):
+    for node in sorted(import_nodes(ast.parse(path.read_text(), str(path)), type_only), key=lambda n: n.lineno):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         else:
@@ -107,9 +108,10 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return found
 
 
-def import_graph(root: Path, packages: tuple[str, ...]) -> dict[str, dict[str, int]]:
+def import_graph(root: Path, packages: tuple[str, ...], type_only: bool = False) -> dict[str, dict[str, int]]:
+    """Module → the project modules it imports; with `type_only`, the imports for the type checker too."""
     known = modules(root, packages)
-    return {name: imported(name, path, known) for name, path in known.items()}
+    return {name: imported(name, path, known, type_only) for name, path in known.items()}
 
 
 def describe(graph: dict[str, dict[str, int]], component: list[str]) -> str:
@@ -119,7 +121,7 @@ def describe(graph: dict[str, dict[str, int]], component: list[str]) -> str:
 
 
 def test_the_project_has_no_import_cycle() -> None:
-    graph = import_graph(ROOT, PACKAGES)
+    graph = import_graph(ROOT, PACKAGES, type_only=True)
     assert len(graph) > 50, "the modules were not found"
     found = cycles(graph)
     assert not found, "import cycles: " + " | ".join(describe(graph, c) for c in found)
@@ -139,16 +141,33 @@ def test_an_import_inside_a_function_counts(tmp_path: Path) -> None:
     assert graph["pkg.c"] == {"pkg": 1, "pkg.a": 1}
     assert graph["pkg.d"] == {}
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
+    with_types = import_graph(tmp_path, ("pkg",), type_only=True)
+    assert with_types["pkg.d"] == {"pkg": 3, "pkg.e": 3}
+    assert cycles(with_types) == [["pkg.a", "pkg.b"], ["pkg.d", "pkg.e"]]
 
 
 def test_the_gateway_routers_are_equals() -> None:
     """A router (a gateway module that makes an APIRouter) imports no other router, nor anything from one:
     what two routers share lives in the service layer, the dependencies or a module of its own."""
-    graph = import_graph(ROOT, ("gateway", "handlers", "modelserver"))
+    graph = import_graph(ROOT, ("contract", "gateway", "handlers", "modelserver"), type_only=True)
     routers = {name for name in graph if name.startswith("gateway.") and "APIRouter(" in module_text(name)}
     assert {"gateway.predict", "gateway.health", "gateway.v2", "gateway.explain", "gateway.embed"} <= routers
     crossing = [f"{a} imports {b} (line {n})" for a in sorted(routers) for b, n in graph[a].items() if b in routers]
     assert not crossing, "routers importing routers: " + "; ".join(crossing)
+
+
+def test_only_the_app_imports_a_router() -> None:
+    """Below the routers (the service, the dependencies, the error shapes, the middleware, ...) no module imports
+    a router, even for its types: gateway/main.py, which wires them into the app, is the one module that does."""
+    graph = import_graph(ROOT, PACKAGES, type_only=True)
+    routers = {name for name in graph if name.startswith("gateway.") and "APIRouter(" in module_text(name)}
+    below = [
+        f"{a} imports {b} (line {n})"
+        for a in sorted(set(graph) - routers - {"gateway.main"})
+        for b, n in graph[a].items()
+        if b in routers
+    ]
+    assert not below, "modules below the routers importing one: " + "; ".join(below)
 
 
 def module_text(name: str) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from contract.wire import CLASSES, ItemAnswer
 from gateway.problems import Problem
 from gateway.ranking import RankOptions, ranked, resolve_classes
-from handlers.contract import CLASSES, ItemAnswer
 
 LABELS = ["crane", "Tabby", "crane", "espresso", "1"]
 

@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
+from contract.wire import CLASSES, ItemAnswer
 from gateway.problems import Problem
 from gateway.v2 import HEADER_COMMAS, bytes_elements, encode_output, split_binary
-from handlers.contract import CLASSES, ItemAnswer
 
 
 def elements(*items: bytes) -> bytes:

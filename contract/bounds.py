@@ -1,9 +1,7 @@
 """Bounds on the work one image may cost, shared by the gateway and the handler.
 
 The gateway refuses from the header, before forwarding; the handler checks again before decoding, because
-TorchServe can be called directly; both ask `refusal` and read through BoundedReader. Standard library only:
-the gateway image carries this file, contract.py and handlers/__init__.py alone from handlers/
-(Dockerfile.gateway); the model archive carries all of handlers/.
+TorchServe can be called directly; both ask `refusal` and read through BoundedReader.
 
 - Aspect ratio. The shorter side is resized to 232 px, so the resize of a W x 1 image is W*232 x 232: a
   143-byte 20000x1 PNG cost 4.6 GB. Sides at most MAX_ASPECT_RATIO:1 cap the resize at 232 x 46,400 px.
