@@ -8,13 +8,14 @@ Signals (gateway/drain.py): SIGTERM drains for GATEWAY_DRAIN_S, then stops; SIGU
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway import logs
-from gateway.drain import serve
+from gateway.drain import DrainingServer
 from gateway.main import create_app
 from gateway.protocol import ConnectionLimits, guarded_protocol
 from gateway.settings import get_settings
@@ -37,8 +38,9 @@ def main() -> None:
         access_log=False,
         log_config=None,
     )
-    server = uvicorn.Server(config)
-    serve(server, app.state.drain)
+    server = DrainingServer(config, app.state.drain)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised by uvicorn once stopped: as uvicorn.run
+        server.run()
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

@@ -5,20 +5,16 @@ other route keeps serving, and every answer carries `Connection: close` (a keep-
 the balancer sends the new connection elsewhere). SIGUSR1 only drains; SIGTERM also stops the gateway once
 `GATEWAY_DRAIN_S` has passed since draining began (the first of the two signals): it stops accepting,
 finishes what is in flight (up to the queue and request timeouts) and exits 0. With the default 0 a SIGTERM
-stops at once, as uvicorn does. SIGINT (Ctrl-C) stops without draining (a second one without waiting for
-the requests in flight).
-
-The signals are ours, not uvicorn's: `serve` runs uvicorn's server in a thread of its own, where uvicorn
-installs no signal handlers, and handles them in the main thread, telling the server to stop through its
-public `should_exit` and `force_exit` (no uvicorn class is subclassed; tests/unit/test_server_contract.py).
+stops at once, as uvicorn does. SIGINT (Ctrl-C) stops without draining.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-import threading
 import time
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -68,42 +64,41 @@ class DrainMiddleware:
         await self.app(scope, receive, send_closing)
 
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-TICK_S = 0.1  # how often the main thread looks at the drain and the server
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with SIGTERM turned into drain-then-stop and SIGUSR1 into drain, for `Drain`."""
 
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.stop_asked = False  # SIGTERM received: stop once the drain is over
+        self._logged_drain = False
 
-def serve(server: uvicorn.Server, drain: Drain) -> None:
-    """Run `server` until it stops: SIGTERM turned into drain-then-stop, SIGUSR1 into drain (for `drain`),
-    SIGINT into stop. Returns once the server has stopped (see `server.started` for whether it ever ran)."""
-    stop_asked = False  # SIGTERM received: stop once the drain is over
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = signal.signal(signal.SIGUSR1, self.handle_exit)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
 
-    def on_signal(sig: int, frame: FrameType | None) -> None:
-        # Only flags here (a signal handler): the loop below acts on them at its next tick.
-        nonlocal stop_asked
-        if sig == signal.SIGINT:
-            server.force_exit = server.should_exit  # a second Ctrl-C: stop without waiting for requests
-            server.should_exit = True
-        else:
-            drain.start()
-            stop_asked = stop_asked or sig == signal.SIGTERM
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Only flags here (a signal handler): the main loop acts on them at its next tick (0.1 s).
+        if sig in (signal.SIGTERM, signal.SIGUSR1):
+            self.drain.start()
+            self.stop_asked = self.stop_asked or sig == signal.SIGTERM
+        else:  # SIGINT: uvicorn's own (stop now; a second one stops without waiting for requests)
+            super().handle_exit(sig, frame)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
-    thread = threading.Thread(target=server.run, name="uvicorn")
-    logged_drain = False
-    try:
-        thread.start()
-        while thread.is_alive():
-            thread.join(TICK_S)
-            if drain.draining and not logged_drain:
-                logged_drain = True
-                logger.info(
-                    "draining: /readyz answers 503, answers close their connections; SIGTERM stops %g s "
-                    "after the drain began",
-                    drain.drain_s,
-                )
-            if stop_asked and not server.should_exit and drain.over():
-                logger.info("drain over: stopping (SIGTERM)")
-                server.should_exit = True
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.draining and not self._logged_drain:
+            self._logged_drain = True
+            logger.info(
+                "draining: /readyz answers 503, answers close their connections; SIGTERM stops %g s "
+                "after the drain began",
+                self.drain.drain_s,
+            )
+        if self.stop_asked and not self.should_exit and self.drain.over():
+            logger.info("drain over: stopping (SIGTERM)")
+            self.should_exit = True
+        return await super().on_tick(counter)

@@ -6,8 +6,10 @@ candidate server (uvicorn alone, Hypercorn 0.18.0, Granian 2.8.7) bounds request
 way test_security.py demands (empty lines before a head, a pipelined head, chunk-size lines and trailers
 counted) and answers its refusals as problem+json with a request id; so gateway/protocol.py and
 gateway/framing.py hold them, below ASGI, on uvicorn's httptools protocol: it relies on what uvicorn does
-not promise, the names below and when uvicorn calls them. gateway/drain.py runs uvicorn's Server in a thread
-(where uvicorn installs no signal handlers) and stops it through its attributes below. On an upgrade:
+not promise, the names below and when uvicorn calls them. gateway/drain.py overrides uvicorn.Server's signal
+handling (capture_signals, handle_exit, on_tick), so that a signal acts before the next request is read (run
+off the main thread instead, the drain began a few milliseconds late: 2-4 of 15 readiness probes sent right
+after SIGUSR1 still answered 200, none with the override). On an upgrade:
 run tests/test_security.py, test_fuzz.py, test_early_answers.py and test_drain.py against the new version,
 then update PINNED and pyproject.toml together. (What ASGI can hold is held in ASGI, on any server: early
 answers, gateway/early.py; the body pace, gateway/budget.py.)
@@ -27,7 +29,7 @@ from modelserver.paths import REPO_ROOT
 
 PINNED = {"uvicorn": "0.54.0", "httptools": "0.9.0"}  # the versions gateway/protocol.py was checked against
 
-# What gateway/protocol.py overrides or calls on HttpToolsProtocol; what gateway/drain.py uses of uvicorn.Server.
+# What gateway/protocol.py overrides or calls on HttpToolsProtocol, and gateway/drain.py on uvicorn.Server.
 PROTOCOL_NAMES = (
     "connection_made",
     "data_received",
@@ -38,7 +40,7 @@ PROTOCOL_NAMES = (
     "connection_lost",
     "_unset_keepalive_if_required",
 )
-SERVER_NAMES = ("run", "should_exit", "force_exit", "started")
+SERVER_NAMES = ("capture_signals", "handle_exit", "on_tick", "run", "should_exit", "started")
 
 
 @pytest.mark.parametrize("package", sorted(PINNED))
