@@ -15,6 +15,7 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, Request, Response
 
 from gateway.auth import Caller, KeyStore, RateLimiter, admit
+from gateway.budget import hold_of
 from gateway.drain import Drain
 from gateway.metrics import Metrics
 from gateway.ranking import RankOptions, RankQuery, rank_query, resolve_classes
@@ -51,8 +52,11 @@ DrainDep = Annotated[Drain, Depends(from_state("drain", Drain))]
 async def authenticate(
     request: Request, response: Response, keys: KeysDep, limiter: LimiterDep, metrics: MetricsDep
 ) -> Caller:
-    """The caller, after auth and rate limiting (gateway/auth.py); else a 401 or 429 problem."""
-    return admit(request, response, keys, limiter, metrics)
+    """The caller, after auth and rate limiting (gateway/auth.py), its request's body charged to its key's
+    share of the body budget (gateway/budget.py); else a 401 or 429 problem."""
+    caller = admit(request, response, keys, limiter, metrics)
+    hold_of(request).belongs_to(caller.key_id)
+    return caller
 
 
 Authenticated = Annotated[Caller, Depends(authenticate)]

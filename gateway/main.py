@@ -13,6 +13,7 @@ from gateway import demo, docs, embed, explain, health, predict, v2
 from gateway.auth import KeyStore, RateLimiter
 from gateway.budget import BodyBudget, BudgetMiddleware
 from gateway.drain import Drain, DrainMiddleware
+from gateway.early import EarlyAnswerMiddleware
 from gateway.errors import ErrorShapes, install
 from gateway.metrics import Metrics
 from gateway.observe import ObserveMiddleware
@@ -58,7 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     install(app, metrics, ERROR_SHAPES)
 
-    app.add_middleware(BudgetMiddleware, budget=BodyBudget.of(settings))
+    budget = BodyBudget.of(settings)
+    app.add_middleware(
+        BudgetMiddleware, budget=budget, rate_bytes_s=settings.body_rate_bytes_s, grace_s=settings.body_grace_s
+    )
     app.add_middleware(ObserveMiddleware, metrics=metrics, shape_of=ERROR_SHAPES.of)
     app.add_middleware(DrainMiddleware, drain=drain)
+    app.add_middleware(EarlyAnswerMiddleware, linger_s=settings.linger_s)  # outermost: the server's receive
     return app

@@ -19,6 +19,7 @@ CATALOGUE: dict[str, tuple[int, str]] = {
     "request-head-too-large": (431, "Request head too large"),
     "unauthorized": (401, "Missing or invalid API key"),
     "rate-limited": (429, "Too many requests"),
+    "request-timeout": (408, "Request body too slow"),
     "payload-too-large": (413, "Upload too large"),
     "image-too-large": (413, "Image dimensions too large"),
     "unsupported-media-type": (415, "Unsupported image format"),

@@ -1,5 +1,5 @@
 """uvicorn's httptools protocol with guards against slow and oversized request heads, and a graceful close for
-answers given before the client has finished sending (see the class)."""
+its own refusals (see the class). Answers the app gives before a body has arrived: gateway/early.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.digits import ascii_int
 from gateway.framing import Boundary, Framer, TooLarge, Unframed
 from gateway.headers import API_CSP, SECURITY_HEADERS
 from gateway.problems import PROBLEM_JSON, Problem
@@ -35,11 +34,6 @@ def problem_answer(slug: str, detail: str) -> bytes:
     }
     head = [f"HTTP/1.1 {problem.status} {problem.title}", *(f"{name}: {value}" for name, value in headers.items())]
     return "\r\n".join(head).encode() + b"\r\n\r\n" + body
-
-
-# A refused request's body up to this size is read to its end before the answer, keeping the connection (the
-# usual case: a small upload whose head arrived first). Beyond it, the answer closes the connection.
-DRAIN_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,7 +79,7 @@ class ClosingHook:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's fast (httptools) HTTP/1.1 protocol with a deadline and a size bound for request heads, and
-    early answers that reach the client.
+    refusals that reach the client.
 
     Deadline (slowloris): uvicorn closes idle keep-alive connections but waits forever for a head that
     trickles in, or for a first byte that never comes. A connection that is waiting for a request head
@@ -99,14 +93,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     sent after the answers to the requests before it. Both refusals, and httptools' own for bytes that are
     not HTTP, are problem+json like every other error.
 
-    Early answers (401, 413, 415, 429, 503 to a client still uploading): closing a socket with unread bytes
-    makes the kernel reset the connection, and the reset destroys the answer on its way. So an answer that
-    starts before the request's body has all arrived first reads the rest if it is small (DRAIN_BYTES);
-    otherwise the answer says `Connection: close`, and closing then lingers:
-    the write side is shut down after the answer (the client reads it to the end), what the client still
-    sends is read and thrown away unparsed, and the socket closes when the client closes its side or after
-    `linger_s`. The same for the 431 and 400 refusals above. Nothing after an early answer is ever taken for
-    a request.
+    Refusals (the 431 and 400 above) close lingering: closing a socket with unread bytes makes the kernel
+    reset the connection, and the reset destroys the answer on its way. So the write side is shut down after
+    the answer (the client reads it to the end), what the client still sends is read and thrown away
+    unparsed, and the socket closes when the client closes its side or after `linger_s`. Nothing after a
+    refusal is ever taken for a request. (The app's own answers to a client still uploading are held in
+    ASGI, gateway/early.py.)
 
     `limits` is set on the class that `guarded_protocol` makes."""
 
@@ -116,7 +108,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._transport = transport
         self.lingering = False
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._answered_early = False  # the current answer began before its request's body had all arrived
         super().connection_made(ClosingHook(transport, self))  # type: ignore[arg-type]  # ClosingHook wraps the Transport and forwards every call: one by duck typing
         self._heads = 0  # request heads parsed on this connection
         self._messages = 0  # requests parsed to their end
@@ -193,37 +184,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._heads += 1
         self._stop_clock()
-        previous = self.cycle
         super().on_headers_complete()
-        if self.cycle is not previous:
-            self._close_if_answered_early(self.cycle)
-
-    def _close_if_answered_early(self, cycle: Any) -> None:
-        """Before the request's answer starts, read the rest of a small body (so the connection is kept); if
-        more is to come, make the answer say `Connection: close`: uvicorn then closes after it, which
-        `close_connection` turns into a lingering close."""
-        send = cycle.send
-
-        async def send_checked(message: Any) -> None:
-            if message["type"] == "http.response.start" and cycle.more_body and not await self._drained(cycle):
-                self._answered_early = True
-                cycle.keep_alive = False
-            await send(message)
-
-        cycle.send = send_checked
-
-    async def _drained(self, cycle: Any) -> bool:
-        """Read and drop the rest of a body declared at most DRAIN_BYTES long, within `linger_s`."""
-        length = ascii_int(dict(cycle.scope["headers"]).get(b"content-length", b"").strip())
-        if cycle.waiting_for_100_continue or length is None or length > DRAIN_BYTES:
-            return False
-        try:
-            async with asyncio.timeout(self.limits.linger_s):
-                while cycle.more_body and not cycle.disconnected:
-                    await cycle.receive()
-        except TimeoutError:
-            return False
-        return not cycle.more_body
 
     def on_message_complete(self) -> None:
         self._messages += 1
@@ -241,10 +202,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._await_head()
 
     def close_connection(self) -> None:
-        """Every close uvicorn asks for: lingering while the client may still be sending, else at once."""
+        """Every close uvicorn asks for: lingering after a refusal, else at once (an answer of the app to a
+        client still sending has already waited for it: gateway/early.py)."""
         if self.lingering or self._transport.is_closing():
             return
-        if self._answered_early or self._refusal is not None or (self.cycle is not None and self.cycle.more_body):
+        if self._refusal is not None:
             self._linger()
         else:
             self._transport.close()

@@ -6,11 +6,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.bounds import MAX_PIXELS
 from contract.wire import MODEL_NAME
+
+MiB = 1024 * 1024
+ENVELOPE_BYTES = 64 * 1024  # allowed on top of the image limits for what wraps them: multipart parts, v2's JSON
 
 
 class Settings(BaseSettings):
@@ -64,16 +67,34 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(True, description="serve /metrics without an API key")
 
     # Inputs
-    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="per image")
+    max_upload_bytes: int = Field(8 * MiB, ge=1024, description="per image")
     max_batch_files: int = Field(32, ge=1)
     max_pixels: int = Field(MAX_PIXELS, ge=1, description="decoded pixel limit (decompression bombs)")
     max_side: int = Field(20_000, ge=1, description="largest accepted width or height")
+    # The body budget (gateway/budget.py), set with the batch limits above: one key's share holds one full batch
+    # (imgcls's defaults, 4 requests of 8 files of 8 MiB, are the same 256 MiB), the budget one and a half:
+    # whatever one key holds, 128 MiB less 64 KiB stays for the others. Checked together at startup (`_budget`); the
+    # reasons in docs/operations.md, "Body budget".
     max_buffered_bytes: int = Field(
-        384 * 1024 * 1024,
+        384 * MiB,
         ge=1,
         description="request bodies held in memory at once by the gateway process, all requests together; "
-        "a request that would pass it gets 503 server-busy. At least max_upload_bytes x max_batch_files + 64 KiB",
+        "a request that would pass it gets 503 server-busy. At least max_key_buffered_bytes",
     )
+    max_key_buffered_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="request bodies held at once for one API key, all its requests together; a request that would "
+        "pass it gets 503 server-busy. At least (and by default) the largest batch body, max_upload_bytes x "
+        "max_batch_files + 64 KiB",
+    )
+    body_rate_bytes_s: int = Field(
+        64 * 1024,
+        ge=1,
+        description="slowest average rate a request body may arrive at, from its head (after body_grace_s); "
+        "a body that falls behind gets 408 request-timeout and its reservation is released",
+    )
+    body_grace_s: float = Field(10.0, gt=0, description="time a request body has before body_rate_bytes_s applies")
 
     @field_validator("api_key_hashes", mode="before")
     @classmethod
@@ -90,6 +111,22 @@ class Settings(BaseSettings):
                 raise ValueError("each API key hash must be 64 hex characters (SHA-256)")
         return [digest.lower() for digest in value]
 
+    @model_validator(mode="after")
+    def _budget(self) -> Settings:
+        """A key's share holds the largest request the limits allow, and the budget holds a key's share: else
+        that request could never be served."""
+        if self.key_share_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"GATEWAY_MAX_KEY_BUFFERED_BYTES ({self.key_share_bytes}) must be at least the largest "
+                f"batch body, max_upload_bytes x max_batch_files + {ENVELOPE_BYTES} ({self.max_body_bytes})"
+            )
+        if self.max_buffered_bytes < self.key_share_bytes:
+            raise ValueError(
+                f"GATEWAY_MAX_BUFFERED_BYTES ({self.max_buffered_bytes}) must be at least one key's share, "
+                f"GATEWAY_MAX_KEY_BUFFERED_BYTES or the largest batch body ({self.key_share_bytes})"
+            )
+        return self
+
     def all_key_hashes(self) -> list[str]:
         hashes = list(self.api_key_hashes)
         if self.api_key_hashes_file is not None:
@@ -100,6 +137,17 @@ class Settings(BaseSettings):
     @property
     def max_batch_bytes(self) -> int:
         return self.max_upload_bytes * self.max_batch_files
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body the limits allow: a full batch and its envelope."""
+        return self.max_batch_bytes + ENVELOPE_BYTES
+
+    @property
+    def key_share_bytes(self) -> int:
+        """The bytes of request bodies one API key may have held at once (max_key_buffered_bytes, by default
+        the largest body)."""
+        return self.max_body_bytes if self.max_key_buffered_bytes is None else self.max_key_buffered_bytes
 
 
 @lru_cache

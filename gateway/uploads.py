@@ -12,10 +12,10 @@ from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from gateway.budget import ENVELOPE_BYTES, Hold, hold_of
+from gateway.budget import Hold, hold_of
 from gateway.digits import ascii_int
 from gateway.problems import Problem
-from gateway.settings import Settings
+from gateway.settings import ENVELOPE_BYTES, Settings
 from gateway.validation import CheckedImage, check_image
 
 Upload = UploadFile | str  # a multipart part: a file, or text where a file was expected
@@ -122,7 +122,7 @@ async def batch_uploads(request: Request, settings: Settings) -> list[Upload]:
     """The parts of a multipart batch (repeated field `files`), not yet read or checked."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         raise Problem("unsupported-media-type", "send multipart/form-data with one or more fields 'files'")
-    limit = settings.max_batch_bytes + ENVELOPE_BYTES
+    limit = settings.max_body_bytes
     reserve_body(request, limit)
     form = await read_form(request, limit, max_files=settings.max_batch_files)
     uploads = form.getlist("files")

@@ -29,7 +29,6 @@ from fastapi.responses import JSONResponse
 
 from contract.wire import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelDescription, ServedModel
 from gateway import readiness
-from gateway.budget import ENVELOPE_BYTES
 from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
@@ -260,7 +259,7 @@ async def infer(
     request: Request, model_name: str, caller: Authenticated, settings: SettingsDep, inference: InferenceDep
 ) -> Response:
     expect_model(settings, model_name)
-    body = await read_body(request, settings.max_batch_bytes + ENVELOPE_BYTES, "the inference request", BODY_COPIES)
+    body = await read_body(request, settings.max_body_bytes, "the inference request", BODY_COPIES)
     request_json, tail = split_binary(body, request.headers.get(HEADER_LENGTH), settings.max_batch_files)
     del body  # what is kept is split from it (the tail is a view of it)
     inputs = request_json.get("inputs")

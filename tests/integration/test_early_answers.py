@@ -18,9 +18,9 @@ import httpx
 import pytest
 from support import Gateway, free_port, gateway_env
 
+from gateway.early import DRAIN_BYTES
 from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
-from gateway.protocol import DRAIN_BYTES
 from modelserver.gateway_process import Upstream
 
 # Every key gets one request, then 429 for 11 days: one key for each use.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -214,11 +215,11 @@ def test_the_budget_is_released_however_a_request_ends(tight_gateway: Gateway) -
 
 
 def test_imgcls_defaults_are_admitted_and_the_budget_holds_beyond(default_gateway: Gateway) -> None:
-    """With the default budget, batches of 8 files of the largest size (8 MiB) are all in flight at once as
-    long as they fit, at least 4 (imgcls's defaults: 4 requests of 8 files), and are served; one more at the
-    same time gets 503 from its head (before: admitted)."""
+    """With the default budget, batches of 8 files of the largest size (8 MiB) of one key are all in flight at
+    once as long as they fit in its share, at least 4 (imgcls's defaults: 4 requests of 8 files), and are served;
+    one more at the same time gets 503 from its head (before: admitted)."""
     body, content_type = multipart(8, 8 * MiB)
-    fit = Settings().max_buffered_bytes // len(body)
+    fit = Settings().key_share_bytes // len(body)  # one key: its share of the budget
     assert fit >= 4
     request_head = head("/v1/predict/batch", content_type, len(body))
     uploads = [Upload(default_gateway.port, request_head, body) for _ in range(fit + 1)]
@@ -240,6 +241,100 @@ def test_a_v2_body_that_could_never_fit_is_refused_from_its_head(default_gateway
     )
     assert answer.status == 413, answer.body
     assert "bytes of memory" in answer.json()["error"]
+
+
+# --- slow bodies and one key's share ----------------------------------------------------------------------------
+
+TRICKLER = "ica_memory-test-trickler"
+PATIENT = "ica_memory-test-patient"
+SMALL_FILE = 16 * 1024
+SMALL_BATCH = 4
+SHARE = SMALL_BATCH * SMALL_FILE + 64 * 1024  # a key's share: by default the largest body (batch + envelope)
+PACE = {"body_rate_bytes_s": str(8 * 1024), "body_grace_s": "3"}
+
+
+@pytest.fixture(scope="module")
+def paced_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Small limits, so that a few trickling uploads fill a key's share (SHARE) and the test lasts seconds: a
+    budget of two shares, a body that must keep up with 8 KiB/s after 3 s."""
+    settings = {
+        "max_upload_bytes": str(SMALL_FILE),
+        "max_batch_files": str(SMALL_BATCH),
+        "max_buffered_bytes": str(2 * SHARE),
+        "rate_limit_rps": "1000",
+        "rate_limit_burst": "1000",
+        **PACE,
+    }
+    with start(tmp_path_factory, "gw-paced", [TRICKLER, PATIENT], **settings) as server:
+        yield server
+
+
+def full_share_batch() -> tuple[bytes, str]:
+    """A batch body of exactly SHARE bytes: SMALL_BATCH files of zeros and a text field that pads it."""
+    files, content_type = multipart(SMALL_BATCH, SMALL_FILE)
+    pad_head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="pad"\r\n\r\n'.encode()
+    pad = pad_head + b"x" * (SHARE - len(files) - len(pad_head) - 2) + b"\r\n"
+    body = pad + files
+    assert len(body) == SHARE
+    return body, content_type
+
+
+async def trickle(upload: Upload) -> Answer:
+    """Send the body 100 bytes at a time, five times a second (500 bytes/s), until the answer comes."""
+    await upload.open()
+    sent = 0
+    with contextlib.suppress(ConnectionError):
+        while not upload.answer.done() and sent < len(upload.body):
+            upload.writer.write(upload.body[sent : sent + 100])
+            sent += 100
+            await asyncio.wait([upload.answer], timeout=0.2)
+    try:
+        return await asyncio.wait_for(upload.answer, 30)
+    finally:
+        upload.writer.close()
+
+
+def test_trickling_uploads_of_one_key_are_cut_and_other_keys_are_served(paced_gateway: Gateway) -> None:
+    """One key opens twice as many uploads as its share holds (together: the whole budget) and sends each at
+    500 bytes/s (the attack of issue 28, scaled down). Those beyond its share get 503 from their heads; another
+    key's batch of a full share is served while the others trickle; each trickler gets 408 problem+json once it
+    falls behind the pace, and its reservation is released with the answer: the same key's batch of a full
+    share is served right after (before: the tricklers held the whole budget for as long as they trickled)."""
+    port = paced_gateway.port
+    single = head("/v1/predict", "image/jpeg", SMALL_FILE, TRICKLER)
+    batch, content_type = full_share_batch()
+
+    async def attack() -> None:
+        tricklers = [asyncio.ensure_future(trickle(Upload(port, single, bytes(SMALL_FILE)))) for _ in range(16)]
+        admitted = SHARE // SMALL_FILE  # 16 KiB each: 8 fill the share
+
+        def busy() -> list[Answer]:
+            return [t.result() for t in tricklers if t.done() and t.result().status == 503]
+
+        deadline = time.monotonic() + 20
+        while len(busy()) < 16 - admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for answer in busy():
+            assert_busy(answer)
+            assert "share" in answer.json()["detail"]
+        assert len(busy()) == 16 - admitted, [t.result().status for t in tricklers if t.done()]
+        trickling = [t for t in tricklers if not t.done()]
+        assert len(trickling) == admitted
+
+        other = Upload(port, head("/v1/predict/batch", content_type, len(batch), PATIENT), batch)
+        assert_read_and_refused((await heads_then_bodies([other]))[0], SMALL_BATCH)
+        assert not any(t.done() for t in trickling), "the tricklers were cut before the other key was served"
+
+        for answer in await asyncio.gather(*trickling):
+            assert answer.status == 408, answer.body
+            assert answer.headers["content-type"] == "application/problem+json"
+            problem = answer.json()
+            assert problem["type"] == TYPE_BASE + "request-timeout"
+            assert problem["request_id"] == answer.headers["x-request-id"] and len(problem["request_id"]) == 32
+        same = Upload(port, head("/v1/predict/batch", content_type, len(batch), TRICKLER), batch)
+        assert_read_and_refused((await heads_then_bodies([same]))[0], SMALL_BATCH)
+
+    asyncio.run(asyncio.wait_for(attack(), 60))
 
 
 # --- the rate limit, per image -------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ The mix, concurrently, until every client has had its answers: three /v1/predict
 7.8 MiB (the batch that OOM-killed the gateway's 1 GiB container three at a time), the largest binary and the
 largest JSON (base64) v2 requests of the same PNGs that the budget can hold, four raw /v1/predict of one, and
 two /v1/explain?format=png of a 40 MP PNG. The gateway's RSS (psutil, every 5 ms) must stay well below the
-compose file's 1 GiB limit (GATEWAY_MEMORY).
+compose file's 1 GiB limit (GATEWAY_MEMORY). Two keys: one key holds at most its share of the budget
+(GATEWAY_MAX_KEY_BUFFERED_BYTES, one full batch), so the batches and renders come with one, the v2 and raw
+uploads with the other, and together they keep the whole budget full.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from support import Gateway, PeakRss, gateway_env
+from support import OTHER_KEY, Gateway, PeakRss, gateway_env
 
 from gateway.keys import key_hash
 from gateway.settings import Settings
@@ -38,7 +40,8 @@ ROUNDS = 2  # answers (not 503) each client waits for
 
 @pytest.fixture(scope="module")
 def mix_gateway(torchserve: TorchServe, api_key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    env = gateway_env(torchserve, [key_hash(api_key)], rate_limit_rps="10000", rate_limit_burst="10000")
+    keys = [key_hash(api_key), key_hash(OTHER_KEY)]
+    env = gateway_env(torchserve, keys, rate_limit_rps="10000", rate_limit_burst="10000")
     with Gateway(tmp_path_factory.mktemp("gw-memory-mix") / "gw.log", env) as server:
         yield server
 
@@ -85,12 +88,12 @@ def v2_json(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
 async def mix(url: str, api_key: str) -> Counter:
     pngs = [noise_png(seed) for seed in range(32)]
     batch = [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
-    half = Settings().max_buffered_bytes // 2  # v2 holds its body twice: at most half the budget
+    half = Settings().key_share_bytes // 2  # v2 holds its body twice: at most half a key's share
     binary, binary_headers = v2_binary(pngs[: half // (len(pngs[0]) + 4) - 1])
     base64_body, json_headers = v2_json(pngs[: half // (len(pngs[0]) * 4 // 3 + 4) - 1])
     large = large_png()
     statuses: Counter = Counter()
-    key = {"X-API-Key": api_key}
+    key, other = {"X-API-Key": api_key}, {"X-API-Key": OTHER_KEY}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
@@ -113,11 +116,13 @@ async def mix(url: str, api_key: str) -> Counter:
                     answered += 1
 
         senders = [lambda: client.post("/v1/predict/batch", files=batch, headers=key)] * 3
-        senders += [lambda: client.post("/v2/models/resnet50/infer", content=binary, headers={**key, **binary_headers})]
         senders += [
-            lambda: client.post("/v2/models/resnet50/infer", content=base64_body, headers={**key, **json_headers})
+            lambda: client.post("/v2/models/resnet50/infer", content=binary, headers={**other, **binary_headers})
         ]
-        raw = {**key, "Content-Type": "image/png"}
+        senders += [
+            lambda: client.post("/v2/models/resnet50/infer", content=base64_body, headers={**other, **json_headers})
+        ]
+        raw = {**other, "Content-Type": "image/png"}
         senders += [lambda i=i: client.post("/v1/predict", content=pngs[i], headers=raw) for i in range(4)]
         explain = {**key, "Content-Type": "image/png"}
         senders += [lambda: client.post("/v1/explain", params={"format": "png"}, content=large, headers=explain)] * 2

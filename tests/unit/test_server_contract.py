@@ -1,0 +1,69 @@
+"""The contract between the gateway's HTTP layer and the server under it, pinned to the versions it was
+checked against: this fails when uvicorn or httptools changes, before anything breaks silently.
+
+Why the layer exists (docs/development.md, "The HTTP edge"): measured against the suite's guarantee tests, no
+candidate server (uvicorn alone, Hypercorn 0.18.0, Granian 2.8.7) bounds request heads in time and size the
+way test_security.py demands (empty lines before a head, a pipelined head, chunk-size lines and trailers
+counted) and answers its refusals as problem+json with a request id; so gateway/protocol.py and
+gateway/framing.py hold them, below ASGI, on uvicorn's httptools protocol: it relies on what uvicorn does
+not promise, the names below and when uvicorn calls them. gateway/drain.py overrides uvicorn.Server's signal
+handling (capture_signals, handle_exit, on_tick), so that a signal acts before the next request is read (run
+off the main thread instead, the drain began a few milliseconds late: 2-4 of 15 readiness probes sent right
+after SIGUSR1 still answered 200, none with the override). On an upgrade:
+run tests/test_security.py, test_fuzz.py, test_early_answers.py and test_drain.py against the new version,
+then update PINNED and pyproject.toml together. (What ASGI can hold is held in ASGI, on any server: early
+answers, gateway/early.py; the body pace, gateway/budget.py.)
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib.metadata import version
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from modelserver.paths import REPO_ROOT
+
+PINNED = {"uvicorn": "0.54.0", "httptools": "0.9.0"}  # the versions gateway/protocol.py was checked against
+
+# What gateway/protocol.py overrides or calls on HttpToolsProtocol, and gateway/drain.py on uvicorn.Server.
+PROTOCOL_NAMES = (
+    "connection_made",
+    "data_received",
+    "on_headers_complete",
+    "on_message_complete",
+    "on_response_complete",
+    "send_400_response",
+    "connection_lost",
+    "_unset_keepalive_if_required",
+)
+SERVER_NAMES = ("capture_signals", "handle_exit", "on_tick", "run", "should_exit", "started")
+
+
+@pytest.mark.parametrize("package", sorted(PINNED))
+def test_the_server_is_the_version_the_http_layer_was_checked_against(package: str) -> None:
+    assert version(package) == PINNED[package], (
+        f"{package} {version(package)} is installed; gateway/protocol.py and gateway/drain.py were checked "
+        f"against {PINNED[package]}: run the guarantee tests (this module's docstring), then update PINNED"
+    )
+
+
+@pytest.mark.parametrize("package", sorted(PINNED))
+def test_the_pin_in_pyproject_is_the_checked_version(package: str) -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {}).values()
+    pins = [
+        d for d in [*project.get("dependencies", []), *(d for e in extras for d in e)] if re.match(rf"{package}\b", d)
+    ]
+    assert pins == [f"{package}=={PINNED[package]}"], pins
+
+
+def test_the_names_the_layer_uses_are_there() -> None:
+    """Names only: when uvicorn calls them is what the guarantee tests check."""
+    missing = [name for name in PROTOCOL_NAMES if not callable(getattr(HttpToolsProtocol, name, None))]
+    server = uvicorn.Server(uvicorn.Config(app=None))
+    missing += [f"Server.{name}" for name in SERVER_NAMES if not hasattr(server, name)]
+    assert not missing, f"uvicorn no longer has {missing}: gateway/protocol.py or gateway/drain.py must change"
