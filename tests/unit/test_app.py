@@ -14,6 +14,7 @@ import pytest
 from fake_torchserve import INVALID_KEY, SCORES
 from imagegen import png
 from in_process import API_KEY, OTHER_KEY, gateway
+from support import assert_problem
 
 from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER
 from gateway.main import create_app
@@ -22,17 +23,6 @@ from gateway.settings import Settings
 
 pytestmark = pytest.mark.anyio
 IMAGE = png(64, 48)
-
-
-def problem(response: httpx.Response, status: int, slug: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM_JSON)
-    body = response.json()
-    assert body["type"] == TYPE_BASE + slug
-    assert body["status"] == status and body["title"] and body["detail"]
-    assert body["request_id"] == response.headers["x-request-id"]
-    assert "Traceback" not in response.text
-    return body
 
 
 async def predict(client: httpx.AsyncClient, key: str = API_KEY, query: str = "", image: bytes = IMAGE):
@@ -63,7 +53,7 @@ async def test_no_key_or_an_unknown_key_is_one_401_and_nothing_is_forwarded(tmp_
     async with gateway(tmp_path) as served:
         for headers in ({}, {"X-API-Key": "ica_unknown"}, {"Authorization": "Bearer ica_unknown"}):
             response = await served.client.post("/v1/predict", content=IMAGE, headers=headers)
-            problem(response, 401, "unauthorized")
+            assert_problem(response, 401, "unauthorized")
             assert response.headers["www-authenticate"].startswith("Bearer")
         assert served.torchserve.predictions() == []
         response = await served.client.post(
@@ -76,7 +66,7 @@ async def test_each_key_has_its_own_bucket_and_a_refusal_says_when_to_retry(tmp_
     async with gateway(tmp_path, rate_limit_rps=0.01, rate_limit_burst=2) as served:
         assert [(await predict(served.client)).status_code for _ in range(2)] == [200, 200]
         refused = await predict(served.client)
-        body = problem(refused, 429, "rate-limited")
+        body = assert_problem(refused, 429, "rate-limited")
         assert "rate limit" in body["detail"]
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.headers["ratelimit-limit"] == "2" and refused.headers["ratelimit-remaining"] == "0"
@@ -88,7 +78,7 @@ async def test_a_batch_of_more_images_than_the_burst_is_refused_whole(tmp_path: 
     async with gateway(tmp_path, rate_limit_burst=2) as served:
         files = [("files", (f"{i}.png", IMAGE, "image/png")) for i in range(3)]
         response = await served.client.post("/v1/predict/batch", files=files, headers={"X-API-Key": API_KEY})
-        problem(response, 413, "payload-too-large")
+        assert_problem(response, 413, "payload-too-large")
         assert served.torchserve.predictions() == []
 
 
@@ -101,7 +91,7 @@ async def test_an_allow_list_renormalises_over_its_classes_by_id_or_name(tmp_pat
         total = SCORES[0] + SCORES[1] + SCORES[7]
         assert [p["score"] for p in predictions] == pytest.approx([SCORES[i] / total for i in (0, 1, 7)])
         assert served.torchserve.predictions()[0].headers[TOP_K_HEADER] == "1000"  # all, to renormalise
-        body = problem(await predict(served.client, query="?classes=crane,unicorn"), 422, "invalid-request")
+        body = assert_problem(await predict(served.client, query="?classes=crane,unicorn"), 422, "invalid-request")
         assert body["unknown_classes"] == ["unicorn"]
 
 
@@ -114,8 +104,8 @@ async def test_unknown_below_decides_unknown_and_keeps_the_predictions(tmp_path:
 
 async def test_a_client_mistake_is_a_4xx_problem_and_never_reaches_torchserve(tmp_path: Path) -> None:
     async with gateway(tmp_path) as served:
-        problem(await predict(served.client, query="?top_k=0"), 422, "invalid-request")
-        problem(await predict(served.client, image=b"not an image at all"), 415, "unsupported-media-type")
+        assert_problem(await predict(served.client, query="?top_k=0"), 422, "invalid-request")
+        assert_problem(await predict(served.client, image=b"not an image at all"), 415, "unsupported-media-type")
         assert served.torchserve.predictions() == []
 
 
@@ -138,7 +128,7 @@ async def test_torchserves_answers_become_problems(
     async with gateway(tmp_path) as served:
         served.torchserve.script.append((status, body))
         response = await predict(served.client)
-        problem(response, expected_status, slug)
+        assert_problem(response, expected_status, slug)
         if expected_status == 503:
             assert response.headers["retry-after"] == "2"
         assert "Worker died" not in response.text and "html" not in response.text
@@ -147,7 +137,7 @@ async def test_torchserves_answers_become_problems(
 async def test_no_answer_within_the_timeout_is_a_504(tmp_path: Path) -> None:
     async with gateway(tmp_path, request_timeout_s=0.3) as served:
         served.torchserve.delay_s = 2.0
-        problem(await predict(served.client), 504, "upstream-timeout")
+        assert_problem(await predict(served.client), 504, "upstream-timeout")
 
 
 async def test_an_expired_key_is_renewed_with_the_api_key_and_clients_never_see_it(tmp_path: Path) -> None:
@@ -168,7 +158,7 @@ async def test_a_key_that_cannot_be_renewed_is_a_503_not_the_clients_fault(tmp_p
         served.torchserve.keys["API"] = "not-the-one-in-the-file"
         served.torchserve.expire("inference")
         response = await predict(served.client)
-        problem(response, 503, "model-unavailable")
+        assert_problem(response, 503, "model-unavailable")
         assert "authenticate" in response.json()["detail"]
         assert INVALID_KEY.decode() not in response.text
 
@@ -178,7 +168,7 @@ async def test_readiness_follows_the_workers_and_needs_no_key(tmp_path: Path) ->
         ready = await served.client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["workers_ready"] == 1
         served.torchserve.workers = ["UNLOADING"]
-        problem(await served.client.get("/readyz"), 503, "model-unavailable")
+        assert_problem(await served.client.get("/readyz"), 503, "model-unavailable")
 
 
 async def test_v2_infer_answers_the_same_scores_in_its_own_tensor(tmp_path: Path) -> None:
