@@ -35,7 +35,7 @@ run: mar
 
 # The tests in tiers (docs/development.md, "Tests"), cheapest first; make stops at the first step that fails,
 # and each tier at its first failing test (FAILFAST= runs a whole tier). `make test-fast` is what every change
-# runs: lint, types and the fast tier, about a minute. .ci/run and .github/workflows/ci.yml run these steps.
+# runs: lint, types and the fast tier, under half a minute. .ci/run and .github/workflows/ci.yml run these steps.
 FAILFAST ?= -x
 PYTEST = $(PY) -m pytest $(FAILFAST)
 
