@@ -1,6 +1,8 @@
 """Helpers shared by the tests. The gateway and free ports come from the code `make run` uses too.
 
-Test files import shared helpers from here only, never from each other or from conftest.
+Test files import shared helpers from the helper modules only (this one, which imports no torch, so the fast
+tier can use it; reference.py, testmodel.py, imagegen.py, containers.py; the fast tier's in_process.py and
+fake_torchserve.py), never from each other or from conftest.
 """
 
 from __future__ import annotations
