@@ -74,8 +74,9 @@ class ModelDescription(ServedModel):
     (the gateway's /v1/models): the model block, the labels, what the engine can add to an answer and the
     archive's limits."""
 
-    labels: int  # how many classes
+    labels: int  # how many classes: N, the archive's (contract/labels.py)
     label_names: list[str]  # by class id
+    labels_source: NotRequired[str | None]  # where they came from (metadata.json); None for older archives
     int8_gate: dict[str, object] | None  # the INT8 archive's accuracy gate against fp32 (modelserver/quantize.py)
     # How the worker that answered chose its engine on its CPU (handlers/engine_start.py; absent from older
     # archives' handlers): what the engine computes in (fp32, bf16, int8), the precision policy it was allowed

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from fastapi import Query
 
+from contract.labels import UNKNOWN, normalise
 from contract.wire import CLASSES, ItemAnswer
 from gateway.digits import ascii_int
 from gateway.problems import Problem
@@ -36,10 +37,11 @@ class RankOptions:
 
 
 def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
-    """Class ids or label names (case-insensitive) → ids; unknown entries → 422 listing them."""
+    """Class ids or label names (matched as contract/labels.py normalises them) → ids; unknown entries → 422
+    listing them."""
     by_name: dict[str, list[int]] = {}
     for class_id, label in enumerate(labels):
-        by_name.setdefault(label.lower(), []).append(class_id)
+        by_name.setdefault(normalise(label), []).append(class_id)
     ids: set[int] = set()
     unknown = []
     for entry in (part.strip() for part in raw.split(",")):
@@ -48,8 +50,8 @@ def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
         number = ascii_int(entry)
         if number is not None and number < len(labels):
             ids.add(number)
-        elif entry.lower() in by_name:
-            ids.update(by_name[entry.lower()])
+        elif normalise(entry) in by_name:
+            ids.update(by_name[normalise(entry)])
         else:
             unknown.append(entry)
     if unknown:
@@ -93,7 +95,7 @@ def ranked(answer: ItemAnswer, options: RankOptions) -> tuple[list[Ranked], Deci
     best = scored[0] if scored else None
     decision: Decision
     if best is None or (options.unknown_below is not None and best["score"] < options.unknown_below):
-        decision = {"label": "unknown", "class_id": None, "score": best["score"] if best else None}
+        decision = {"label": UNKNOWN, "class_id": None, "score": best["score"] if best else None}
     else:
         decision = {"label": best["label"], "class_id": best["class_id"], "score": best["score"]}
     cut = [p for p in scored[: options.top_k] if options.min_score is None or p["score"] >= options.min_score]

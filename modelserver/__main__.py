@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import contract.labels
 from contract.torchserve_tokens import KEY_FILE
 from handlers.engine_choice import AUTO, POLICIES, POLICY_ENV
 from handlers.engines import ENGINES
@@ -50,7 +51,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
     args.engine = args.engine or ENGINES[0]
     try:
-        weights = resolve(args.weights, args.sha256, args.cache_dir)
+        labels = contract.labels.read(args.labels) if args.labels else None
+        source = f"file:{args.labels.name}" if args.labels else None
+        weights = resolve(args.weights, args.sha256, args.cache_dir, labels, source)
+    except contract.labels.LabelError as exc:
+        return _fail(str(exc))
     except DownloadError as exc:
         if not args.offline_fallback:
             return _fail(str(exc))
@@ -76,7 +81,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _fail(f"refusing to package: {exc}")
     except (ArchiveError, CalibrationError) as exc:
         return _fail(str(exc))
-    print(f"built {out} ({out.stat().st_size / 2**20:.1f} MiB, weights {weights.name}, engine {args.engine})")
+    size, classes = out.stat().st_size / 2**20, f"{len(weights.labels)} classes from {weights.labels_source}"
+    print(f"built {out} ({size:.1f} MiB, weights {weights.name}, {classes}, engine {args.engine})")
     return 0
 
 
@@ -206,6 +212,13 @@ def parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help=f"build {DEFAULT_MAR.relative_to(REPO_ROOT)}")
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
+    build.add_argument(
+        "--labels",
+        type=Path,
+        metavar="FILE",
+        help="the weights' class labels, by class id: one per line, or a JSON list (needed unless the weights have "
+        "ImageNet's 1000 classes; rules in docs/model.md, 'Your own categories')",
+    )
     build.add_argument(
         "--engine",
         choices=[*ENGINES, AUTO],
