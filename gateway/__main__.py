@@ -15,7 +15,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from gateway import logs
-from gateway.drain import DrainingServer
+from gateway.drain import DrainSignals
 from gateway.main import create_app
 from gateway.protocol import ConnectionLimits, guarded_protocol
 from gateway.settings import get_settings
@@ -25,8 +25,9 @@ def main() -> None:
     settings = get_settings()
     logs.configure(settings.log_level)  # the process's logging: JSON lines on stdout
     app = create_app(settings)
+    signals = DrainSignals(app.state.drain)
     config = uvicorn.Config(
-        app,
+        signals.around(app),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -38,9 +39,9 @@ def main() -> None:
         access_log=False,
         log_config=None,
     )
-    server = DrainingServer(config, app.state.drain)
+    server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, re-raised by uvicorn once stopped: as uvicorn.run
-        server.run()
+        signals.run(server)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
 

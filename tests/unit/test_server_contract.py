@@ -6,10 +6,9 @@ candidate server (uvicorn alone, Hypercorn 0.18.0, Granian 2.8.7) bounds request
 way test_security.py demands (empty lines before a head, a pipelined head, chunk-size lines and trailers
 counted) and answers its refusals as problem+json with a request id; so gateway/protocol.py and
 gateway/framing.py hold them, below ASGI, on uvicorn's httptools protocol: it relies on what uvicorn does
-not promise, the names below and when uvicorn calls them. gateway/drain.py overrides uvicorn.Server's signal
-handling (capture_signals, handle_exit, on_tick), so that a signal acts before the next request is read (run
-off the main thread instead, the drain began a few milliseconds late: 2-4 of 15 readiness probes sent right
-after SIGUSR1 still answered 200, none with the override). On an upgrade:
+not promise, the names below and when uvicorn calls them. gateway/drain.py runs the public `uvicorn.Server` and
+replaces its SIGTERM handler once the app's startup is complete, which relies on uvicorn installing its
+handlers before that (test_drain.py checks it). On an upgrade:
 run tests/test_security.py, test_fuzz.py, test_early_answers.py and test_drain.py against the new version,
 then update PINNED and pyproject.toml together. (What ASGI can hold is held in ASGI, on any server: early
 answers, gateway/early.py; the body pace, gateway/budget.py.)
@@ -40,7 +39,7 @@ PROTOCOL_NAMES = (
     "connection_lost",
     "_unset_keepalive_if_required",
 )
-SERVER_NAMES = ("capture_signals", "handle_exit", "on_tick", "run", "should_exit", "started")
+SERVER_NAMES = ("run", "should_exit", "started")
 
 
 @pytest.mark.parametrize("package", sorted(PINNED))
