@@ -32,6 +32,7 @@ def main() -> None:
         port=settings.port,
         loop="uvloop",
         http=guarded_protocol(ConnectionLimits.of(settings)),
+        ws="none",  # no WebSocket route: an Upgrade request is answered as HTTP
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # typed int; used as call_later's float
         # once stopping, a request in flight has this long to finish: a wait for an upstream slot, then the call
         timeout_graceful_shutdown=settings.queue_timeout_s + settings.request_timeout_s,  # type: ignore[arg-type]  # typed int; asyncio.wait's float timeout

@@ -1,18 +1,21 @@
 """Where the request heads, bodies, chunk-size lines and trailer sections of one connection begin and end,
 found in the bytes as they arrive, so that everything that is not body data is counted against the head
 limit, whatever precedes it: empty lines before a request line (RFC 9112 2.2; the parser skips any number),
-a request pipelined behind another in the same read, a chunk-size line, a chunked body's trailers.
+a request pipelined behind another in the same read, a chunk-size line, a chunked body's trailers. And where
+the answers written on the connection end (`Answers`), so that a refusal waits for the answers before it.
 
 Each byte is looked at once (O(new bytes); bodies are skipped by length, never scanned). The HTTP parser
-(llhttp) still parses everything: gateway/protocol.py feeds it one piece at a time, up to each boundary found
-here, and checks that the parser saw the same boundary (a request head complete, a message complete)
-exactly there, so a disagreement fails closed instead of leaving bytes uncounted.
+(llhttp, through httptools) still parses everything: gateway/protocol.py feeds it one piece at a time, up to
+each boundary found here, and checks that the parser saw the same boundary (a request head complete, a message
+complete) exactly there, so a disagreement fails closed instead of leaving bytes uncounted.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import sys
+from collections import deque
 
 from gateway.digits import ascii_int
 
@@ -176,3 +179,51 @@ class Framer:
     def message_done(self, keep_alive: bool) -> None:
         self.state = State.HEAD if keep_alive else State.CLOSED
         self._start_head(b"")
+
+
+class Answers:
+    """Where the answers written on one connection begin and end: the server's own bytes, so nothing is limited
+    (the framing of requests, applied to answers). For each request in order, `head_requests` says whether it
+    was a HEAD (its answer has a length but no body); interim answers (100 Continue) are not counted."""
+
+    def __init__(self) -> None:
+        self._framer = Framer(sys.maxsize)
+        self._head = bytearray()  # the answer head so far, when it came in several writes
+        self._keep_alive = True
+        self.head_requests: deque[bool] = deque()
+        self.begun = 0  # answers whose head is written
+        self.done = 0  # answers written to their end
+        self.closing = False  # the last answer begun closes the connection (`Connection: close`)
+
+    def written(self, data: bytes) -> None:
+        start, framer = 0, self._framer
+        while start < len(data) and not framer.closed:
+            end, boundary = framer.piece(data, start)
+            if boundary is Boundary.HEAD:
+                self._head_done(bytes(self._head) + data[start:end])
+                self._head.clear()
+            elif boundary is Boundary.MESSAGE:
+                framer.message_done(self._keep_alive)
+                self.done += 1
+            elif framer.state is State.HEAD:
+                self._head += data[start:end]
+            start = end
+
+    def _head_done(self, head: bytes) -> None:
+        status_line, *lines = head.lstrip(b"\r\n").split(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        headers = [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
+        if status < 200:  # interim: the answer follows
+            self._framer.message_done(True)
+            return
+        self.begun += 1
+        values = dict(headers)
+        connection = [token.strip().lower() for token in values.get(b"connection", b"").split(b",")]
+        self._keep_alive = b"close" not in connection
+        self.closing = not self._keep_alive
+        head_request = self.head_requests.popleft() if self.head_requests else False
+        length = ascii_int(values.get(b"content-length", b""))
+        bodiless = head_request or status in (204, 304) or not (b"transfer-encoding" in values or length)
+        self._framer.head_done(headers, bodiless, self._keep_alive)
+        if bodiless:
+            self.done += 1
