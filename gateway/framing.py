@@ -23,6 +23,8 @@ END_OF_HEAD = b"\r\n\r\n"
 NOT_CRLF = re.compile(rb"[^\r\n]")
 HEX = re.compile(rb"[0-9A-Fa-f]+")
 CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")  # size, extensions (the parser checks them)
+STATUS = re.compile(rb"HTTP/\d\.\d (\d{3})\b")  # an answer's status line, and the fields that frame its body:
+ANSWER_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 # A chunked body's framing (size lines, extensions, CRLFs) may exceed the head limit by 1/16 of its data:
 # chunks of a hundred bytes or more pass whatever their number; a flood of tiny chunks, which costs the
 # parser (and this) about a microsecond each, is refused after some thousands.
@@ -160,16 +162,16 @@ class Framer:
         return pos, Boundary.NONE
 
     def head_done(self, headers: list[tuple[bytes, bytes]], message_done: bool, keep_alive: bool) -> None:
-        """After a request head: where its body ends, from the headers the parser accepted."""
+        """After a request head: where its body ends, from the headers the parser accepted (names in any case)."""
         if message_done:
             self.message_done(keep_alive)
             return
-        names = {name for name, _ in headers}
-        if b"transfer-encoding" in names:  # the parser accepts it on a request only with chunked last
+        fields = {name.lower(): value for name, value in headers}
+        if b"transfer-encoding" in fields:  # the parser accepts it on a request only with chunked last
             self.state = State.CHUNKS
             self._start_head(b"")
             return
-        length = ascii_int(dict(headers).get(b"content-length", b"").strip())
+        length = ascii_int(fields.get(b"content-length", b"").strip())
         if not length:
             raise Unframed("a body without a length")
         self.state = State.BODY
@@ -182,13 +184,14 @@ class Framer:
 
 
 class Answers:
-    """Where the answers written on one connection begin and end: the server's own bytes, so nothing is limited
-    (the framing of requests, applied to answers). For each request in order, `head_requests` says whether it
-    was a HEAD (its answer has a length but no body); interim answers (100 Continue) are not counted."""
+    """Where the answers written on one connection begin and end: the server's own bytes, so nothing is limited.
+    For each request in order, `head_requests` says whether it was a HEAD (its answer has a length but no body);
+    interim answers (100 Continue) are not counted. Lean: this runs for every answer."""
 
     def __init__(self) -> None:
-        self._framer = Framer(sys.maxsize)
-        self._head = bytearray()  # the answer head so far, when it came in several writes
+        self._head = b""  # the answer head so far, when it came in several writes
+        self._left = 0  # bytes of a body with a Content-Length still to come
+        self._chunks: Framer | None = None  # a chunked body's framing (a request's, unlimited)
         self._keep_alive = True
         self.head_requests: deque[bool] = deque()
         self.begun = 0  # answers whose head is written
@@ -196,34 +199,44 @@ class Answers:
         self.closing = False  # the last answer begun closes the connection (`Connection: close`)
 
     def written(self, data: bytes) -> None:
-        start, framer = 0, self._framer
-        while start < len(data) and not framer.closed:
-            end, boundary = framer.piece(data, start)
-            if boundary is Boundary.HEAD:
-                self._head_done(bytes(self._head) + data[start:end])
-                self._head.clear()
-            elif boundary is Boundary.MESSAGE:
-                framer.message_done(self._keep_alive)
-                self.done += 1
-            elif framer.state is State.HEAD:
-                self._head += data[start:end]
-            start = end
+        pos = 0
+        while pos < len(data) and (self._keep_alive or self.begun > self.done):
+            if self._left:
+                step = min(self._left, len(data) - pos)
+                self._left -= step
+                pos += step
+                if not self._left:
+                    self.done += 1
+            elif self._chunks is not None:
+                pos, boundary = self._chunks.piece(data, pos)
+                if boundary is Boundary.MESSAGE:
+                    self._chunks = None
+                    self.done += 1
+            else:
+                head = self._head + data[pos:] if self._head else data[pos:]
+                end = head.find(END_OF_HEAD)
+                if end < 0:
+                    self._head = head
+                    return
+                pos += end + len(END_OF_HEAD) - len(self._head)
+                self._head = b""
+                self._head_done(head[: end + 2])
 
     def _head_done(self, head: bytes) -> None:
-        status_line, *lines = head.lstrip(b"\r\n").split(b"\r\n")
-        status = int(status_line.split(b" ", 2)[1])
-        headers = [(name.strip().lower(), value.strip()) for name, _, value in (line.partition(b":") for line in lines)]
+        status = int(STATUS.match(head)[1])  # type: ignore[index]  # the server's own head has a status line
         if status < 200:  # interim: the answer follows
-            self._framer.message_done(True)
             return
         self.begun += 1
-        values = dict(headers)
-        connection = [token.strip().lower() for token in values.get(b"connection", b"").split(b",")]
-        self._keep_alive = b"close" not in connection
+        fields = {name.lower(): value.strip() for name, value in ANSWER_FRAMING.findall(head)}
+        connection = fields.get(b"connection", b"").lower().split(b",")
+        self._keep_alive = b"close" not in [token.strip() for token in connection]
         self.closing = not self._keep_alive
-        head_request = self.head_requests.popleft() if self.head_requests else False
-        length = ascii_int(values.get(b"content-length", b""))
-        bodiless = head_request or status in (204, 304) or not (b"transfer-encoding" in values or length)
-        self._framer.head_done(headers, bodiless, self._keep_alive)
-        if bodiless:
+        if (self.head_requests.popleft() if self.head_requests else False) or status in (204, 304):
+            self.done += 1
+        elif b"transfer-encoding" in fields:
+            self._chunks = Framer(sys.maxsize)
+            self._chunks.head_done([(b"transfer-encoding", b"chunked")], False, True)
+        elif length := ascii_int(fields.get(b"content-length", b"")):
+            self._left = length
+        else:
             self.done += 1
