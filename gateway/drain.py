@@ -80,7 +80,7 @@ class DrainSignals:
         self.drain = drain
         self.stop_asked = False  # SIGTERM received: stop once the drain is over
         self._server: uvicorn.Server | None = None
-        self._watching: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference to a task
 
     def run(self, server: uvicorn.Server) -> None:
         """`server.run()`, its config's app made by `around`, with the signals above."""
