@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request
 
 from gateway import schemas, uploads
 from gateway.deps import Authenticated, InferenceDep, RankQueryDep, SettingsDep, UpstreamDep, rank_options
-from gateway.ranking import ranked
+from gateway.problems import Problem
+from gateway.ranking import RankOptions, ranked
 from gateway.service import model_block
 from gateway.validation import CheckedImage
 
@@ -58,9 +59,16 @@ async def predict_batch(
     service: InferenceDep,
 ) -> schemas.BatchPrediction:
     files = await uploads.batch_uploads(request, settings)
-    options = await rank_options(query, upstream)
+    try:
+        options: RankOptions | Problem = await rank_options(query, upstream)
+    except Problem as problem:
+        if problem.slug != "model-unavailable":
+            raise
+        options = problem  # as a model that cannot be asked: each file that passes its checks gets this problem
 
     async def work(filename: str | None, image: CheckedImage) -> tuple[schemas.ModelBlock, schemas.BatchResult]:
+        if isinstance(options, Problem):
+            raise Problem(options.slug, options.detail, headers=options.headers)
         asked = await service.classify(image, options.upstream_top_k)
         predictions, decision = ranked(asked.answer, options)
         return model_block(asked.answer), schemas.BatchResult(

@@ -281,9 +281,9 @@ async def infer(
     caller.charge_images(len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
-    classes = (await upstream.model_info())["labels"]  # after the body: what its head decides needs no model
-    top_k = max([(classification_k(o, classes) or classes) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
     checked = tensor_images(images, settings)
+    classes = (await upstream.model_info())["labels"]  # after the images' checks: a refused image needs no model
+    top_k = max([(classification_k(o, classes) or classes) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
     results = await inference.classify_all(checked, top_k, embedding=EMBEDDING_NAME in wanted)
     encoded = [encode_output(output, results, classes) for output in outputs]
     response_json = {
