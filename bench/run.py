@@ -241,7 +241,9 @@ def bench_ours(engine: str, store: Path, plan: Plan, tmpdir: Path, large: bool) 
     with servers.torchserve(store, tmpdir / f"ts-{engine}") as ours:
         rows = on_torchserve("direct", engine, ours, plan)
         with servers.gateway(ours) as gateway:
-            served = httpx.get(f"{gateway.url}/v1/models", headers=GATEWAY_HEADERS, timeout=30).json()["engine"]
+            served = httpx.get(f"{gateway.url}/v1/models", headers=GATEWAY_HEADERS, timeout=30).json()["models"][0][
+                "engine"
+            ]
             url, meter = f"{gateway.url}/v1/predict", CpuMeter(ours.pid, gateway=gateway.pid)
             rows += plan.sweep("gateway", engine, url, GATEWAY_HEADERS, meter)
             sizes = plan.large.items() if large else ()
