@@ -121,6 +121,19 @@ def verdicts(summary: dict[str, float], machine: cpu.Cpu, skipped: dict[str, str
     return out
 
 
+def busy(load_average: float, cpus: int) -> str | None:
+    """A warning when other work already loaded the machine as the run started (1-minute load average above
+    half its vCPUs): every contender then gets a share of the CPU, not all of it, so no ratio to the ceiling
+    is that of a quiet machine, and the stock handler, whose torch threads spin while a sibling is descheduled,
+    loses far more than our engines do."""
+    if load_average <= cpus / 2:
+        return None
+    return (
+        f"WARNING: the machine was busy when the run started (load average {load_average:.2f} on {cpus} vCPUs): "
+        "the ceiling ratios and the ratios to the stock handler are not a quiet machine's; judge targets on one"
+    )
+
+
 def features_line(machine: cpu.Cpu, skipped: dict[str, str]) -> str:
     """The CPU line and the engines skipped on it, with their reasons."""
     lines = [cpu.line(machine)] + [f"skipped {engine}: {why}" for engine, why in skipped.items()]

@@ -343,19 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen.served:
         print("no engine to serve on this CPU", file=sys.stderr)
         return 2
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         measured = measure_all(args.mar, plan, chosen.served, Path(tmp))
     summary, targets = summarise(measured, machine, chosen.skipped)
+    warning = report.busy(load_before[0], machine["cpus"] or 1)
+    targets = [warning, *targets] if warning else targets
     run = {
         "weights": measured.weights,
         "seconds_per_point": plan.seconds,
-        "load_average": os.getloadavg(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
         "skipped": chosen.skipped,
         "served": measured.served,
     }
     out = report.write(stamp, machine, run, summary, targets, measured.rows)
     print(report.table(measured.rows, machine, chosen.skipped, targets))
-    print(f"served (what each contender's workers run): {measured.served}; load average {os.getloadavg()}")
+    print(f"served (what each contender's workers run): {measured.served}; load average before {load_before}")
     print("\n".join(f"{name}: {value:.3f}" for name, value in summary.items()))
     print(
         f"results: {out} (+ .md table, .png plot)" + (f", profiles in {plan.profile_dir}" if plan.profile_dir else "")

@@ -105,3 +105,9 @@ def test_the_report_prints_the_cpu_features_and_the_skipped_engines() -> None:
     assert "skipped openvino-bf16: this CPU has no bf16" in text
     assert "| gateway | onnx-int8 | 8 | 44.00 |" in text and "| 50.0 |" in text  # the row and its ceiling
     assert text.endswith("- a target line")
+
+
+def test_a_run_on_a_busy_machine_says_so() -> None:
+    assert report.busy(0.4, cpus=2) is None
+    warning = report.busy(4.96, cpus=2)
+    assert warning is not None and "load average 4.96 on 2 vCPUs" in warning
