@@ -1,4 +1,5 @@
-"""Inference engines: a batch of preprocessed images (N, 3, 224, 224) float32 → logits (N, 1000).
+"""Inference engines: a batch of preprocessed images (B, 3, 224, 224) float32 → logits (B, N), N the archive's
+classes (its LABELS_FILE's count: 1000 for ImageNet).
 
 ONNX Runtime fp32 (`onnx`) is the default and the reference (its accuracy is the published one); `onnx-int8`
 runs the statically quantised copy the build makes (`model.int8.onnx`, checked against fp32 by the build's
@@ -33,9 +34,10 @@ OPENVINO = {
     "openvino-int8": (INT8_ONNX_FILE, "f32"),
 }
 ENGINES = (*ONNX_FILES, *OPENVINO, "eager")
-# The graph's outputs: logits (N, 1000), layer4's map (N, 2048, 7, 7), its global average (N, 2048).
+# The graph's outputs: logits (B, N), layer4's map (B, 2048, 7, 7), its global average (B, 2048).
 OUTPUTS = ("logits", "features", "pooled")
-FC_WEIGHT_FILE = "fc_weight.npy"  # the final layer's weight (1000, 2048) float32, for class activation maps
+FC_WEIGHT_FILE = "fc_weight.npy"  # the final layer's weight (N, 2048) float32, for class activation maps
+LABELS_FILE = "index_to_name.json"  # {"0": label, ...}: the N labels by class id
 
 Floats = npt.NDArray[np.float32]  # what goes in (the preprocessed batch) and what comes out
 
@@ -130,8 +132,8 @@ class EagerEngine:
 
         torch.set_num_threads(threads)
         self._torch = torch
-        self._model = resnet50(weights=None)
         state_dict = torch.load(model_dir / STATE_DICT_FILE, map_location="cpu", weights_only=True)
+        self._model = resnet50(weights=None, num_classes=int(state_dict["fc.weight"].shape[0]))
         self._model.load_state_dict(state_dict, strict=True)
         self._model.eval()
         self._with_maps = ResNetWithMaps(self._model).eval()

@@ -6,7 +6,9 @@ held-apart images encoded (GATE_FILE) with fp32's logits, pooled vectors and cla
 computed by the build with ONNX Runtime fp32. A worker decodes and preprocesses the images as it would a
 request, runs the candidate engine and compares:
 
-- top-1 agreement, mean top-5 overlap (shared classes / 5), the largest difference of any class probability,
+- top-1 agreement, mean top-k overlap (shared classes / k, k = `overlap_k(N)`: 5, or N - 1 for a model of
+  N <= 5 classes, whose top N are always all of them; `top_k` in the measurement says which k; the field
+  keeps its name, `top5_overlap`), the largest difference of any class probability,
 - the smallest cosine similarity of the pooled vectors (the embeddings /v1/embed serves),
 - for bf16 only, the smallest correlation of the top-1 class's activation map: maps are served on bf16 only
   where it is at least MIN_MAP_CORRELATION; INT8 never serves them (handlers/image_handler.py's WITHHELD).
@@ -29,8 +31,9 @@ import numpy.typing as npt
 from handlers.engines import softmax
 
 GATE_FILE = "gate_set.npz"  # image_000... (encoded bytes, uint8) and the REFERENCE arrays
-REFERENCE = ("logits", "pooled", "maps")  # fp32's outputs for the images: (N, 1000), (N, 2048), (N, 7, 7)
+REFERENCE = ("logits", "pooled", "maps")  # fp32's outputs for the images: (n, N classes), (n, 2048), (n, 7, 7)
 GATE_IMAGES = 32
+TOP_K = 5  # the overlap's k for models of more than 5 classes
 MIN_MAP_CORRELATION = 0.9  # bf16's class activation maps against fp32's, every image's top-1 class
 
 
@@ -46,7 +49,7 @@ class Limits:
         if measured.top1_agreement < self.min_top1_agreement:
             out.append(f"top-1 agreement {measured.top1_agreement:.3f} < {self.min_top1_agreement}")
         if measured.top5_overlap < self.min_top5_overlap:
-            out.append(f"top-5 overlap {measured.top5_overlap:.3f} < {self.min_top5_overlap}")
+            out.append(f"top-{measured.top_k} overlap {measured.top5_overlap:.3f} < {self.min_top5_overlap}")
         if measured.max_prob_diff > self.max_prob_diff:
             out.append(f"max probability difference {measured.max_prob_diff:.3f} > {self.max_prob_diff}")
         if measured.min_pooled_cosine < self.min_pooled_cosine:
@@ -70,13 +73,22 @@ class Measurement:
     top5_overlap: float
     max_prob_diff: float
     min_pooled_cosine: float = 1.0
+    top_k: int = TOP_K  # the k of top5_overlap: overlap_k(classes)
+
+
+def overlap_k(classes: int) -> int:
+    """The k of the top-k overlap for a model of `classes` classes: min(5, classes - 1) (the top `classes` of two
+    answers always overlap wholly)."""
+    return min(TOP_K, classes - 1)
 
 
 def compare(reference: npt.NDArray[np.float32], other: npt.NDArray[np.float32]) -> tuple[float, float, float]:
-    """(top-1 agreement, mean top-5 overlap, max abs difference) of two (N, classes) probability arrays."""
+    """(top-1 agreement, mean top-k overlap, max abs difference) of two (n, N classes) probability arrays, k the
+    `overlap_k` of N."""
+    k = overlap_k(reference.shape[1])
     top1 = float(np.mean(reference.argmax(axis=1) == other.argmax(axis=1)))
-    top5_a, top5_b = np.argsort(-reference, axis=1)[:, :5], np.argsort(-other, axis=1)[:, :5]
-    overlap = float(np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top5_a, top5_b, strict=True)]))
+    top_a, top_b = np.argsort(-reference, axis=1)[:, :k], np.argsort(-other, axis=1)[:, :k]
+    overlap = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_a, top_b, strict=True)]))
     return top1, overlap, float(np.abs(reference - other).max())
 
 
@@ -142,7 +154,7 @@ class Verdict:
         verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.failures)
         return (
             f"{self.engine} ({self.precision}) vs fp32 on {self.images} held-apart images: top-1 agreement "
-            f"{m.top1_agreement:.3f}, top-5 overlap {m.top5_overlap:.3f}, max probability difference "
+            f"{m.top1_agreement:.3f}, top-{m.top_k} overlap {m.top5_overlap:.3f}, max probability difference "
             f"{m.max_prob_diff:.4f}, pooled cosine {m.min_pooled_cosine:.4f}: {verdict}"
         )
 
@@ -158,7 +170,11 @@ def judge(
     """The verdict on an engine's probabilities, pooled vectors and (bf16) top-1 maps for the gate set."""
     top1, top5, diff = compare(softmax(gate_set.logits), probabilities)
     measured = Measurement(
-        round(top1, 4), round(top5, 4), round(diff, 6), round(min_cosine(gate_set.pooled, pooled), 6)
+        round(top1, 4),
+        round(top5, 4),
+        round(diff, 6),
+        round(min_cosine(gate_set.pooled, pooled), 6),
+        overlap_k(gate_set.logits.shape[1]),
     )
     limits = LIMITS[precision]
     correlation = None if maps is None else round(min_correlation(gate_set.maps, maps), 4)

@@ -1,4 +1,5 @@
-"""TorchServe handler for the ResNet50 ImageNet classifier.
+"""TorchServe handler for the ResNet50 classifier: ImageNet's 1000 classes, or the N classes of an archive built
+with its own labels (the archive's index_to_name.json says which; nothing here assumes 1000).
 
 Lifecycle as in TorchServe's BaseHandler: initialize → preprocess → inference → postprocess, driven by
 the module-level `handle`, which TorchServe calls as the entry point. Self-contained: it does
@@ -7,7 +8,8 @@ not import TorchServe's stock vision handlers.
 Request format (one request = one image; TorchServe batches concurrent requests):
     POST /predictions/resnet50
     body            the encoded image bytes (raw body, or a multipart field `data` or `body`)
-    X-Top-K         optional, number of classes to return, 1..max_top_k (default from the config: 5)
+    X-Top-K         optional, number of classes to return, 1..max_top_k (default from the config: 5; both
+                    clamped to the archive's N classes)
     X-Request-ID    optional, the caller's request id, echoed in the response and the worker log
     X-Output        optional, comma-separated extras: `embedding` and/or `cam` (see below)
     X-Explain-Classes  optional, comma-separated class ids to map besides the top-k (with `cam`)
@@ -28,9 +30,9 @@ Response per request, always JSON (contract/wire.py's ItemAnswer):
          unsupported_output: this engine or archive does not give the output asked for);
          the other items of the same batch are unaffected
 
-Management API: `GET /models/resnet50?customized=true` returns the model block plus the label count
-and settings as `customizedMetadata` (TorchServe's custom describe, contract.ModelDescription; the gateway's
-/v1/models uses it).
+Management API: `GET /models/resnet50?customized=true` returns the model block plus the label count, the
+labels and where they came from, and settings as `customizedMetadata` (TorchServe's custom describe,
+contract.ModelDescription; the gateway's /v1/models uses it).
 
 Settings come from the `handler:` block of the archive's model-config.yaml: `engine`
 (onnx|onnx-int8|openvino-fp32|openvino-bf16|openvino-int8|eager, or auto), `precision` (the precision policy:
@@ -56,6 +58,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from contract.bounds import MAX_PIXELS
+from contract.labels import MAX_CLASSES
 from contract.wire import (
     CAM,
     EMBEDDING,
@@ -73,7 +76,7 @@ from contract.wire import (
 from handlers.cpu_features import this_cpu_flags
 from handlers.engine_choice import POLICIES
 from handlers.engine_start import Started, count_refusals, log_start, start
-from handlers.engines import FC_WEIGHT_FILE, Engine, Floats, softmax
+from handlers.engines import FC_WEIGHT_FILE, LABELS_FILE, Engine, Floats, softmax
 from handlers.imaging import ImageError, decode, preprocess
 from handlers.maps import class_maps, crop_in_original, encode_vector, l2_normalised
 from handlers.timing import INFERENCE, PREPROCESS, Timings
@@ -85,8 +88,8 @@ DEFAULTS: dict[str, Any] = {
     "precision": POLICIES[-1],  # no bound beyond the engine named (an archive from before the policy)
     "pinning": False,
     "max_pixels": MAX_PIXELS,
-    "default_top_k": 5,
-    "max_top_k": 1000,
+    "default_top_k": 5,  # both clamped to the archive's classes
+    "max_top_k": MAX_CLASSES,
     "spinning": True,
     "decode_threads": 2,
     "jpeg_draft": 1,
@@ -149,7 +152,8 @@ class ImageClassifierHandler:
     def __init__(self) -> None:
         self.initialized = False
         self.engine: Engine
-        self.labels: list[str] = []
+        self.labels: list[str] = []  # by class id: the archive's N classes
+        self.labels_source: str | None = None
         self.model_block: ServedModel
         self.settings: dict[str, Any] = dict(DEFAULTS)  # the archive's handler block over DEFAULTS
         self.decoders: ThreadPoolExecutor | None = None
@@ -167,8 +171,11 @@ class ImageClassifierHandler:
         workers = int(yaml_config.get("minWorkers") or 1)
         threads = int(self.settings.get("threads") or max(1, (os.cpu_count() or 1) // workers))
         metadata = json.loads((model_dir / "metadata.json").read_text())
-        labels = json.loads((model_dir / "index_to_name.json").read_text())
+        labels = json.loads((model_dir / LABELS_FILE).read_text())
         self.labels = [labels[str(i)] for i in range(len(labels))]
+        self.labels_source = metadata.get("labels_source")  # absent from archives built before custom labels
+        for setting in ("default_top_k", "max_top_k"):  # an archive of N classes answers at most N
+            self.settings[setting] = min(int(self.settings[setting]), len(self.labels))
         self.started = start(
             model_dir, self.settings, bool(metadata["untrained"]), threads, os.environ, this_cpu_flags()
         )
@@ -326,6 +333,7 @@ class ImageClassifierHandler:
             **self.model_block,
             "labels": len(self.labels),
             "label_names": self.labels,
+            "labels_source": self.labels_source,
             "int8_gate": self.int8_gate,
             "precision": self.started.precision,
             "precision_policy": self.started.policy,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import contract.labels
 from contract.torchserve_tokens import KEY_FILE
 from handlers.engine_choice import AUTO, POLICIES, POLICY_ENV
 from handlers.engines import ENGINES
@@ -36,6 +37,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from modelserver.mar import UnreadableArchive, archive_info
     from modelserver.onnx_export import VerificationError
     from modelserver.quantize import GateError
+    from modelserver.trained_archive import own_classes, refusal
     from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
@@ -47,10 +49,17 @@ def cmd_build(args: argparse.Namespace) -> int:
             if args.engine in (None, built_engine):
                 print(f"{args.output} exists; not rebuilding (engine {built_engine})")
                 return 0
+            if (own := own_classes(args.output)) and args.labels is None:  # make mar/run ENGINE=...: never as
+                # ImageNet behind the user's back
+                return _fail(refusal(args.output, own, f"ImageNet's for engine {args.engine}", "mar"))
             print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
     args.engine = args.engine or ENGINES[0]
     try:
-        weights = resolve(args.weights, args.sha256, args.cache_dir)
+        labels = contract.labels.read(args.labels) if args.labels else None
+        source = f"file:{args.labels.name}" if args.labels else None
+        weights = resolve(args.weights, args.sha256, args.cache_dir, labels, source)
+    except contract.labels.LabelError as exc:
+        return _fail(str(exc))
     except DownloadError as exc:
         if not args.offline_fallback:
             return _fail(str(exc))
@@ -76,7 +85,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _fail(f"refusing to package: {exc}")
     except (ArchiveError, CalibrationError) as exc:
         return _fail(str(exc))
-    print(f"built {out} ({out.stat().st_size / 2**20:.1f} MiB, weights {weights.name}, engine {args.engine})")
+    size, classes = out.stat().st_size / 2**20, f"{len(weights.labels)} classes from {weights.labels_source}"
+    print(f"built {out} ({size:.1f} MiB, weights {weights.name}, {classes}, engine {args.engine})")
     return 0
 
 
@@ -87,7 +97,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     api_key = args.api_key or os.environ.get("API_KEY")
     try:
-        result = evaluate(args.folder, args.mar, args.engine, args.gateway_url, api_key, progress=not args.no_progress)
+        result = evaluate(
+            args.folder,
+            args.mar,
+            args.engine,
+            args.gateway_url,
+            api_key,
+            progress=not args.no_progress,
+            listing=args.list,
+        )
     except EvaluationError as exc:
         return _fail(str(exc))
     text = json.dumps(result, indent=2)
@@ -96,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(text)
     print(
-        f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} on {result['images']} images of "
+        f"top-1 {result['top1']:.2%}, top-{result['top_k']} {result['top5']:.2%} on {result['images']} images of "
         f"{result['classes']} classes ({len(result['errors'])} unclassified)",
         file=sys.stderr,
     )
@@ -207,6 +225,13 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--weights", default="imagenet", help="imagenet (download, default), random, or a PATH")
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
     build.add_argument(
+        "--labels",
+        type=lambda value: Path(value) if value else None,  # empty: none (the serve image's build passes it so)
+        metavar="FILE",
+        help="the weights' class labels, by class id: one per line, or a JSON list (needed unless the weights have "
+        "ImageNet's 1000 classes; rules in docs/model.md, 'Your own categories')",
+    )
+    build.add_argument(
         "--engine",
         choices=[*ENGINES, AUTO],
         help="onnx (fp32, the default), onnx-int8 (quantised, gated against fp32), openvino-fp32, openvino-bf16, "
@@ -249,8 +274,16 @@ def parser() -> argparse.ArgumentParser:
     )
     build.set_defaults(func=cmd_build)
 
-    evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)")
-    evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
+    evaluate = sub.add_parser(
+        "evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout) or list of images"
+    )
+    evaluate.add_argument("folder", type=Path, nargs="?", help="DIR/<label (or ImageNet's WordNet id)>/<image>")
+    evaluate.add_argument(
+        "--list",
+        type=Path,
+        metavar="FILE",
+        help="instead of a folder: one `path<TAB>label` per line, paths relative to FILE's folder (or absolute)",
+    )
     evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
     source = evaluate.add_mutually_exclusive_group()  # the gateway's engine is the one it serves
     source.add_argument("--engine", choices=[*ENGINES, AUTO], help="override the archive's engine (in process)")

@@ -32,7 +32,15 @@ import yaml
 
 from contract.wire import MODEL_NAME
 from handlers.engine_choice import AUTO, FALLBACK, INT8_ENGINES, POLICIES, PRECISION
-from handlers.engines import ENGINES, FC_WEIGHT_FILE, INT8_ONNX_FILE, ONNX_FILE, STATE_DICT_FILE, OnnxEngine
+from handlers.engines import (
+    ENGINES,
+    FC_WEIGHT_FILE,
+    INT8_ONNX_FILE,
+    LABELS_FILE,
+    ONNX_FILE,
+    STATE_DICT_FILE,
+    OnnxEngine,
+)
 from handlers.gate import GATE_FILE, GateSet
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 from handlers.imaging import JPEG_DRAFT_CHOICES, decode, preprocess
@@ -41,7 +49,7 @@ from modelserver import onnx_export
 from modelserver.calibration import gate_images, image_sets
 from modelserver.paths import REPO_ROOT
 from modelserver.quantize import GateReport, Thresholds, quantize_and_gate
-from modelserver.weights import IMAGENET, Weights, sha256_file
+from modelserver.weights import Weights, sha256_file
 
 MODEL_VERSION = "1.0"
 # What the worker imports, copied into the archive's root (TorchServe puts the unpacked archive on its path):
@@ -171,6 +179,8 @@ def metadata(
         "weights_sha256": weights.source_sha256 or state_dict_sha256,
         "untrained": weights.untrained,
         "reference_acc1": weights.reference_acc1,
+        "classes": len(weights.labels),
+        "labels_source": weights.labels_source,
         "engine": config.engine,
         "precision": config.precision,
         "onnx_max_abs_logit_diff": onnx_diff,
@@ -204,8 +214,8 @@ def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options
         gate = quantize_and_gate(payload / ONNX_FILE, payload / INT8_ONNX_FILE, sets, int8.thresholds)
     if config.engine != FALLBACK:
         reference_outputs(payload, gate_images(int8.calibration), config.max_pixels).save(payload / GATE_FILE)
-    labels = {str(i): name for i, name in enumerate(IMAGENET.meta["categories"])}
-    (payload / "index_to_name.json").write_text(json.dumps(labels, indent=0))
+    labels = {str(i): name for i, name in enumerate(weights.labels)}
+    (payload / LABELS_FILE).write_text(json.dumps(labels, indent=0))
     meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff, gate)
     (payload / "metadata.json").write_text(json.dumps(meta, indent=2))
     for package in WORKER_PACKAGES:

@@ -9,7 +9,8 @@ fp32: it turns features into logits directly, and quantising it moved the test m
 QOperator format (U8S8 38/42) were far slower, so U8S8 QDQ it is.
 
 The gate runs fp32 and INT8 on images held apart from calibration and compares them: top-1 agreement,
-mean top-5 overlap, largest difference of any class probability. Below the thresholds the build refuses.
+mean top-k overlap (k = min(5, N - 1) for N classes: handlers/gate.py's overlap_k; the report's `top_k`),
+largest difference of any class probability. Below the thresholds the build refuses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from handlers.gate import LIMITS, Limits, Measurement, compare
+from handlers.gate import LIMITS, TOP_K, Limits, Measurement, compare, overlap_k
 
 if TYPE_CHECKING:  # the CLI reads Thresholds for every command; Pillow is only needed to build
     from modelserver.calibration import ImageSets
@@ -56,15 +57,16 @@ class GateReport:
     top5_overlap: float
     max_prob_diff: float
     thresholds: dict[str, float]
+    top_k: int = TOP_K  # the k of top5_overlap (fewer for a model of 5 classes or fewer)
 
     def failures(self) -> list[str]:
-        measured = Measurement(self.top1_agreement, self.top5_overlap, self.max_prob_diff)
+        measured = Measurement(self.top1_agreement, self.top5_overlap, self.max_prob_diff, top_k=self.top_k)
         return Limits(**self.thresholds).failures(measured)
 
     def summary(self) -> str:
         return (
             f"INT8 vs fp32 on {self.gate_images} held-apart images: top-1 agreement {self.top1_agreement:.3f}, "
-            f"top-5 overlap {self.top5_overlap:.3f}, max probability difference {self.max_prob_diff:.3f} "
+            f"top-{self.top_k} overlap {self.top5_overlap:.3f}, max probability difference {self.max_prob_diff:.3f} "
             f"(calibrated on {self.calibration_images}: {self.calibration})"
         )
 
@@ -116,7 +118,8 @@ def probabilities(model: Path, images: np.ndarray) -> np.ndarray:
 
 
 def gate(fp32_path: Path, int8_path: Path, sets: ImageSets, thresholds: Thresholds) -> GateReport:
-    top1, top5, diff = compare(probabilities(fp32_path, sets.gate), probabilities(int8_path, sets.gate))
+    fp32 = probabilities(fp32_path, sets.gate)
+    top1, top5, diff = compare(fp32, probabilities(int8_path, sets.gate))
     return GateReport(
         sets.source,
         len(sets.calibration),
@@ -125,6 +128,7 @@ def gate(fp32_path: Path, int8_path: Path, sets: ImageSets, thresholds: Threshol
         round(top5, 4),
         round(diff, 4),
         asdict(thresholds),
+        overlap_k(fp32.shape[1]),
     )
 
 

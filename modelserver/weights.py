@@ -1,19 +1,27 @@
-"""Where the ResNet50 weights come from: torchvision's hash-checked download, a local file, or a seed.
+"""Where the ResNet50 weights and their labels come from: torchvision's hash-checked download, a local file,
+or a seed.
 
+The class count N is the final layer's (`fc.weight` of the state dict): torchvision's weights and the seeded
+ones have ImageNet's 1000 classes and its labels; a file may have any N from 2 to contract/labels.py's
+MAX_CLASSES, and needs labels of its own (`--labels FILE`) unless N is 1000 (then ImageNet's are assumed).
 Every failure is a WeightsError whose message is one line a user can act on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import urllib.error
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torchvision.models import ResNet50_Weights, resnet50
 
+from contract.labels import IMAGENET_LABELS_SOURCE, MAX_CLASSES, check
+
 IMAGENET = ResNet50_Weights.IMAGENET1K_V2
+IMAGENET_LABELS: tuple[str, ...] = tuple(IMAGENET.meta["categories"])  # ImageNet-1K's 1000, by class id
 RANDOM_SEED = 0
 
 
@@ -25,13 +33,20 @@ class DownloadError(WeightsError):
     """The official weights could not be downloaded (offline host, proxy, outage)."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Weights:
     model: torch.nn.Module
     name: str  # what the response's model block calls them
     source_sha256: str | None  # of the file they were read from; None for generated weights
     untrained: bool
     reference_acc1: float | None  # ImageNet-1K top-1 published for these weights
+    labels: tuple[str, ...] = IMAGENET_LABELS  # one per class of the final layer, by class id
+    labels_source: str = IMAGENET_LABELS_SOURCE  # where they came from: file:NAME, train-head:FOLDER, ...
+
+    def __post_init__(self) -> None:
+        classes = int(self.model.fc.out_features)
+        if classes != len(self.labels):
+            raise WeightsError(f"the weights have {classes} classes but {len(self.labels)} labels were given")
 
 
 def sha256_file(path: Path) -> str:
@@ -42,10 +57,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def class_count(state_dict: dict[str, torch.Tensor]) -> int:
+    """The classes of a ResNet50 state dict: its final layer's outputs (ImageNet's 1000 when it has none: the
+    strict load then names what is missing)."""
+    fc = state_dict.get("fc.weight")
+    return int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.ndim == 2 else len(IMAGENET_LABELS)
+
+
 def _strict_model(state_dict: object, origin: str) -> torch.nn.Module:
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise WeightsError(f"{origin} is not a ResNet50 state dict (a mapping of parameter names to tensors)")
-    model = resnet50(weights=None)
+    classes = class_count(state_dict)
+    if not 2 <= classes <= MAX_CLASSES:
+        raise WeightsError(f"{origin} has {classes} classes; an archive has 2 to {MAX_CLASSES}")
+    model = resnet50(weights=None, num_classes=classes)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
@@ -80,8 +105,39 @@ def from_imagenet(cache_dir: Path | None = None) -> Weights:
     )
 
 
-def from_file(path: Path, expected_sha256: str | None = None) -> Weights:
-    """A local state-dict file, for air-gapped hosts; loaded strictly into ResNet50."""
+def checked_labels(
+    origin: str, classes: int, labels: Sequence[str] | None, labels_source: str | None
+) -> tuple[tuple[str, ...], str]:
+    """(labels, their source) for weights of `classes` classes read from `origin`: ImageNet's for None and 1000
+    classes; else `labels`, whose count must be `classes` (a WeightsError naming both) and which must follow
+    contract/labels.py's rules (a LabelError)."""
+    if labels is None:
+        if classes != len(IMAGENET_LABELS):
+            raise WeightsError(f"{origin} has {classes} classes; pass --labels FILE with {classes} labels")
+        return IMAGENET_LABELS, IMAGENET_LABELS_SOURCE
+    if len(labels) != classes:
+        given = f" ({labels_source})" if labels_source else ""
+        raise WeightsError(f"{origin} has {classes} classes but {len(labels)} labels were given{given}")
+    return check(labels), labels_source or "given"
+
+
+def relabelled(weights: Weights, labels: Sequence[str] | None, labels_source: str | None) -> Weights:
+    """`weights` with `labels` (from `labels_source`) instead of their own; unchanged for None."""
+    if labels is None:
+        return weights
+    names, source = checked_labels(weights.name, len(weights.labels), labels, labels_source)
+    return dataclasses.replace(weights, labels=names, labels_source=source)
+
+
+def from_file(
+    path: Path,
+    expected_sha256: str | None = None,
+    labels: Sequence[str] | None = None,
+    labels_source: str | None = None,
+) -> Weights:
+    """A local state-dict file (air-gapped hosts, a head trained on your own classes), loaded strictly into a
+    ResNet50 with the file's class count N. `labels`: one per class (checked: contract/labels.py), from
+    `labels_source` (e.g. file:labels.txt); needed unless N is 1000 (ImageNet's are assumed)."""
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist")
     digest = sha256_file(path)
@@ -92,12 +148,16 @@ def from_file(path: Path, expected_sha256: str | None = None) -> Weights:
     except Exception as exc:  # corrupt zips, truncated data, refused pickles: each library raises its own
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise WeightsError(f"weights file {path} is not a readable torch state dict: {reason}") from None
+    model = _strict_model(state_dict, str(path))
+    names, source = checked_labels(f"weights file {path}", int(model.fc.out_features), labels, labels_source)
     return Weights(
-        model=_strict_model(state_dict, str(path)),
+        model=model,
         name=f"file:{path.name}",
         source_sha256=digest,
         untrained=False,
         reference_acc1=None,
+        labels=names,
+        labels_source=source,
     )
 
 
@@ -112,10 +172,17 @@ def from_seed(seed: int = RANDOM_SEED) -> Weights:
     return Weights(model=model, name=f"random-seed-{seed}", source_sha256=None, untrained=True, reference_acc1=None)
 
 
-def resolve(spec: str, expected_sha256: str | None = None, cache_dir: Path | None = None) -> Weights:
-    """`imagenet`, `random` or a path to a state-dict file."""
+def resolve(
+    spec: str,
+    expected_sha256: str | None = None,
+    cache_dir: Path | None = None,
+    labels: Sequence[str] | None = None,
+    labels_source: str | None = None,
+) -> Weights:
+    """`imagenet`, `random` or a path to a state-dict file; with `labels` (from `labels_source`) for its classes
+    (ImageNet's 1000 may be renamed: 1000 labels)."""
     if spec == "imagenet":
-        return from_imagenet(cache_dir)
+        return relabelled(from_imagenet(cache_dir), labels, labels_source)
     if spec == "random":
-        return from_seed()
-    return from_file(Path(spec), expected_sha256)
+        return relabelled(from_seed(), labels, labels_source)
+    return from_file(Path(spec), expected_sha256, labels, labels_source)

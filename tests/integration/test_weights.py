@@ -1,4 +1,6 @@
-"""Loading weights: every bad input is refused with one clear line, never a traceback."""
+"""Loading weights and their labels: every bad input is refused with one clear line, never a traceback; a state
+dict of N classes needs N labels of its own (unless N is ImageNet's 1000), which must follow contract/labels.py's
+rules."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 from support import PYTHON
 from torchvision.models import resnet18, resnet50
 
-from modelserver.weights import WeightsError, from_file, from_seed
+from contract.labels import MAX_CLASSES
+from modelserver.weights import IMAGENET_LABELS, WeightsError, from_file, from_seed
 
 
 def build_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -67,10 +70,76 @@ def test_wrong_architecture(tmp_path: Path) -> None:
 
 
 def test_wrong_shapes(tmp_path: Path) -> None:
-    model = resnet50(weights=None, num_classes=10)
+    state_dict = resnet50(weights=None, num_classes=10).state_dict()
+    state_dict["fc.bias"] = torch.zeros(7)  # a final layer of 10 outputs with 7 biases
     path = tmp_path / "ten_classes.pth"
-    torch.save(model.state_dict(), path)
+    torch.save(state_dict, path)
     with pytest.raises(WeightsError, match="does not fit ResNet50 .0 missing, 0 unexpected keys.*size mismatch"):
+        from_file(path)
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "three.pth"
+    torch.save(resnet50(weights=None, num_classes=3).state_dict(), path)
+    return path
+
+
+def test_a_state_dict_of_n_classes_with_its_labels(three_classes: Path) -> None:
+    weights = from_file(three_classes, labels=["cat", " coffee", "rocket"], labels_source="file:labels.txt")
+    assert weights.model.fc.out_features == 3
+    assert weights.labels == ("cat", "coffee", "rocket") and weights.labels_source == "file:labels.txt"
+    expected = torch.load(three_classes, weights_only=True)
+    assert all(torch.equal(expected[k], v) for k, v in weights.model.state_dict().items())
+
+
+def test_imagenet_labels_for_1000_classes(good_state_dict: Path) -> None:
+    weights = from_file(good_state_dict)
+    assert weights.labels == IMAGENET_LABELS and len(weights.labels) == 1000
+    assert weights.labels_source == "torchvision ImageNet-1K" == from_seed().labels_source
+
+
+def test_n_classes_need_n_labels(tmp_path: Path, three_classes: Path) -> None:
+    done = build_cli("--weights", str(three_classes), "--output", str(tmp_path / "x.mar"))
+    assert_one_line_error(done, f"weights file {three_classes} has 3 classes; pass --labels FILE with 3 labels")
+    labels = tmp_path / "two.txt"
+    labels.write_text("cat\ncoffee\n")
+    done = build_cli("--weights", str(three_classes), "--labels", str(labels), "--output", str(tmp_path / "x.mar"))
+    assert_one_line_error(done, f"weights file {three_classes} has 3 classes but 2 labels were given (file:two.txt)")
+    assert not (tmp_path / "x.mar").exists()
+
+
+def test_imagenet_weights_with_labels_of_another_count(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(["cat", "coffee", "rocket"]))
+    done = build_cli("--weights", "random", "--labels", str(labels), "--output", str(tmp_path / "x.mar"))
+    assert_one_line_error(done, "random-seed-0 has 1000 classes but 3 labels were given (file:labels.json)")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("cat\ncoffee,tea\nrocket\n", "label 2 ('coffee,tea') has a comma"),
+        ("cat\n7\nrocket\n", "label 2 ('7') is all digits"),
+        ("cat\nUnknown\nrocket\n", "label 2 ('Unknown') is reserved"),
+        ("cat\nCat\nrocket\n", "labels 1 ('cat') and 2 ('Cat') are the same label once normalised"),
+        ("cat\n\nrocket\n", "label 2 is empty"),
+    ],
+)
+def test_each_label_rule_is_refused_by_the_build(tmp_path: Path, three_classes: Path, text: str, why: str) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text(text)
+    done = build_cli("--weights", str(three_classes), "--labels", str(labels), "--output", str(tmp_path / "x.mar"))
+    assert_one_line_error(done, f"labels file {labels}: {why}")
+    assert not (tmp_path / "x.mar").exists()
+
+
+def test_too_many_classes(tmp_path: Path) -> None:
+    state_dict = resnet50(weights=None).state_dict()
+    state_dict["fc.weight"], state_dict["fc.bias"] = torch.zeros(MAX_CLASSES + 1, 2048), torch.zeros(MAX_CLASSES + 1)
+    path = tmp_path / "many.pth"
+    torch.save(state_dict, path)
+    with pytest.raises(WeightsError, match=f"has {MAX_CLASSES + 1} classes; an archive has 2 to {MAX_CLASSES}$"):
         from_file(path)
 
 
