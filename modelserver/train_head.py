@@ -64,7 +64,7 @@ class Options:
     augment: bool = False
     gate_images: str = "bundled"  # or "own": the held-apart photos become the archive's gate set
     force: bool = False
-    progress: bool = True
+    progress: bool = True  # the features' progress bar on stderr
 
 
 @dataclass(frozen=True)
@@ -226,9 +226,14 @@ def train(options: Options) -> Result:
 
 
 def build_archive(weights: Weights, options: Options, held: list[Photo]) -> None:
-    """The archive, with the base archive's serving settings; its gate set the bundled one or the held-apart
-    photos (`--gate-images own`)."""
+    """The archive, with the base archive's serving settings. Its INT8 model (for an INT8 or `auto` base) is
+    calibrated and gated, and its worker-start gate set drawn, from the bundled generic photos; with
+    `--gate-images own`, from the folder's photos (calibration, the build's gate on every 4th) and the
+    held-apart ones (the worker-start gate set)."""
     from modelserver.archive import Int8Options, build
 
-    gate = tuple(p.path for p in held) if options.gate_images == "own" else None
-    build(weights, serving_config(options.base), options.output, Int8Options(gate=gate))
+    if options.gate_images == "own":
+        int8 = Int8Options(calibration=options.folder, gate=tuple(p.path for p in held))
+    else:
+        int8 = Int8Options()
+    build(weights, serving_config(options.base), options.output, int8)
