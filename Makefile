@@ -9,6 +9,8 @@ MAR := model_store/resnet50.mar
 WEIGHTS ?= imagenet
 # onnx (fp32, default), onnx-int8 (quantised; the build refuses it below the accuracy gate) or eager
 ENGINE ?= onnx
+# the labels of WEIGHTS' classes, a file (one per line, or a JSON list): needed unless they are ImageNet's 1000
+LABELS ?=
 
 .PHONY: setup mar run test test-fast test-unit test-integration test-system lint clean api-key bench images
 
@@ -22,13 +24,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # `make run` and `make bench` serve the archive that is there, whatever its engine or weights; it is built
-# only when missing. ENGINE=..., WEIGHTS=... or FORCE=1 (command line or environment) asks for an archive of that kind:
-# ENGINE rebuilds one of another engine, WEIGHTS and FORCE always rebuild. With WEIGHTS=imagenet and no
-# network, it falls back to random weights with a loud warning (the model is then untrained).
+# only when missing. ENGINE=..., WEIGHTS=..., LABELS=... or FORCE=1 (command line or environment) asks for an
+# archive of that kind: ENGINE rebuilds one of another engine, WEIGHTS, LABELS and FORCE always rebuild. An
+# archive of your own classes (LABELS, train-head) is never rebuilt as ImageNet's for another ENGINE: the build
+# refuses and says how to rebuild it (modelserver/trained_archive.py). With WEIGHTS=imagenet and no network, it
+# falls back to random weights with a loud warning (the model is then untrained).
 asked = $(filter command line environment,$(origin $(1)))
 mar: setup
 	$(PY) -m modelserver build --weights $(WEIGHTS) $(if $(call asked,ENGINE),--engine $(ENGINE)) \
-		$(if $(or $(FORCE),$(call asked,WEIGHTS)),,--if-missing) $(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
+		$(if $(LABELS),--labels $(LABELS)) \
+		$(if $(or $(FORCE),$(call asked,WEIGHTS),$(call asked,LABELS)),,--if-missing) \
+		$(if $(filter imagenet,$(WEIGHTS)),--offline-fallback)
 
 run: mar
 	$(PY) -m modelserver run
@@ -62,9 +68,12 @@ clean:
 
 # Both container images, tagged as docker-compose.yml expects (…-serve:local, …-gateway:local). Falls back
 # to a stand-in base and the local CPU torch wheel only where Docker Hub / PyTorch's index are unreachable
-# (it says so). `make images WEIGHTS=random` for untrained smoke images. docs/docker.md, "Building the images".
+# (it says so). `make images WEIGHTS=random` for untrained smoke images; `WEIGHTS=PATH LABELS=FILE` for your own
+# classes. With none of WEIGHTS, LABELS or FORCE given, it refuses while model_store holds an archive of your own
+# classes (the images would serve ImageNet's). docs/docker.md, "Building the images".
 images:
-	WEIGHTS=$(WEIGHTS) ENGINE=$(ENGINE) docker/images.sh
+	WEIGHTS=$(WEIGHTS) ENGINE=$(ENGINE) LABELS=$(LABELS) \
+		KEEP_OWN_CLASSES=$(if $(or $(FORCE),$(call asked,WEIGHTS),$(call asked,LABELS)),,$(MAR)) docker/images.sh
 
 # Prints a new API key and the SHA-256 the gateway stores (GATEWAY_API_KEY_HASHES). Standard library only:
 # no virtualenv, any Python 3.

@@ -21,15 +21,16 @@ from starlette.routing import Route
 from contract.wire import MODEL_NAME, ServedModel
 
 MODEL: ServedModel = {"name": MODEL_NAME, "version": "1.0", "weights": "stub", "untrained": True, "engine": "stub"}
+LABELS = [f"class {i}" for i in range(1000)]  # ImageNet's count: the gateway reads it from the description
 PREDICTION = {
-    "predictions": [{"class_id": i, "label": f"class {i}", "score": 0.5 / (i + 1)} for i in range(20)],
+    "predictions": [{"class_id": i, "label": LABELS[i], "score": 0.5 / (i + 1)} for i in range(20)],
     "model": MODEL,
 }
 DESCRIPTION = [
     {
         "modelName": MODEL_NAME,
         "workers": [{"id": "9000", "status": "READY"}],
-        "customizedMetadata": {**MODEL, "labels": 1000},
+        "customizedMetadata": {**MODEL, "labels": len(LABELS), "label_names": LABELS},
     }
 ]
 PREDICTION_BODY = json.dumps(PREDICTION).encode()

@@ -96,7 +96,12 @@ def parser() -> argparse.ArgumentParser:
         description="Classify files and folders; one JSONL/CSV record per file.",
     )
     add_common(c)
-    c.add_argument("-k", "--top-k", type=in_range(int, 1, 20), default=5, help="classes per image, 1-20 (5)")
+    c.add_argument(
+        "-k",
+        "--top-k",
+        type=in_range(int, 1, 20),
+        help="classes per image, 1-20 and at most the model's classes (default: 5, or the model's classes if fewer)",
+    )
     c.add_argument("--min-score", type=in_range(float, 0.0, 1.0), help="drop predictions scoring below this")
     c.add_argument("-o", "--output", help="results file, .jsonl or .csv (default: JSONL on stdout)")
     c.add_argument(

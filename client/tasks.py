@@ -14,15 +14,18 @@ from client.wire import embedding_of, predictions_of
 
 @dataclass(frozen=True)
 class Classify:
-    """`/v1/predict`: each file's top classes, at most `top_k` of them, none scoring below `min_score`."""
+    """`/v1/predict`: each file's top classes, at most `top_k` of them (None: the gateway's default, 5 or the
+    model's classes if fewer), none scoring below `min_score`."""
 
-    top_k: int = 5
+    top_k: int | None = None
     min_score: float | None = None
     route: ClassVar[str] = "/v1/predict"
     field: ClassVar[Literal["predictions"]] = "predictions"
 
     def params(self) -> dict[str, int | float]:
-        params: dict[str, int | float] = {"top_k": self.top_k}
+        params: dict[str, int | float] = {}
+        if self.top_k is not None:
+            params["top_k"] = self.top_k
         if self.min_score is not None:
             params["min_score"] = self.min_score
         return params

@@ -15,10 +15,12 @@ refused, with one line that says why, when one of them would be misread by the s
 - two labels equal after `normalise` (the allow-list and evaluate could not tell them apart).
 
 MAX_CLASSES is ImageNet's own 1000: every answer can carry all N scores (v2's dense [n, N] tensor, the
-handler's full list when the allow-list renormalises, /v1/models' label list, the gate set's logits), and
-every per-request cost of the service (its memory bounds included) was measured at 1000 classes; the cap
-keeps a custom archive within what was measured. Standard library only: the gateway, the handler and
-modelserver import it.
+handler's full list when the allow-list renormalises, /v1/models' label list, the gate set's logits). That
+list is about 150 bytes a class with a long label: under TorchServe's max_response_size of 1 MiB
+(config.properties) at 1000 classes, over it at 10,000. And every per-request cost of the service (its memory
+bounds included) was measured at 1000 classes; the cap keeps a custom archive within what was measured.
+Standard library only: the gateway, the handler and modelserver import it, and the host's python3 through
+modelserver/trained_archive.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MAX_CLASSES = 1000
+IMAGENET_LABELS_SOURCE = "torchvision ImageNet-1K"  # metadata.json's labels_source of ImageNet's labels
 MAX_LABEL_LENGTH = 100  # characters
 UNKNOWN = "unknown"  # the decision's label when no class is chosen (gateway/ranking.py)
 _SPACES = re.compile(r"\s+")

@@ -1,5 +1,6 @@
 """What the gateway and the handler say to each other: the model's name and sizes, the request headers, the
-handler's answers.
+handler's answers. The class count is not here: it is the archive's (its labels; contract/labels.py), and the
+gateway learns it from the handler's description.
 
 The handler builds its JSON answers as these TypedDicts and the gateway reads TorchServe's answers as them, so
 a field renamed on one side is a type error on the other; its custom describe is a ModelDescription.
@@ -10,7 +11,6 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 MODEL_NAME = "resnet50"  # the archive's name, TorchServe's /predictions/<name>, v2's /v2/models/<name>
-CLASSES = 1000  # ImageNet's classes: class ids 0 to CLASSES - 1
 EMBEDDING_SIZE = 2048  # the pooled vector of /v1/embed and v2's `embedding` output
 
 # What the gateway asks of the handler, per image, in request headers (TorchServe passes them through)

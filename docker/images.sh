@@ -3,13 +3,23 @@
 # gets: python:3.11-slim-bookworm and PyTorch's CPU index. Only where those are unreachable (said so on
 # stderr) does it fall back to a stand-in base made from Debian packages (docker/base-image.sh) and to the
 # CPU torch wheel of a local find-links directory (TORCH_WHEELS, default /opt/wheels), served to the build
-# over loopback. Settings (environment): WEIGHTS (imagenet|random|PATH of a state dict), ENGINE (onnx|onnx-int8|openvino-fp32|openvino-bf16|openvino-int8|eager|auto), SERVE_IMAGE,
+# over loopback. Settings (environment): WEIGHTS (imagenet|random|PATH of a state dict), LABELS (PATH of its labels
+# file, for classes of your own), ENGINE (onnx|onnx-int8|openvino-fp32|openvino-bf16|openvino-int8|eager|auto),
+# KEEP_OWN_CLASSES (an archive path: refuse while it holds classes of your own; `make images` sets it unless WEIGHTS,
+# LABELS or FORCE is given), SERVE_IMAGE,
 # GATEWAY_IMAGE, PYTHON_IMAGE (skip the probe), TORCH_WHEELS, TORCH_WHEELS_PORT (8765). WEIGHTS=imagenet without a way to
 # download.pytorch.org falls back to random weights with a warning, as `make mar` does.
 set -euo pipefail
 weights="${WEIGHTS:-imagenet}"
 [ ! -f "$weights" ] || weights="$(realpath "$weights")"  # before the cd: a path relative to the caller
+labels="${LABELS:-}"
+if [ -n "$labels" ]; then
+  [ -f "$labels" ] || { echo "images: LABELS must be the path of a labels file, got '$labels'" >&2; exit 2; }
+  labels="$(realpath "$labels")"
+fi
 cd "$(dirname "$0")/.."
+# Never images of ImageNet's classes while model_store holds an archive of your own, unless asked (it says how).
+[ -z "${KEEP_OWN_CLASSES:-}" ] || python3 -m modelserver.trained_archive "$KEEP_OWN_CLASSES"
 engine="${ENGINE:-onnx}"
 serve_image="${SERVE_IMAGE:-image-classification-api-serve:local}"
 gateway_image="${GATEWAY_IMAGE:-image-classification-api-gateway:local}"
@@ -42,6 +52,13 @@ if [ -f "$weights" ]; then
 elif [ "$weights" != imagenet ] && [ "$weights" != random ]; then
   echo "images: WEIGHTS must be imagenet, random or the path of a state dict file, got '$weights'" >&2
   exit 2
+fi
+if [ -n "$labels" ]; then
+  # The weights' labels, staged beside them under a fixed name (the builder reads its content: lines or JSON).
+  staged=model_store/build-weights
+  mkdir -p "$staged"
+  cp "$labels" "$staged/labels.txt"
+  labels=/src/model_store/labels.txt
 fi
 if ! curl -sf --max-time 15 -o /dev/null https://download.pytorch.org/whl/cpu/torch/; then
   if [ "$weights" = imagenet ]; then
@@ -84,7 +101,7 @@ build() {  # build TAG DOCKERFILE [ARGS...]
   echo "images: built $tag ($(docker image inspect --format '{{.Size}}' "$tag" | numfmt --to=si)B)" \
     "in $((SECONDS - started)) s" >&2
 }
-serve_args+=(--build-arg "WEIGHTS=$weights" --build-arg "ENGINE=$engine")
+serve_args+=(--build-arg "WEIGHTS=$weights" --build-arg "ENGINE=$engine" --build-arg "LABELS=$labels")
 build "$serve_image" Dockerfile.serve "${serve_args[@]}"
 # The classic builder keeps a stage's layers only while an image uses them: tagging the two build stages
 # as well (from the cache, a second each) lets `docker image prune` (.ci/run) drop old layers but keep

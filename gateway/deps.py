@@ -3,8 +3,9 @@ route (`settings: SettingsDep`, `_: Authenticated`, ...) and none reads the app'
 
 `create_app` (gateway/main.py) keeps the app's services in `app.state`; this module is the one place that
 reads them back, each with its type. It also turns what a request carries into the plain values the service
-layer takes: the caller (after auth), the ranking options (their `classes` resolved against the served
-model's labels), the service itself with the request's id.
+layer takes: the caller (after auth), the served model's description (its N classes and labels), the ranking
+options (`top_k` checked against N, `classes` resolved against the labels), the service itself with the
+request's id.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 
+from contract.wire import ModelDescription
 from gateway.auth import Caller, KeyStore, RateLimiter, admit
 from gateway.budget import hold_of
 from gateway.drain import Drain
 from gateway.metrics import Metrics
-from gateway.ranking import RankOptions, RankQuery, rank_query, resolve_classes
+from gateway.ranking import RankOptions, RankQuery, rank_query, resolve_classes, top_k_within
 from gateway.renders import RenderSlots
 from gateway.service import Inference
 from gateway.settings import Settings
@@ -62,13 +64,23 @@ async def authenticate(
 Authenticated = Annotated[Caller, Depends(authenticate)]
 
 
-async def rank_options(query: Annotated[RankQuery, Depends(rank_query)], upstream: UpstreamDep) -> RankOptions:
-    """The ranking the client asked for (gateway/ranking.py), an allow-list of `classes` resolved against the
-    served model's labels (asked of TorchServe only then)."""
-    allowed = None
-    if query.classes is not None:
-        allowed = resolve_classes(query.classes, (await upstream.model_info())["label_names"])
-    return RankOptions(query.top_k, query.min_score, query.unknown_below, allowed)
+async def served_model(upstream: UpstreamDep) -> ModelDescription:
+    """The served model's description: its N classes and their labels (kept by the upstream client, so asked of
+    TorchServe once, not per request)."""
+    return await upstream.model_info()
+
+
+Described = Annotated[ModelDescription, Depends(served_model)]
+
+
+async def rank_options(query: Annotated[RankQuery, Depends(rank_query)], described: Described) -> RankOptions:
+    """The ranking the client asked for (gateway/ranking.py): `top_k` checked against the served model's N
+    classes, an allow-list of `classes` resolved against its labels."""
+    classes = described["labels"]
+    allowed = None if query.classes is None else resolve_classes(query.classes, described["label_names"])
+    return RankOptions(
+        top_k_within(query.top_k, classes), query.min_score, query.unknown_below, allowed, model_classes=classes
+    )
 
 
 Ranking = Annotated[RankOptions, Depends(rank_options)]

@@ -10,11 +10,10 @@ stops at once, as uvicorn does. SIGINT (Ctrl-C) stops without draining.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import signal
 import time
-from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -64,41 +63,65 @@ class DrainMiddleware:
         await self.app(scope, receive, send_closing)
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with SIGTERM turned into drain-then-stop and SIGUSR1 into drain, for `Drain`."""
+class DrainSignals:
+    """SIGTERM and SIGUSR1 turned into drains of `Drain`, around uvicorn's public `Server`, not a subclass of it.
 
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
-        super().__init__(config)
+    uvicorn installs its own handlers for SIGINT and SIGTERM as it begins serving (and puts back the previous
+    ones when it stops): ours replace its SIGTERM handler once the app's startup is complete, which is before
+    uvicorn listens, so no request is served without them; SIGUSR1 is ours from the start; SIGINT stays
+    uvicorn's. They are Python signal handlers, as uvicorn's are: they run in the main thread, which runs the
+    event loop, before any further Python code, so a request read after the signal sees the drain (run on
+    another thread, the drain began a few milliseconds late and readiness probes sent right after SIGUSR1 still
+    answered 200). Only flags there; a task on the loop acts on them every `TICK_S` (uvicorn's own tick)."""
+
+    TICK_S = 0.1
+
+    def __init__(self, drain: Drain) -> None:
         self.drain = drain
         self.stop_asked = False  # SIGTERM received: stop once the drain is over
-        self._logged_drain = False
+        self._server: uvicorn.Server | None = None
+        self._watching: asyncio.Task[None] | None = None  # held: the loop keeps only a weak reference to a task
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        previous = signal.signal(signal.SIGUSR1, self.handle_exit)
+    def run(self, server: uvicorn.Server) -> None:
+        """`server.run()`, its config's app made by `around`, with the signals above."""
+        self._server = server
+        previous = signal.signal(signal.SIGUSR1, self.handle)
         try:
-            with super().capture_signals():
-                yield
+            server.run()
         finally:
             signal.signal(signal.SIGUSR1, previous)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Only flags here (a signal handler): the main loop acts on them at its next tick (0.1 s).
-        if sig in (signal.SIGTERM, signal.SIGUSR1):
-            self.drain.start()
-            self.stop_asked = self.stop_asked or sig == signal.SIGTERM
-        else:  # SIGINT: uvicorn's own (stop now; a second one stops without waiting for requests)
-            super().handle_exit(sig, frame)
+    def around(self, app: ASGIApp) -> ASGIApp:
+        """`app`, which installs the SIGTERM handler when its startup is complete (the lifespan protocol)."""
 
-    async def on_tick(self, counter: int) -> bool:
-        if self.drain.draining and not self._logged_drain:
-            self._logged_drain = True
-            logger.info(
-                "draining: /readyz answers 503, answers close their connections; SIGTERM stops %g s "
-                "after the drain began",
-                self.drain.drain_s,
-            )
-        if self.stop_asked and not self.should_exit and self.drain.over():
-            logger.info("drain over: stopping (SIGTERM)")
-            self.should_exit = True
-        return await super().on_tick(counter)
+        async def started(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "lifespan":
+                await app(scope, receive, send)
+                return
+
+            async def send_started(message: Message) -> None:
+                await send(message)
+                if message["type"] == "lifespan.startup.complete":
+                    signal.signal(signal.SIGTERM, self.handle)
+                    self._watching = asyncio.get_running_loop().create_task(self._watch())
+
+            await app(scope, receive, send_started)
+
+        return started
+
+    def handle(self, sig: int, frame: FrameType | None) -> None:
+        self.drain.start()
+        self.stop_asked = self.stop_asked or sig == signal.SIGTERM
+
+    async def _watch(self) -> None:
+        while not self.drain.draining:
+            await asyncio.sleep(self.TICK_S)
+        logger.info(
+            "draining: /readyz answers 503, answers close their connections; SIGTERM stops %g s after the drain began",
+            self.drain.drain_s,
+        )
+        while not (self.stop_asked and self.drain.over()):
+            await asyncio.sleep(self.TICK_S)
+        logger.info("drain over: stopping (SIGTERM)")
+        assert self._server is not None
+        self._server.should_exit = True

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from contract.wire import CLASSES, ClassMap, ItemAnswer
+from contract.wire import ClassMap, ItemAnswer
 from gateway import schemas, uploads
-from gateway.deps import Authenticated, InferenceDep, RendersDep, SettingsDep
-from gateway.ranking import MAX_TOP_K, RankOptions, ranked
+from gateway.deps import Authenticated, Described, InferenceDep, RendersDep, SettingsDep
+from gateway.ranking import RankOptions, class_id_within, ranked, top_k_note, top_k_within
 from gateway.service import model_block
 
 router = APIRouter()
 MAX_SIDE = 1024  # the PNG's longer side at most
+# What X-Explained-Label carries as it is: printable ASCII but `%`; the rest of a label is percent-encoded (UTF-8).
+HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 @dataclass(frozen=True)
@@ -27,17 +30,21 @@ class ExplainOptions:
     top_k: int
     class_id: int | None
     format: Literal["json", "png"]
+    model_classes: int
 
 
 async def explain_options(
-    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="number of classes to explain")] = 5,
+    described: Described,
+    top_k: Annotated[int | None, Query(ge=1, description=top_k_note("explain"))] = None,
     class_id: Annotated[
         int | None,
-        Query(ge=0, le=CLASSES - 1, description="also explain this class; the PNG shows it instead of the top-1"),
+        Query(ge=0, description="also explain this class (below the model's classes); the PNG shows it, not the top-1"),
     ] = None,
     format: Annotated[Literal["json", "png"], Query(description="json: the grids; png: the overlay")] = "json",
 ) -> ExplainOptions:
-    return ExplainOptions(top_k, class_id, format)
+    """The options, `top_k` and `class_id` checked against the served model's N classes."""
+    classes = described["labels"]
+    return ExplainOptions(top_k_within(top_k, classes), class_id_within(class_id, classes), format, classes)
 
 
 Options = Annotated[ExplainOptions, Depends(explain_options)]
@@ -69,14 +76,15 @@ async def explain(
     image = await uploads.single_image(request, settings)
     asked = await service.explain(image, options.top_k, options.class_id)
     answer = asked.answer
-    predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None))
+    predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None, options.model_classes))
     geometry = answer["geometry"]
     if options.format == "png":
         [chosen] = explained(answer, [options.class_id if options.class_id is not None else predictions[0]["class_id"]])
         from gateway.overlay import render  # NumPy, only for this form
 
         png = await renders.run(render, image.data, chosen["cam"], geometry, MAX_SIDE)
-        headers = {"X-Explained-Class-Id": str(chosen["class_id"]), "X-Explained-Label": chosen["label"]}
+        label = quote(chosen["label"], safe=HEADER_SAFE)  # a header is Latin-1: a label may be any Unicode
+        headers = {"X-Explained-Class-Id": str(chosen["class_id"]), "X-Explained-Label": label}
         return Response(png, media_type="image/png", headers=headers)
     left, top, right, bottom = geometry["crop"]
     extra = [options.class_id] if options.class_id is not None else []

@@ -1,18 +1,21 @@
 """Where the request heads, bodies, chunk-size lines and trailer sections of one connection begin and end,
 found in the bytes as they arrive, so that everything that is not body data is counted against the head
 limit, whatever precedes it: empty lines before a request line (RFC 9112 2.2; the parser skips any number),
-a request pipelined behind another in the same read, a chunk-size line, a chunked body's trailers.
+a request pipelined behind another in the same read, a chunk-size line, a chunked body's trailers. And where
+the answers written on the connection end (`Answers`), so that a refusal waits for the answers before it.
 
 Each byte is looked at once (O(new bytes); bodies are skipped by length, never scanned). The HTTP parser
-(llhttp) still parses everything: gateway/protocol.py feeds it one piece at a time, up to each boundary found
-here, and checks that the parser saw the same boundary (a request head complete, a message complete)
-exactly there, so a disagreement fails closed instead of leaving bytes uncounted.
+(llhttp, through httptools) still parses everything: gateway/protocol.py feeds it one piece at a time, up to
+each boundary found here, and checks that the parser saw the same boundary (a request head complete, a message
+complete) exactly there, so a disagreement fails closed instead of leaving bytes uncounted.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import sys
+from collections import deque
 
 from gateway.digits import ascii_int
 
@@ -20,6 +23,8 @@ END_OF_HEAD = b"\r\n\r\n"
 NOT_CRLF = re.compile(rb"[^\r\n]")
 HEX = re.compile(rb"[0-9A-Fa-f]+")
 CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\r\n")  # size, extensions (the parser checks them)
+STATUS = re.compile(rb"HTTP/\d\.\d (\d{3})\b")  # an answer's status line, and the fields that frame its body:
+ANSWER_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 # A chunked body's framing (size lines, extensions, CRLFs) may exceed the head limit by 1/16 of its data:
 # chunks of a hundred bytes or more pass whatever their number; a flood of tiny chunks, which costs the
 # parser (and this) about a microsecond each, is refused after some thousands.
@@ -157,16 +162,16 @@ class Framer:
         return pos, Boundary.NONE
 
     def head_done(self, headers: list[tuple[bytes, bytes]], message_done: bool, keep_alive: bool) -> None:
-        """After a request head: where its body ends, from the headers the parser accepted."""
+        """After a request head: where its body ends, from the headers the parser accepted (names in any case)."""
         if message_done:
             self.message_done(keep_alive)
             return
-        names = {name for name, _ in headers}
-        if b"transfer-encoding" in names:  # the parser accepts it on a request only with chunked last
+        fields = {name.lower(): value for name, value in headers}
+        if b"transfer-encoding" in fields:  # the parser accepts it on a request only with chunked last
             self.state = State.CHUNKS
             self._start_head(b"")
             return
-        length = ascii_int(dict(headers).get(b"content-length", b"").strip())
+        length = ascii_int(fields.get(b"content-length", b"").strip())
         if not length:
             raise Unframed("a body without a length")
         self.state = State.BODY
@@ -176,3 +181,62 @@ class Framer:
     def message_done(self, keep_alive: bool) -> None:
         self.state = State.HEAD if keep_alive else State.CLOSED
         self._start_head(b"")
+
+
+class Answers:
+    """Where the answers written on one connection begin and end: the server's own bytes, so nothing is limited.
+    For each request in order, `head_requests` says whether it was a HEAD (its answer has a length but no body);
+    interim answers (100 Continue) are not counted. Lean: this runs for every answer."""
+
+    def __init__(self) -> None:
+        self._head = b""  # the answer head so far, when it came in several writes
+        self._left = 0  # bytes of a body with a Content-Length still to come
+        self._chunks: Framer | None = None  # a chunked body's framing (a request's, unlimited)
+        self._keep_alive = True
+        self.head_requests: deque[bool] = deque()
+        self.begun = 0  # answers whose head is written
+        self.done = 0  # answers written to their end
+        self.closing = False  # the last answer begun closes the connection (`Connection: close`)
+
+    def written(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data) and (self._keep_alive or self.begun > self.done):
+            if self._left:
+                step = min(self._left, len(data) - pos)
+                self._left -= step
+                pos += step
+                if not self._left:
+                    self.done += 1
+            elif self._chunks is not None:
+                pos, boundary = self._chunks.piece(data, pos)
+                if boundary is Boundary.MESSAGE:
+                    self._chunks = None
+                    self.done += 1
+            else:
+                head = self._head + data[pos:] if self._head else data[pos:]
+                end = head.find(END_OF_HEAD)
+                if end < 0:
+                    self._head = head
+                    return
+                pos += end + len(END_OF_HEAD) - len(self._head)
+                self._head = b""
+                self._head_done(head[: end + 2])
+
+    def _head_done(self, head: bytes) -> None:
+        status = int(STATUS.match(head)[1])  # type: ignore[index]  # the server's own head has a status line
+        if status < 200:  # interim: the answer follows
+            return
+        self.begun += 1
+        fields = {name.lower(): value.strip() for name, value in ANSWER_FRAMING.findall(head)}
+        connection = fields.get(b"connection", b"").lower().split(b",")
+        self._keep_alive = b"close" not in [token.strip() for token in connection]
+        self.closing = not self._keep_alive
+        if (self.head_requests.popleft() if self.head_requests else False) or status in (204, 304):
+            self.done += 1
+        elif b"transfer-encoding" in fields:
+            self._chunks = Framer(sys.maxsize)
+            self._chunks.head_done([(b"transfer-encoding", b"chunked")], False, True)
+        elif length := ascii_int(fields.get(b"content-length", b"")):
+            self._left = length
+        else:
+            self.done += 1

@@ -1,6 +1,8 @@
 """Ranking the handler's scores as the client asked: the `predictions` and `decision` of an answer.
 
-- `top_k` and `min_score` cut the ranked list.
+- `top_k` and `min_score` cut the ranked list. `top_k` is 1 to min(MAX_TOP_K, N) for the served model's N
+  classes (its description, gateway/upstream.py's model_info), checked here, not in the schema: N is the
+  archive's; without it, DEFAULT_TOP_K clamped to N.
 - `classes` (comma-separated class ids or label names) restricts the answer to an allow-list; the scores
   are renormalised over it, so they still sum to 1 across the allowed classes.
 - `unknown_below`: when the best score is below it, the `decision` says "unknown" explicitly; the raw
@@ -15,12 +17,30 @@ from typing import Annotated
 from fastapi import Query
 
 from contract.labels import UNKNOWN, normalise
-from contract.wire import CLASSES, ItemAnswer
+from contract.wire import ItemAnswer
 from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.schemas import Decision, Ranked
 
 MAX_TOP_K = 20
+DEFAULT_TOP_K = 5
+
+
+def top_k_within(asked: int | None, classes: int) -> int:
+    """The `top_k` the client asked for (None: the default) for a model of `classes` classes; 422 beyond them."""
+    limit = min(MAX_TOP_K, classes)
+    if asked is None:
+        return min(DEFAULT_TOP_K, limit)
+    if not 1 <= asked <= limit:
+        raise Problem("invalid-request", f"top_k must be from 1 to {limit} (the model has {classes} classes)")
+    return asked
+
+
+def class_id_within(class_id: int | None, classes: int) -> int | None:
+    """A class id the client named, for a model of `classes` classes; 422 beyond them."""
+    if class_id is not None and not 0 <= class_id < classes:
+        raise Problem("invalid-request", f"class_id must be from 0 to {classes - 1} (the model has {classes} classes)")
+    return class_id
 
 
 @dataclass(frozen=True)
@@ -29,11 +49,12 @@ class RankOptions:
     min_score: float | None
     unknown_below: float | None
     classes: frozenset[int] | None
+    model_classes: int  # the served model's N
 
     @property
     def upstream_top_k(self) -> int:
         """How many scores to ask TorchServe for: all of them when renormalising over an allow-list."""
-        return CLASSES if self.classes else self.top_k
+        return self.model_classes if self.classes else self.top_k
 
 
 def resolve_classes(raw: str, labels: list[str]) -> frozenset[int]:
@@ -66,14 +87,19 @@ class RankQuery:
     """The ranking parameters as the client sent them; gateway/deps.py makes them RankOptions (`classes` resolved
     against the served model's labels)."""
 
-    top_k: int
+    top_k: int | None
     min_score: float | None
     unknown_below: float | None
     classes: str | None
 
 
+def top_k_note(verb: str) -> str:
+    """The OpenAPI description of a route's `top_k`: its bounds are checked by `top_k_within`, not the schema."""
+    return f"number of classes to {verb}: 1 to {MAX_TOP_K}, at most the model's classes (default {DEFAULT_TOP_K})"
+
+
 async def rank_query(
-    top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="number of classes to return")] = 5,
+    top_k: Annotated[int | None, Query(ge=1, description=top_k_note("return"))] = None,
     min_score: Annotated[float | None, Query(ge=0.0, le=1.0, description="drop predictions below this")] = None,
     unknown_below: Annotated[
         float | None, Query(ge=0.0, le=1.0, description="decide 'unknown' when the best score is below this")

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
-from contract.wire import CLASSES, MODEL_NAME
+from contract.wire import MODEL_NAME
 from gateway.problems import PROBLEM_JSON, problem_schema
 
 UNTRAINED_NOTE = "true when the archive was built with random weights: predictions are then meaningless"
@@ -26,7 +26,7 @@ class ModelBlock(BaseModel):
 # validated and documented by pydantic as members of the response models below (the same schema as models).
 class Ranked(TypedDict):
     rank: Annotated[int, Field(ge=1)]
-    class_id: Annotated[int, Field(ge=0, le=CLASSES - 1)]
+    class_id: Annotated[int, Field(ge=0, description="0 to N - 1 for the served model's N classes (/v1/models)")]
     label: str
     score: Annotated[float, Field(ge=0, le=1)]
 
@@ -87,7 +87,13 @@ class ModelInfo(BaseModel):
     version: str | None
     weights: str | None
     untrained: bool | None = Field(description=UNTRAINED_NOTE)
-    labels: int | None
+    labels: int | None = Field(description="N: how many classes the model has (class ids 0 to N - 1)")
+    label_names: list[str] | None = Field(None, description="the N labels, by class id")
+    labels_source: str | None = Field(
+        None,
+        description="where the labels came from: `torchvision ImageNet-1K`, `file:NAME` (modelserver build --labels), "
+        "`train-head:FOLDER`; null for archives built before custom labels",
+    )
     engine: str | None
     int8_gate: dict[str, Any] | None = Field(
         None,
@@ -114,7 +120,7 @@ class ModelInfo(BaseModel):
 
 
 class ClassMap(BaseModel):
-    class_id: int = Field(ge=0, le=CLASSES - 1)
+    class_id: int = Field(ge=0, description="0 to N - 1 for the served model's N classes (/v1/models)")
     label: str
     score: float = Field(ge=0, le=1)
     cam: list[list[float]] = Field(description="7x7 class activation map (rows top to bottom), >= 0, unnormalised")

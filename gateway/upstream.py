@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 from contract.torchserve_tokens import MAX_RECOVERIES, bearer, is_invalid_token, read_tokens, recovery
-from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription
+from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER, ItemAnswer, ModelDescription, ServedModel
 from gateway.metrics import Metrics
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -50,6 +50,9 @@ ITEM_CODE_PROBLEMS = {
     "too_large": "image-too-large",
     "extreme_aspect_ratio": "image-too-large",
 }
+
+# The model block's fields that tell one served model from another (the engine may differ between workers).
+SAME_MODEL = ("name", "version", "weights")
 
 
 class TokenSource:
@@ -132,6 +135,7 @@ class TorchServeClient:
         self._readiness = Readiness(False, "not checked yet")
         self._readiness_lock = asyncio.Lock()
         self._model_info: ModelDescription | None = None
+        self._model_info_lock = asyncio.Lock()
 
     async def close(self) -> None:
         await self.session.close()
@@ -209,8 +213,10 @@ class TorchServeClient:
         predictions = body.get("predictions") if isinstance(body, dict) else None
         if status == 200 and isinstance(predictions, list):
             item: ItemAnswer = body  # the handler's answer (contract/wire.py)
+            self._forget_if_replaced(item.get("model"))
             return item
         if status == 422 and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            self._forget_if_replaced(body.get("model"))  # a refusal by another model's N (bad_top_k) included
             code = str(body["error"].get("code", "undecodable"))
             detail = str(body["error"].get("detail", "the image cannot be decoded"))
             raise Problem(ITEM_CODE_PROBLEMS.get(code, "invalid-image"), detail, code=code)
@@ -255,14 +261,37 @@ class TorchServeClient:
         return self._readiness
 
     async def model_info(self) -> ModelDescription:
-        """The handler's own description (TorchServe custom describe); cached once known."""
-        if self._model_info is None:
-            url = f"{self.settings.management_url}/models/{self.settings.model_name}"
-            try:
-                answer = await self._authorized("management", "GET", url, params={"customized": "true"})
-                described = answer.json()[0]["customizedMetadata"]
-                description: ModelDescription = json.loads(described) if isinstance(described, str) else described
-                self._model_info = description
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError):
-                raise self.unavailable("the model description is not available yet") from None
-        return self._model_info
+        """The handler's own description (TorchServe custom describe): the served model, its N classes and labels.
+        Asked once and kept: every /v1 and v2 request reads its class count, so in the steady state it costs no
+        upstream call. Single-flight (requests that find it missing share one management call); forgotten when
+        TorchServe goes away (`_check_readiness`) or an answer names another model (`_interpret`)."""
+        if (known := self._model_info) is not None:
+            return known
+        async with self._model_info_lock:
+            if self._model_info is None:
+                self._model_info = await self._describe()
+            return self._model_info
+
+    async def _describe(self) -> ModelDescription:
+        url = f"{self.settings.management_url}/models/{self.settings.model_name}"
+        description: ModelDescription | None
+        try:
+            # one short management call, like the readiness probe's: at least its time, whatever request_timeout_s
+            timeout = aiohttp.ClientTimeout(total=max(self.settings.request_timeout_s, self.settings.connect_timeout_s))
+            answer = await self._authorized("management", "GET", url, params={"customized": "true"}, timeout=timeout)
+            described = answer.json()[0]["customizedMetadata"]
+            description = json.loads(described) if isinstance(described, str) else described
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError):
+            description = None
+        if not isinstance(description, dict) or not (
+            isinstance(description.get("labels"), int) and isinstance(description.get("label_names"), list)
+        ):
+            raise self.unavailable("the model description is not available yet")
+        return description
+
+    def _forget_if_replaced(self, model: ServedModel | None) -> None:
+        """Forget the description when an answer comes from another model than the one described (TorchServe
+        serves another archive under the same name): the next request asks again."""
+        known = self._model_info
+        if known is not None and model is not None and any(model.get(k) != known.get(k) for k in SAME_MODEL):
+            self._model_info = None

@@ -8,8 +8,9 @@
 
 Input: one BYTES tensor of encoded images, shape [N] (N = batch, at most GATEWAY_MAX_BATCH_FILES), as
 base64 strings in JSON, or raw with the binary-data extension (`Inference-Header-Content-Length`; each
-element a 4-byte little-endian length and the bytes). Output `probabilities` (FP32 [N, 1000]) or, with the
-`classification` parameter k, BYTES [N, k] of Triton-style "score:index:label" strings; output `embedding`
+element a 4-byte little-endian length and the bytes). Output `probabilities` (FP32 [N, C], C the served
+model's classes: 1000 for ImageNet, the archive's own count otherwise) or, with the `classification`
+parameter k (1 to C), BYTES [N, k] of Triton-style "score:index:label" strings; output `embedding`
 (FP32 [N, 2048]): the L2-normalised embeddings of /v1/embed, from the same forward pass. Binary outputs are
 sent when asked for (`binary_data`). Same auth, validation, limits and error mapping as /v1; errors come
 in the protocol's `{"error": "..."}` shape (`error_response`; gateway/errors.py picks it for every path
@@ -27,9 +28,9 @@ from typing import Any, TypedDict
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from contract.wire import CLASSES, EMBEDDING_SIZE, ItemAnswer, ModelDescription, ServedModel
+from contract.wire import EMBEDDING_SIZE, ItemAnswer, ModelDescription, ServedModel
 from gateway import readiness
-from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
+from gateway.deps import Authenticated, Described, DrainDep, InferenceDep, SettingsDep, UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -88,7 +89,7 @@ class ModelReady(TypedDict):
 
 def metadata(model_name: str, model: ModelDescription) -> ModelMetadata:
     """v2 metadata of what is served: `model` is the handler's description (version, engine, outputs)."""
-    outputs: list[TensorMetadata] = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, CLASSES]}]
+    outputs: list[TensorMetadata] = [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, model["labels"]]}]
     if "embedding" in (model.get("outputs") or []):  # archives built before embeddings have none
         outputs.append({"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [-1, EMBEDDING_SIZE]})
     return {
@@ -176,18 +177,20 @@ def requested_outputs(request_json: dict[str, Any]) -> list[dict[str, Any]]:
     return outputs
 
 
-def classification_k(output: dict[str, Any]) -> int | None:
+def classification_k(output: dict[str, Any], classes: int) -> int | None:
+    """The `classification` parameter k of an output, 1 to the model's `classes`; None when not asked for."""
     k = (output.get("parameters") or {}).get("classification")
     if k is None or output["name"] == EMBEDDING_NAME:
         return None
-    if not isinstance(k, int) or not 1 <= k <= CLASSES:
-        raise bad(f"classification must be an integer from 1 to {CLASSES}")
+    if not isinstance(k, int) or not 1 <= k <= classes:
+        raise bad(f"classification must be an integer from 1 to {classes}")
     return k
 
 
-def encode_output(output: dict[str, Any], results: list[ItemAnswer]) -> tuple[dict[str, Any], bytes]:
-    """One output tensor as JSON, plus its binary form when the client asked for binary data."""
-    k = classification_k(output)
+def encode_output(output: dict[str, Any], results: list[ItemAnswer], classes: int) -> tuple[dict[str, Any], bytes]:
+    """One output tensor as JSON, plus its binary form when the client asked for binary data; `classes`: the
+    served model's, the width of the dense probabilities."""
+    k = classification_k(output, classes)
     binary = bool((output.get("parameters") or {}).get("binary_data"))
     tensor: dict[str, Any]
     values: list[float] | list[str]
@@ -196,11 +199,13 @@ def encode_output(output: dict[str, Any], results: list[ItemAnswer]) -> tuple[di
         values = floats(raw)
         tensor = {"name": EMBEDDING_NAME, "datatype": "FP32", "shape": [len(results), EMBEDDING_SIZE]}
     elif k is None:
-        scores = [0.0] * (len(results) * CLASSES)
+        scores = [0.0] * (len(results) * classes)
         for row, result in enumerate(results):
             for p in result["predictions"]:
-                scores[row * CLASSES + p["class_id"]] = p["score"]
-        tensor = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), CLASSES]}
+                if p["class_id"] >= classes:  # TorchServe serves another archive under the name since described
+                    raise Problem("model-unavailable", "the served model changed during the request; retry")
+                scores[row * classes + p["class_id"]] = p["score"]
+        tensor = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [len(results), classes]}
         raw = struct.pack(f"<{len(scores)}f", *scores)
         values = scores
     else:
@@ -256,7 +261,12 @@ def expect_model(settings: Settings, model_name: str) -> None:
 
 @router.post("/models/{model_name}/infer", summary="Classify a batch of encoded images", responses=NOT_FOUND)
 async def infer(
-    request: Request, model_name: str, caller: Authenticated, settings: SettingsDep, inference: InferenceDep
+    request: Request,
+    model_name: str,
+    caller: Authenticated,
+    settings: SettingsDep,
+    described: Described,
+    inference: InferenceDep,
 ) -> Response:
     expect_model(settings, model_name)
     body = await read_body(request, settings.max_body_bytes, "the inference request", BODY_COPIES)
@@ -271,10 +281,11 @@ async def infer(
     caller.charge_images(len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
-    top_k = max([(classification_k(o) or CLASSES) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
+    classes = described["labels"]
+    top_k = max([(classification_k(o, classes) or classes) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
     checked = tensor_images(images, settings)
     results = await inference.classify_all(checked, top_k, embedding=EMBEDDING_NAME in wanted)
-    encoded = [encode_output(output, results) for output in outputs]
+    encoded = [encode_output(output, results, classes) for output in outputs]
     response_json = {
         "model_name": model_name,
         "model_version": served_version(results[0]["model"]),

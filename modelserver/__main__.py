@@ -38,6 +38,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from modelserver.mar import UnreadableArchive, archive_info
     from modelserver.onnx_export import VerificationError
     from modelserver.quantize import GateError
+    from modelserver.trained_archive import own_classes, refusal
     from modelserver.weights import DownloadError, WeightsError, from_seed, resolve
 
     if args.if_missing and args.output.exists():
@@ -49,6 +50,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             if args.engine in (None, built_engine):
                 print(f"{args.output} exists; not rebuilding (engine {built_engine})")
                 return 0
+            if (own := own_classes(args.output)) and args.labels is None:  # make mar/run ENGINE=...: never as
+                # ImageNet behind the user's back
+                return _fail(refusal(args.output, own, f"ImageNet's for engine {args.engine}", "mar"))
             print(f"{args.output} holds engine {built_engine}, not {args.engine}: rebuilding")
     args.engine = args.engine or ENGINES[0]
     try:
@@ -132,7 +136,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     api_key = args.api_key or os.environ.get("API_KEY")
     try:
-        result = evaluate(args.folder, args.mar, args.engine, args.gateway_url, api_key, progress=not args.no_progress)
+        result = evaluate(
+            args.folder,
+            args.mar,
+            args.engine,
+            args.gateway_url,
+            api_key,
+            progress=not args.no_progress,
+            listing=args.list,
+        )
     except EvaluationError as exc:
         return _fail(str(exc))
     text = json.dumps(result, indent=2)
@@ -141,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(text)
     print(
-        f"top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} on {result['images']} images of "
+        f"top-1 {result['top1']:.2%}, top-{result['top_k']} {result['top5']:.2%} on {result['images']} images of "
         f"{result['classes']} classes ({len(result['errors'])} unclassified)",
         file=sys.stderr,
     )
@@ -253,7 +265,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--sha256", help="expected sha256 of the --weights PATH file")
     build.add_argument(
         "--labels",
-        type=Path,
+        type=lambda value: Path(value) if value else None,  # empty: none (the serve image's build passes it so)
         metavar="FILE",
         help="the weights' class labels, by class id: one per line, or a JSON list (needed unless the weights have "
         "ImageNet's 1000 classes; rules in docs/model.md, 'Your own categories')",
@@ -342,8 +354,16 @@ def parser() -> argparse.ArgumentParser:
     head.add_argument("--no-progress", action="store_true", help="no progress bar")
     head.set_defaults(func=cmd_train_head)
 
-    evaluate = sub.add_parser("evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout)")
-    evaluate.add_argument("folder", type=Path, help="DIR/<WordNet id or label>/<image>")
+    evaluate = sub.add_parser(
+        "evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout) or list of images"
+    )
+    evaluate.add_argument("folder", type=Path, nargs="?", help="DIR/<label (or ImageNet's WordNet id)>/<image>")
+    evaluate.add_argument(
+        "--list",
+        type=Path,
+        metavar="FILE",
+        help="instead of a folder: one `path<TAB>label` per line, paths relative to FILE's folder (or absolute)",
+    )
     evaluate.add_argument("--mar", type=Path, default=DEFAULT_MAR, help="the archive to evaluate in process")
     source = evaluate.add_mutually_exclusive_group()  # the gateway's engine is the one it serves
     source.add_argument("--engine", choices=[*ENGINES, AUTO], help="override the archive's engine (in process)")

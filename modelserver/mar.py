@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from handlers.engines import LABELS_FILE
 from handlers.image_handler import DEFAULTS as HANDLER_DEFAULTS
 
 
@@ -23,6 +24,16 @@ def archive_info(mar: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             config = yaml.safe_load(archive.read("model-config.yaml")) or {}
             return json.loads(archive.read("metadata.json")), {**HANDLER_DEFAULTS, **(config.get("handler") or {})}
     except (zipfile.BadZipFile, KeyError, ValueError, yaml.YAMLError) as exc:
+        raise UnreadableArchive(f"{mar} is not a readable model archive ({exc})") from exc
+
+
+def archive_labels(mar: Path) -> list[str]:
+    """The archive's labels, by class id (its LABELS_FILE)."""
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            labels = json.loads(archive.read(LABELS_FILE))
+        return [labels[str(i)] for i in range(len(labels))]
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise UnreadableArchive(f"{mar} is not a readable model archive ({exc})") from exc
 
 

@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 from torchvision.models import ResNet50_Weights, resnet50
 
-from contract.labels import MAX_CLASSES, check
+from contract.labels import IMAGENET_LABELS_SOURCE, MAX_CLASSES, check
 
 IMAGENET = ResNet50_Weights.IMAGENET1K_V2
 IMAGENET_LABELS: tuple[str, ...] = tuple(IMAGENET.meta["categories"])  # ImageNet-1K's 1000, by class id
-IMAGENET_LABELS_SOURCE = "torchvision ImageNet-1K"
 RANDOM_SEED = 0
 
 

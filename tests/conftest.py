@@ -56,6 +56,17 @@ def seeing_model_dir(seeing_model_store: Path, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture(scope="session")
+def own_classes_store(seeing_model_store: Path, request: pytest.FixtureRequest) -> Path:
+    """A model store holding resnet50.mar of a model of its own four classes (tests/testmodel.py's OWN_CLASSES:
+    the test model's backbone, a head of four of its rows, new labels), built by the real CLI with `--labels` for
+    the openvino-fp32 engine, so that the archive carries the worker-start gate's set (N = 4 wide); cached like
+    the test model."""
+    from testmodel import build_own_classes_store
+
+    return build_own_classes_store(request.config.cache.mkdir("own-classes-model"), seeing_model_store, "openvino-fp32")
+
+
+@pytest.fixture(scope="session")
 def seeing_model(seeing_model_dir: Path) -> Reference:
     """The test model in eager PyTorch behind torchvision's reference pipeline (what the service must answer)."""
     from testmodel import Reference

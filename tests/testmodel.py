@@ -234,6 +234,50 @@ def build_store(cache_dir: Path) -> Path:
     return cache_dir / f"store-{store_key}"
 
 
+# A model of its own classes: the test model's backbone with a head of four of its final layer's rows (the
+# classes it gives these photos), relabelled. Each photo still gets its class as top-1 (the full model's top-1
+# is among the four rows), so the archive built from it sees its input with N = 4. One label is not ASCII.
+OWN_CLASSES: dict[str, str] = {
+    "chelsea": "cat",
+    "coffee": "café crème",
+    "rocket": "rocket",
+    "astronaut": "space shuttle",
+}
+OWN_LABELS_FILE = "own-labels.txt"
+OWN_WEIGHTS_FILE = "test-model-own-classes.pth"
+
+
+def own_sources(store: Path) -> tuple[Path, Path]:
+    """The state dict and labels file an OWN_CLASSES store was built from (kept beside its archive, which alone
+    TorchServe loads)."""
+    return store / "sources" / OWN_WEIGHTS_FILE, store / "sources" / OWN_LABELS_FILE
+
+
+def build_own_classes_store(cache_dir: Path, seeing_store: Path, engine: str) -> Path:
+    """A model store with resnet50.mar of OWN_CLASSES, built by the project's CLI (`--weights PATH --labels FILE
+    --engine ENGINE`) from the test model's archive in `seeing_store`; cached under the seeing store's key (which
+    covers the code), the head and the engine."""
+    import json
+    import zipfile
+
+    def make(path: Path) -> None:
+        work = own_sources(path.parent)[0].parent
+        work.mkdir(exist_ok=True)
+        with zipfile.ZipFile(seeing_store / "resnet50.mar") as archive:
+            state_dict = torch.load(io.BytesIO(archive.read("resnet50.pth")), map_location="cpu", weights_only=True)
+        rows = [LABELS.index(PHOTOS[name]) for name in OWN_CLASSES]
+        state_dict["fc.weight"], state_dict["fc.bias"] = state_dict["fc.weight"][rows], state_dict["fc.bias"][rows]
+        torch.save(state_dict, work / OWN_WEIGHTS_FILE)
+        (work / OWN_LABELS_FILE).write_text(json.dumps(list(OWN_CLASSES.values()), ensure_ascii=False))
+        build = [sys.executable, "-m", "modelserver", "build", "--weights", str(work / OWN_WEIGHTS_FILE)]
+        build += ["--labels", str(work / OWN_LABELS_FILE), "--engine", engine, "--output", str(path)]
+        subprocess.run(build, check=True, timeout=900, cwd=REPO_ROOT)
+
+    key = _sources_key(seeing_store.name, str(OWN_CLASSES), engine, inspect.getsource(build_own_classes_store))
+    _cached(cache_dir / f"store-{key}", "resnet50.mar", make)
+    return cache_dir / f"store-{key}"
+
+
 # Two probability vectors (1000 classes) the tests call equal differ by at most this much in any class.
 # For the twelve photos ONNX Runtime and eager PyTorch differ by up to 2.1e-5 (AMD EPYC, AVX-512), one batch
 # size and another by 0; each mistake in the preprocessing moves some probability of every photo by 0.016

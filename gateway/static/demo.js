@@ -99,7 +99,7 @@
     const form = new FormData();
     form.append("file", file);
     try {
-      const response = await fetch(base + "v1/explain?top_k=5", {
+      const response = await fetch(base + "v1/explain", {  // top_k: the default, 5 or the model's classes if fewer
         method: "POST",
         headers: { "Authorization": "Bearer " + key.value.trim() },
         body: form,

@@ -26,6 +26,7 @@ from modelserver.__main__ import main, parser
 from modelserver.archive import ServingConfig
 from modelserver.onnx_export import VerificationError, verify
 from modelserver.paths import REPO_ROOT
+from modelserver.trained_archive import own_classes
 from modelserver.weights import from_seed
 
 
@@ -90,22 +91,12 @@ def test_if_missing_rebuilds_over_an_unreadable_file(
         assert err.rstrip().endswith(f"error: weights file {missing} does not exist")
 
 
-@pytest.mark.parametrize(
-    ("given", "engine", "if_missing"),
-    [
-        ([], None, True),
-        (["ENGINE=onnx-int8"], "onnx-int8", True),
-        (["WEIGHTS=random"], None, False),
-        (["FORCE=1"], None, False),
-    ],
-)
-def test_make_mar_keeps_the_archive_unless_asked(given: list[str], engine: str | None, if_missing: bool) -> None:
-    """`make run`/`make bench` build the archive only when it is missing, of whatever engine it is; ENGINE asks
-    for an engine (an archive of another one is rebuilt), WEIGHTS and FORCE always rebuild. Read from make's
-    dry run of the real Makefile."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ENGINE", "WEIGHTS", "FORCE")}
+def make_dry_run(target: str, given: list[str], command: str) -> str:
+    """The line of `command` in make's dry run of the real Makefile's `target` with the variables `given` (the
+    environment's own ENGINE, WEIGHTS, FORCE and LABELS left out)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ENGINE", "WEIGHTS", "FORCE", "LABELS")}
     done = subprocess.run(
-        ["make", "-n", "--no-print-directory", "mar", *given],
+        ["make", "-n", "--no-print-directory", target, *given],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -113,10 +104,71 @@ def test_make_mar_keeps_the_archive_unless_asked(given: list[str], engine: str |
         timeout=60,
         check=True,
     )
-    line = next(line for line in done.stdout.replace("\\\n", " ").splitlines() if "modelserver build" in line)
-    words = line.split()
+    return next(line for line in done.stdout.replace("\\\n", " ").splitlines() if command in line)
+
+
+@pytest.mark.parametrize(
+    ("given", "engine", "if_missing"),
+    [
+        ([], None, True),
+        (["ENGINE=onnx-int8"], "onnx-int8", True),
+        (["WEIGHTS=random"], None, False),
+        (["FORCE=1"], None, False),
+        (["WEIGHTS=head.pth", "LABELS=labels.txt"], None, False),
+    ],
+)
+def test_make_mar_keeps_the_archive_unless_asked(given: list[str], engine: str | None, if_missing: bool) -> None:
+    """`make run`/`make bench` build the archive only when it is missing, of whatever engine it is; ENGINE asks
+    for an engine (an archive of another one is rebuilt), WEIGHTS and FORCE always rebuild. Read from make's
+    dry run of the real Makefile."""
+    words = make_dry_run("mar", given, "modelserver build").split()
     assert words[words.index("--engine") + 1] == engine if engine else "--engine" not in words
     assert ("--if-missing" in words) == if_missing
+    labels = next((g.removeprefix("LABELS=") for g in given if g.startswith("LABELS=")), None)
+    assert words[words.index("--labels") + 1] == labels if labels else "--labels" not in words
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [([], "model_store/resnet50.mar"), (["WEIGHTS=h.pth", "LABELS=l.txt"], ""), (["FORCE=1"], "")]
+)
+def test_make_images_refuses_over_an_archive_of_own_classes_unless_asked(given: list[str], kept: str) -> None:
+    """`make images` builds the archive from WEIGHTS inside the image: unless WEIGHTS, LABELS or FORCE is given it
+    has docker/images.sh refuse while model_store holds an archive of your own classes (KEEP_OWN_CLASSES)."""
+    assert f"KEEP_OWN_CLASSES={kept} " in make_dry_run("images", given, "docker/images.sh")
+    assert 'python3 -m modelserver.trained_archive "$KEEP_OWN_CLASSES"' in (REPO_ROOT / "docker/images.sh").read_text()
+
+
+def own_classes_archive(path: Path, engine: str = "onnx") -> Path:
+    """A stand-in for an archive built with labels of its own: the metadata and config `build --if-missing` reads."""
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"engine": engine, "classes": 3, "labels_source": "file:l.txt"}))
+        archive.writestr("model-config.yaml", yaml.safe_dump({"handler": {"engine": engine}}))
+    return path
+
+
+def test_if_missing_never_rebuilds_own_classes_as_imagenet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make mar`/`make run` (build --if-missing) keep an archive of your own classes, and for another ENGINE
+    refuse in one line that says how to rebuild it, instead of building ImageNet's over it."""
+    mar = own_classes_archive(tmp_path / "resnet50.mar")
+    before = mar.read_bytes()
+    assert main(["build", "--if-missing", "--output", str(mar)]) == 0
+    assert "exists; not rebuilding (engine onnx)" in capsys.readouterr().out
+    assert main(["build", "--if-missing", "--engine", "onnx-int8", "--output", str(mar)]) == 2
+    out, err = capsys.readouterr()
+    assert "rebuilding" not in out
+    assert err.strip() == (
+        f"error: {mar} holds your own classes (3 classes from file:l.txt), not rebuilt as ImageNet's for engine "
+        "onnx-int8: rebuild it from its weights (make mar WEIGHTS=PATH LABELS=FILE ...), or FORCE=1 to replace it "
+        "with ImageNet's classes"
+    )
+    assert mar.read_bytes() == before
+
+
+def test_a_built_imagenet_archive_is_not_one_of_own_classes(model_store: Path, tmp_path: Path) -> None:
+    """What a real build writes (metadata.json's labels_source) tells ImageNet's archives from those of your own
+    classes (tests/unit/test_trained_archive.py has the rules); the guard lets `make images` go on."""
+    assert own_classes(model_store / "resnet50.mar") is None
+    assert own_classes(own_classes_archive(tmp_path / "own.mar")) == "3 classes from file:l.txt"
 
 
 def test_serving_defaults_per_engine() -> None:

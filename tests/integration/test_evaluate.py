@@ -9,7 +9,7 @@ import pytest
 from imagegen import jpeg
 from support import PYTHON, free_port
 
-from modelserver.evaluate import EvaluationError, classes, labelled_images
+from modelserver.evaluate import EvaluationError, classes, labelled_images, listed_images
 
 
 def folder_of(root: Path, layout: dict[str, int]) -> Path:
@@ -108,3 +108,36 @@ def test_cli_refuses_engine_with_gateway_url(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 2 and "--gateway-url: not allowed with argument --engine" in done.stderr
+
+
+def test_a_list_of_images_relative_to_its_folder_or_absolute(tmp_path: Path) -> None:
+    """`evaluate --list FILE`: one `path<TAB>label` per line (train-head's held-apart list), named as folders are."""
+    folder = folder_of(tmp_path / "photos", {"a": 2})
+    listing = tmp_path / "lists" / "held-apart.tsv"
+    listing.parent.mkdir()
+    lines = [
+        "../photos/a/0.jpg\tTabby",
+        f"{(folder / 'a' / '1.jpg').resolve()}\tn01440764",
+        "",
+        "../photos/a/0.jpg\tgolden_retriever",
+    ]
+    listing.write_text("\n".join(lines) + "\n")
+    images = listed_images(listing)
+    assert [(p.path.name, p.class_id) for p in images] == [("0.jpg", 281), ("1.jpg", 0), ("0.jpg", 207)]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a/0.jpg\tunicorn\na/0.jpg\tdragon\n", r"2 line\(s\) of .* name no ImageNet class .*: unicorn, dragon"),
+        ("a/9.jpg\ttench\n", r"1 image\(s\) of .* do not exist: a/9.jpg"),
+        ("a/0.jpg tench\n", r"line 1 is not `path<TAB>label`"),
+        ("\n\n", "lists no images"),
+    ],
+)
+def test_a_bad_list_is_refused_with_one_line(tmp_path: Path, text: str, why: str) -> None:
+    folder_of(tmp_path, {"a": 1})
+    listing = tmp_path / "list.tsv"
+    listing.write_text(text)
+    with pytest.raises(EvaluationError, match=why):
+        listed_images(listing)

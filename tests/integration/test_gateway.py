@@ -23,7 +23,7 @@ from imagegen import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 from support import OTHER_KEY, PYTHON, Gateway, assert_problem, gateway_env, post
-from testmodel import PROB_TOLERANCE, TEST_MODEL_FILE, Reference, max_difference, photo, picture
+from testmodel import LABELS, PROB_TOLERANCE, TEST_MODEL_FILE, Reference, max_difference, photo, picture
 
 from gateway.keys import key_hash
 from gateway.problems import TYPE_BASE
@@ -173,6 +173,8 @@ def test_models(gateway: Gateway, api_key: str) -> None:
     assert model == {
         **SERVED_MODEL,
         "labels": 1000,
+        "label_names": LABELS,
+        "labels_source": "torchvision ImageNet-1K",
         "engine": "onnx",
         "int8_gate": None,
         "outputs": ["embedding", "cam"],

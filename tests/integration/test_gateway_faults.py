@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import subprocess
 import threading
@@ -113,7 +114,23 @@ def test_upstream_timeout_is_504(torchserve: TorchServe, api_key: str, tmp_path:
         assert httpx.get(f"{impatient.url}/healthz", timeout=5).status_code == 200
 
 
-class GarbageUpstream(http.server.BaseHTTPRequestHandler):
+class Described(http.server.BaseHTTPRequestHandler):
+    """Answers the gateway's one management call, the served model's description (its classes), as the handler
+    does; anything else 404."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if "customized=true" not in self.path:
+            self.send_error(404)
+            return
+        labels = [f"class {i}" for i in range(1000)]
+        body = json.dumps([{"customizedMetadata": {"labels": len(labels), "label_names": labels}}]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class GarbageUpstream(Described):
     """Answers every prediction with 200 and a body that is not the handler's JSON."""
 
     def do_POST(self) -> None:  # noqa: N802
@@ -128,7 +145,7 @@ class GarbageUpstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class DroppingUpstream(http.server.BaseHTTPRequestHandler):
+class DroppingUpstream(Described):
     """Reads each prediction and closes the connection without an answer, as a TorchServe that crashes."""
 
     def do_POST(self) -> None:  # noqa: N802
@@ -144,13 +161,15 @@ class DroppingUpstream(http.server.BaseHTTPRequestHandler):
 def gateway_before(
     handler: type[http.server.BaseHTTPRequestHandler], api_key: str, tmp_path: Path
 ) -> Iterator[Gateway]:
-    """The real gateway in front of a stub inference API served by `handler` (no management API)."""
+    """The real gateway in front of a stub TorchServe served by `handler`: its inference API, and of its management
+    API only the model's description."""
     stub = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     thread = threading.Thread(target=stub.serve_forever, daemon=True)
     thread.start()
     key_file = tmp_path / "key_file.json"
     key_file.write_text('{"inference": {"key": "k"}, "management": {"key": "m"}, "API": {"key": "a"}}')
-    upstream = Upstream(f"http://127.0.0.1:{stub.server_address[1]}", f"http://127.0.0.1:{free_port()}", key_file)
+    url = f"http://127.0.0.1:{stub.server_address[1]}"
+    upstream = Upstream(url, url, key_file)
     try:
         with Gateway(tmp_path / "gw.log", gateway_env(upstream, [key_hash(api_key)], retry_after_s="4")) as gateway:
             yield gateway

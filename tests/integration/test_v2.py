@@ -47,7 +47,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient, gateway: Gate
 @pytest.mark.parametrize("engine", ["eager", "onnx-int8"])
 def test_metadata_follows_the_served_engine_and_version(engine: str) -> None:
     """The platform is derived from whatever engine the worker reports, not chosen from a fixed list."""
-    meta = metadata("resnet50", {"version": "2.3", "engine": engine, "weights": "x"})
+    meta = metadata("resnet50", {"version": "2.3", "engine": engine, "weights": "x", "labels": 1000})
     assert meta["versions"] == ["2.3"] and meta["platform"] == f"torchserve_{engine}"
 
 

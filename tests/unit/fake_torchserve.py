@@ -20,17 +20,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from contract.wire import CLASSES, REQUEST_ID_HEADER, TOP_K_HEADER
+from contract.wire import REQUEST_ID_HEADER, TOP_K_HEADER
 
 MODEL = {"name": "resnet50", "version": "1.0", "weights": "file:fake.pth", "untrained": False, "engine": "onnx"}
+IMAGENET_CLASSES = 1000  # the fake's model has ImageNet's class count unless a test gives it labels of its own
 # ImageNet has labels that name two classes ("crane", "maillot"); so do these: classes 0 and 1 are "crane".
-LABELS = ["crane", "crane", *(f"class {i}" for i in range(2, CLASSES))]
+LABELS = ["crane", "crane", *(f"class {i}" for i in range(2, IMAGENET_CLASSES))]
 INVALID_KEY = b'{"code": 400, "type": "InvalidKeyException", "message": "Token Authorization failed."}'
 
 
-def scores() -> list[float]:
+def scores(classes: int = IMAGENET_CLASSES) -> list[float]:
     """The fake model's probabilities: class i gets a share proportional to 1 / (i + 1), so class 0 is best."""
-    weights = [1.0 / (i + 1) for i in range(CLASSES)]
+    weights = [1.0 / (i + 1) for i in range(classes)]
     total = sum(weights)
     return [w / total for w in weights]
 
@@ -38,10 +39,13 @@ def scores() -> list[float]:
 SCORES = scores()
 
 
-def answer(top_k: int, request_id: str | None) -> dict[str, object]:
-    """The handler's 200 answer for one image: the `top_k` best classes, best first."""
-    predictions = [{"class_id": i, "label": LABELS[i], "score": SCORES[i]} for i in range(top_k)]
-    return {"request_id": request_id, "model": MODEL, "predictions": predictions}
+def answer(
+    top_k: int, request_id: str | None, labels: list[str] = LABELS, model: dict[str, object] = MODEL
+) -> dict[str, object]:
+    """The handler's 200 answer for one image of a model of `labels`: the `top_k` best classes, best first."""
+    shares = scores(len(labels))
+    predictions = [{"class_id": i, "label": labels[i], "score": shares[i]} for i in range(top_k)]
+    return {"request_id": request_id, "model": model, "predictions": predictions}
 
 
 @dataclass
@@ -63,6 +67,9 @@ class FakeTorchServe:
     script: list[tuple[int, bytes]] = field(default_factory=list)  # the next prediction answers, in order
     delay_s: float = 0.0  # before each prediction answer
     workers: list[str] = field(default_factory=lambda: ["READY"])
+    labels: list[str] = field(default_factory=lambda: LABELS)  # the served model's, by class id
+    labels_source: str | None = None
+    model: dict[str, object] = field(default_factory=lambda: dict(MODEL))  # the model block of its answers
     seen: list[Seen] = field(default_factory=list)
 
     def write_keys(self) -> None:
@@ -91,15 +98,25 @@ class FakeTorchServe:
             status, body = self.script.pop(0)
             return web.Response(status=status, body=body, content_type="application/json")
         top_k = int(request.headers.get(TOP_K_HEADER, "5"))
-        return web.json_response(answer(top_k, request.headers.get(REQUEST_ID_HEADER)))
+        if not 1 <= top_k <= len(self.labels):  # as the handler refuses it
+            error = {"code": "bad_top_k", "detail": f"X-Top-K must be an integer from 1 to {len(self.labels)}"}
+            return web.json_response({"request_id": None, "model": self.model, "error": error}, status=422)
+        return web.json_response(answer(top_k, request.headers.get(REQUEST_ID_HEADER), self.labels, self.model))
 
     async def describe(self, request: web.Request) -> web.Response:
         await self._record(request)
         if not self._authorized(request, "management"):
             return web.Response(status=400, body=INVALID_KEY, content_type="application/json")
         if request.query.get("customized") == "true":
-            description = {**MODEL, "labels": CLASSES, "label_names": LABELS, "int8_gate": None, "outputs": []}
-            description |= {"max_pixels": 40_000_000, "default_top_k": 5, "max_top_k": CLASSES}
+            classes = len(self.labels)
+            description = {
+                **self.model,
+                "labels": classes,
+                "label_names": self.labels,
+                "labels_source": self.labels_source,
+            }
+            description |= {"int8_gate": None, "outputs": []}
+            description |= {"max_pixels": 40_000_000, "default_top_k": min(5, classes), "max_top_k": classes}
             return web.json_response([{"customizedMetadata": json.dumps(description)}])
         return web.json_response([{"workers": [{"status": status} for status in self.workers]}])
 

@@ -29,9 +29,13 @@ class InProcess:
 
 
 @asynccontextmanager
-async def gateway(tmp_path: Path, **settings: object) -> AsyncIterator[InProcess]:
-    """The app with `settings` (GATEWAY_* names, lower case) over the fake TorchServe, its lifespan running."""
-    async with FakeTorchServe(tmp_path / "key_file.json").running() as torchserve:
+async def gateway(tmp_path: Path, labels: list[str] | None = None, **settings: object) -> AsyncIterator[InProcess]:
+    """The app with `settings` (GATEWAY_* names, lower case) over the fake TorchServe, its lifespan running; the
+    fake's model has `labels` (default: ImageNet's class count)."""
+    fake = FakeTorchServe(tmp_path / "key_file.json")
+    if labels is not None:
+        fake.labels = labels
+    async with fake.running() as torchserve:
         app = create_app(
             Settings(
                 inference_url=torchserve.url,

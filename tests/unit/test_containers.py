@@ -417,7 +417,11 @@ def test_dockerignore_keeps_artefacts_out_and_sources_in() -> None:
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     patterns = [ln for ln in lines if ln and not ln.startswith("#")]
     exceptions = [p for p in patterns if p.startswith("!")]
-    assert exceptions == ["!model_store/.gitkeep", "!model_store/build-weights/*.pth"], exceptions
+    assert exceptions == [
+        "!model_store/.gitkeep",
+        "!model_store/build-weights/*.pth",
+        "!model_store/build-weights/labels.txt",
+    ], exceptions
     for path in (
         ".venv/bin/python",
         "model_store/resnet50.mar",
@@ -433,8 +437,9 @@ def test_dockerignore_keeps_artefacts_out_and_sources_in() -> None:
         "model_store/build-weights/resnet50.mar",
     ):
         assert dockerignored(path, patterns), f"{path} would be sent to the Docker build context"
-    # what `make images WEIGHTS=PATH` stages for the builder
+    # what `make images WEIGHTS=PATH LABELS=FILE` stages for the builder
     assert not dockerignored("model_store/build-weights/test-model.pth", patterns)
+    assert not dockerignored("model_store/build-weights/labels.txt", patterns)
     needed = set()
     for dockerfile in (SERVE, GATEWAY):
         for stage, sources, _ in copies(instructions(dockerfile)):

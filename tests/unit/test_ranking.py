@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract.wire import CLASSES, ItemAnswer
+from contract.wire import ItemAnswer
 from gateway.problems import Problem
 from gateway.ranking import RankOptions, ranked, resolve_classes
 
@@ -20,7 +20,8 @@ def answer(*scores: float) -> ItemAnswer:
 
 
 def options(top_k: int = 5, min_score=None, unknown_below=None, classes=None) -> RankOptions:
-    return RankOptions(top_k, min_score, unknown_below, frozenset(classes) if classes is not None else None)
+    allowed = frozenset(classes) if classes is not None else None
+    return RankOptions(top_k, min_score, unknown_below, allowed, model_classes=len(LABELS))
 
 
 def test_classes_by_id_or_by_name_in_any_case() -> None:
@@ -58,7 +59,7 @@ def test_an_allow_list_renormalises_its_scores_to_sum_to_one() -> None:
     assert [p["class_id"] for p in predictions] == [2, 0]
     assert [p["score"] for p in predictions] == pytest.approx([0.75, 0.25])
     assert decision["class_id"] == 2 and decision["score"] == pytest.approx(0.75)
-    assert options(classes={0}).upstream_top_k == CLASSES and options(top_k=3).upstream_top_k == 3
+    assert options(classes={0}).upstream_top_k == len(LABELS) and options(top_k=3).upstream_top_k == 3
 
 
 def test_unknown_below_decides_unknown_but_keeps_the_predictions() -> None:

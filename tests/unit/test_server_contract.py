@@ -5,22 +5,25 @@ Why the layer exists (docs/development.md, "The HTTP edge"): measured against th
 candidate server (uvicorn alone, Hypercorn 0.18.0, Granian 2.8.7) bounds request heads in time and size the
 way test_security.py demands (empty lines before a head, a pipelined head, chunk-size lines and trailers
 counted) and answers its refusals as problem+json with a request id; so gateway/protocol.py and
-gateway/framing.py hold them, below ASGI, on uvicorn's httptools protocol: it relies on what uvicorn does
-not promise, the names below and when uvicorn calls them. gateway/drain.py overrides uvicorn.Server's signal
-handling (capture_signals, handle_exit, on_tick), so that a signal acts before the next request is read (run
-off the main thread instead, the drain began a few milliseconds late: 2-4 of 15 readiness probes sent right
-after SIGUSR1 still answered 200, none with the override). On an upgrade:
-run tests/test_security.py, test_fuzz.py, test_early_answers.py and test_drain.py against the new version,
-then update PINNED and pyproject.toml together. (What ASGI can hold is held in ASGI, on any server: early
-answers, gateway/early.py; the body pace, gateway/budget.py.)
+gateway/framing.py hold them, below ASGI, around uvicorn's httptools protocol. By composition and public
+names only: `GuardedConnection` is uvicorn's `http` class (`--http` takes any), makes uvicorn's protocol with
+its public constructor and hands it a transport of its own; it parses each piece with httptools' public parser
+before uvicorn's protocol parses the same piece with the same parser, so both see the same requests (hence the
+httptools pin). gateway/drain.py runs the public `uvicorn.Server` and replaces its SIGTERM handler once the
+app's startup is complete, which relies on uvicorn installing its handlers before that (test_drain.py checks
+it). On an upgrade: run tests/integration/test_security.py, test_fuzz.py, test_early_answers.py and
+test_drain.py against the new version, then update PINNED and pyproject.toml together. (What ASGI can hold is
+held in ASGI, on any server: early answers, gateway/early.py; the body pace, gateway/budget.py.)
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import tomllib
 from importlib.metadata import version
 
+import httptools
 import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -29,18 +32,19 @@ from modelserver.paths import REPO_ROOT
 
 PINNED = {"uvicorn": "0.54.0", "httptools": "0.9.0"}  # the versions gateway/protocol.py was checked against
 
-# What gateway/protocol.py overrides or calls on HttpToolsProtocol, and gateway/drain.py on uvicorn.Server.
+# What gateway/protocol.py, gateway/drain.py and gateway/__main__.py use, all public.
+CONSTRUCTOR = ["self", "config", "server_state", "app_state", "_loop"]  # what uvicorn passes to any `http` class
 PROTOCOL_NAMES = (
     "connection_made",
     "data_received",
-    "on_headers_complete",
-    "on_message_complete",
-    "on_response_complete",
-    "send_400_response",
+    "eof_received",
     "connection_lost",
-    "_unset_keepalive_if_required",
+    "pause_writing",
+    "resume_writing",
 )
-SERVER_NAMES = ("capture_signals", "handle_exit", "on_tick", "run", "should_exit", "started")
+PARSER_NAMES = ("feed_data", "get_method", "should_keep_alive")
+ERRORS = ("HttpParserError", "HttpParserUpgrade")
+SERVER_NAMES = ("run", "should_exit", "started")
 
 
 @pytest.mark.parametrize("package", sorted(PINNED))
@@ -62,8 +66,12 @@ def test_the_pin_in_pyproject_is_the_checked_version(package: str) -> None:
 
 
 def test_the_names_the_layer_uses_are_there() -> None:
-    """Names only: when uvicorn calls them is what the guarantee tests check."""
+    """Names only: what they do is what the guarantee tests check."""
+    assert list(inspect.signature(HttpToolsProtocol.__init__).parameters) == CONSTRUCTOR
     missing = [name for name in PROTOCOL_NAMES if not callable(getattr(HttpToolsProtocol, name, None))]
-    server = uvicorn.Server(uvicorn.Config(app=None))
+    parser = httptools.HttpRequestParser
+    missing += [f"parser.{name}" for name in PARSER_NAMES if not callable(getattr(parser, name, None))]
+    missing += [f"httptools.{name}" for name in ERRORS if not hasattr(httptools, name)]
+    server = uvicorn.Server(uvicorn.Config(app=None, http=HttpToolsProtocol, ws="none"))
     missing += [f"Server.{name}" for name in SERVER_NAMES if not hasattr(server, name)]
-    assert not missing, f"uvicorn no longer has {missing}: gateway/protocol.py or gateway/drain.py must change"
+    assert not missing, f"{missing} are gone: gateway/protocol.py or gateway/drain.py must change"

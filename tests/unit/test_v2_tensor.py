@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from contract.wire import CLASSES, ItemAnswer
+from contract.wire import ItemAnswer
 from gateway.problems import Problem
 from gateway.v2 import HEADER_COMMAS, bytes_elements, encode_output, split_binary
 
@@ -89,6 +89,9 @@ def test_elements_beyond_the_batch_limit_are_refused_at_the_first_one_too_many()
     assert "1 to 4 images" in refused(bytes_elements, data, memoryview(b""), 4)
 
 
+CLASSES = 1000  # the served model's, as its description says (ImageNet's here)
+
+
 def results() -> list[ItemAnswer]:
     first = [{"class_id": 7, "label": "seven", "score": 0.75}, {"class_id": 2, "label": "two", "score": 0.25}]
     second = [{"class_id": 2, "label": "two", "score": 1.0}]
@@ -96,7 +99,7 @@ def results() -> list[ItemAnswer]:
 
 
 def test_probabilities_are_a_dense_fp32_tensor_of_every_class() -> None:
-    tensor, raw = encode_output({"name": "probabilities"}, results())
+    tensor, raw = encode_output({"name": "probabilities"}, results(), CLASSES)
     assert (tensor["datatype"], tensor["shape"], raw) == ("FP32", [2, CLASSES], b"")
     data = tensor["data"]
     assert (data[7], data[2], data[CLASSES + 2]) == (0.75, 0.25, 1.0)
@@ -105,7 +108,7 @@ def test_probabilities_are_a_dense_fp32_tensor_of_every_class() -> None:
 
 def test_classification_strings_and_the_binary_form() -> None:
     output = {"name": "probabilities", "parameters": {"classification": 1, "binary_data": True}}
-    tensor, raw = encode_output(output, results())
+    tensor, raw = encode_output(output, results(), CLASSES)
     assert tensor == {
         "name": "probabilities",
         "datatype": "BYTES",
@@ -113,5 +116,17 @@ def test_classification_strings_and_the_binary_form() -> None:
         "parameters": {"binary_data_size": len(raw)},
     }
     assert raw == elements(b"0.750000:7:seven", b"1.000000:2:two")
-    dense, dense_raw = encode_output({"name": "probabilities", "parameters": {"binary_data": True}}, results())
+    dense, dense_raw = encode_output({"name": "probabilities", "parameters": {"binary_data": True}}, results(), CLASSES)
     assert struct.unpack(f"<{2 * CLASSES}f", dense_raw)[7] == 0.75 and "data" not in dense
+
+
+def test_the_dense_tensor_and_classification_are_as_wide_as_the_models_classes() -> None:
+    tensor, _ = encode_output({"name": "probabilities"}, results(), 8)
+    assert tensor["shape"] == [2, 8] and len(tensor["data"]) == 16
+    assert (tensor["data"][7], tensor["data"][8 + 2]) == (0.75, 1.0)
+    assert "from 1 to 8" in refused(
+        encode_output, {"name": "probabilities", "parameters": {"classification": 9}}, [], 8
+    )
+    with pytest.raises(Problem) as changed:  # class 7 from a model described with 5 classes: it was replaced
+        encode_output({"name": "probabilities"}, results(), 5)
+    assert changed.value.slug == "model-unavailable" and "the served model changed" in changed.value.detail
