@@ -170,6 +170,21 @@ def test_the_same_folder_and_seed_give_the_same_weights(trained: Trained, base: 
     assert held_apart(Path(held["list"])) == held_apart(Path(first["list"]))
 
 
+def test_evaluate_on_the_held_apart_list_matches_the_report(trained: Trained, tmp_path: Path) -> None:
+    listing = Path(trained.report["held_apart"]["list"])
+    command = ["evaluate", "--list", str(listing), "--mar", str(trained.output), "--no-progress"]
+    done = subprocess.run(
+        [PYTHON, "-m", "modelserver", *command, "--output", str(tmp_path / "evaluated.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    evaluated, held = json.loads((tmp_path / "evaluated.json").read_text()), trained.report["held_apart"]
+    assert evaluated["images"] == held["images"] and not evaluated["errors"]
+    assert evaluated["top1"] == held["top1"]
+
+
 def held_apart(tsv: Path) -> list[tuple[Path, str]]:
     """A held-apart list's photos (resolved) and labels."""
     rows = [line.split("\t") for line in tsv.read_text().splitlines()]
