@@ -80,8 +80,9 @@ images:
 api-key:
 	@python3 -m gateway.keys
 
-# Throughput and latency: in-process limit, TorchServe direct, through the gateway; cold start.
-# Writes bench/results/<timestamp>.json. `make bench BENCH_ARGS=--quick` for a short smoke run.
+# Throughput and latency of every engine this CPU runs: in-process limit, TorchServe direct, through the gateway;
+# cold start. Writes bench/results/<timestamp>.json. `make bench BENCH_ARGS=--quick` for a short smoke run,
+# BENCH_ARGS="--engines onnx-int8 openvino-int8" for some engines only (docs/benchmarks.md, "Method").
 bench: mar
 	$(PY) -m pip install --quiet -e '.[serve,gateway,dev,bench]'
 	$(PY) -m bench.run $(BENCH_ARGS)

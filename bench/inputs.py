@@ -11,7 +11,8 @@ import io
 import numpy as np
 from PIL import Image
 
-ENGINES = ("onnx", "onnx-int8")  # served side by side; "eager" is measured in process only
+# served side by side (bench/lineup.py skips what the CPU cannot run as itself); "eager" is measured in process only
+ENGINES = ("onnx", "openvino-fp32", "openvino-bf16", "onnx-int8", "openvino-int8", "auto")
 BENCH_KEY = "ica_bench-key"  # the gateway's API key in every benchmark
 GATEWAY_HEADERS = {"X-API-Key": BENCH_KEY, "Content-Type": "image/jpeg"}
 PHOTO_SIZE = (816, 612)  # 0.5 MP, a phone photo scaled for upload

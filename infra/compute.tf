@@ -209,6 +209,7 @@ locals {
     param_prometheus    = aws_ssm_parameter.prometheus_config.name
     prometheus_config   = local.prometheus_config_path
     ts_metrics_port     = var.torchserve_metrics_port
+    engine_precision    = var.engine_precision
   })
 }
 

@@ -111,13 +111,24 @@ variable "ami_id" {
 }
 
 variable "instance_type" {
-  description = "EC2 instance type. The default is a compute-optimised x86 type suited to CPU inference; the AMI must match its architecture."
+  description = "EC2 instance type. The default, c7i.xlarge (Sapphire Rapids: 4 vCPUs on 2 cores, AVX-512 VNNI, AMX), is a compute-optimised x86 type suited to CPU inference; the AMI must match its architecture. The serve image's archive fixes its workers (docs/model.md, \"Serving defaults\"); each worker takes vCPUs / workers intra-op threads."
   type        = string
   default     = "c7i.xlarge"
 
   validation {
     condition     = can(regex("^[a-z][a-z0-9-]*\\.[a-z0-9]+$", var.instance_type))
     error_message = "instance_type must look like an EC2 instance type, e.g. c7i.xlarge."
+  }
+}
+
+variable "engine_precision" {
+  description = "The precision policy each TorchServe worker starts with (ENGINE_PRECISION): exact (fp32 only), near-fp32 (also bf16 where the CPU has it) or int8 (also the quantised model). It bounds what an auto archive may serve; the default image serves onnx, fp32, so exact (docs/model.md, \"Which engine by default\")."
+  type        = string
+  default     = "exact"
+
+  validation {
+    condition     = contains(["exact", "near-fp32", "int8"], var.engine_precision)
+    error_message = "engine_precision must be exact, near-fp32 or int8."
   }
 }
 

@@ -38,6 +38,7 @@ from handlers.engines import INT8_ONNX_FILE, OnnxEngine, load_engine, softmax
 from handlers.gate import GATE_FILE, LIMITS, compare, min_cosine
 from handlers.imaging import decode, preprocess
 from modelserver.__main__ import main
+from modelserver.archive import ArchiveError, ServingConfig, reconfigured
 from modelserver.evaluate import classes, evaluate
 from modelserver.mar import archive_info, unpack
 from modelserver.quantize import GateReport, Thresholds
@@ -316,3 +317,34 @@ def test_auto_serves_the_first_engine_that_passes_its_gate_on_this_cpu(
     if served != FALLBACK:
         assert choice["verdict"]["passed"] and choice["verdict"]["engine"] == served
     assert f"serving engine {served} (asked: auto" in log and "policy int8" in log
+
+
+def test_an_auto_archive_reconfigured_serves_the_engine_and_layout_it_names(
+    auto_store: Path, model_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`make bench` serves each engine from one `auto` archive with that engine's model-config: TorchServe loads
+    the rewritten archive with its workers, and each worker starts the engine it names (gated as any other).
+    An archive without the INT8 model cannot become an INT8 one."""
+    store = tmp_path_factory.mktemp("reconfigured")
+    config = ServingConfig.for_engine("onnx-int8", workers=2, batch_size=2)
+    reconfigured(auto_store / "resnet50.mar", config, store / "resnet50.mar")
+    meta, settings = archive_info(store / "resnet50.mar")
+    assert (meta["engine"], meta["precision"], settings["engine"], settings["precision"]) == (
+        "onnx-int8",
+        "int8",
+        "onnx-int8",
+        "int8",
+    )
+    with zipfile.ZipFile(auto_store / "resnet50.mar") as before, zipfile.ZipFile(store / "resnet50.mar") as after:
+        changed = {"model-config.yaml", "metadata.json"}
+        assert before.namelist() == after.namelist()
+        assert all(before.read(n) == after.read(n) for n in before.namelist() if n not in changed)
+    with start_torchserve(tmp_path_factory.mktemp("ts-reconfigured"), store) as server:
+        described = describe(server)
+        auth = {"Authorization": f"Bearer {server.keys()['management']}"}
+        (model,) = httpx.get(f"{server.management_url}/models/resnet50", headers=auth, timeout=30).json()
+    assert (model["minWorkers"], model["batchSize"], len(model["workers"])) == (2, 2, 2)
+    assert described["engine_choice"]["asked"] == "onnx-int8"
+    assert described["engine"] == "onnx-int8" or "onnx-int8" in described["engine_choice"]["refused"]
+    with pytest.raises(ArchiveError, match="no model.int8.onnx"):
+        reconfigured(model_store / "resnet50.mar", config, store / "int8-from-fp32.mar")

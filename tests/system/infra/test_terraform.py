@@ -944,6 +944,7 @@ INVALID = {
     "alarm_error_rate_percent": "0",
     "alarm_latency_p99_ms": "29000",
     "no_traffic_alarm_minutes": "7",
+    "engine_precision": "bf16",
 }
 
 
