@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -117,12 +116,11 @@ def check_unreadable(unreadable: dict[Path, str], total: int) -> list[str]:
     return lines
 
 
-def serving_config(base: Path) -> ServingConfig:
-    """The base archive's serving settings (its model-config.yaml), for the new archive."""
+def serving_config(model_dir: Path) -> ServingConfig:
+    """The unpacked base archive's serving settings (its model-config.yaml), for the new archive."""
     from modelserver.archive import ServingConfig
 
-    with zipfile.ZipFile(base) as archive:
-        return ServingConfig.from_yaml(yaml.safe_load(archive.read("model-config.yaml")))
+    return ServingConfig.from_yaml(yaml.safe_load((model_dir / "model-config.yaml").read_text()))
 
 
 def head_weights(model_dir: Path, head: Head, labels: tuple[str, ...], meta: dict[str, Any], folder: Path) -> Weights:
@@ -189,7 +187,8 @@ def train(options: Options) -> Result:
         truth = np.array([index[p.label] for p in held])
         predicted = logits(head.weight, head.bias, np.stack([vectors[p.path][0] for p in held])).argmax(axis=1)
         matrix = head_report.confusion(labels, truth, predicted)
-        build_archive(head_weights(model_dir, head, labels, meta, options.folder), options, held)
+        weights = head_weights(model_dir, head, labels, meta, options.folder)
+        build_archive(weights, serving_config(model_dir), options, held)
         lap("archive_s", now)
     paths = report_paths(options.output)
     head_report.held_apart_list(held, paths["held_apart"])
@@ -225,7 +224,7 @@ def train(options: Options) -> Result:
     return Result(options.output, report, head_report.summary(report, head_report.confusion_text(labels, matrix)))
 
 
-def build_archive(weights: Weights, options: Options, held: list[Photo]) -> None:
+def build_archive(weights: Weights, config: ServingConfig, options: Options, held: list[Photo]) -> None:
     """The archive, with the base archive's serving settings. Its INT8 model (for an INT8 or `auto` base) is
     calibrated and gated, and its worker-start gate set drawn, from the bundled generic photos; with
     `--gate-images own`, from the folder's photos (calibration, the build's gate on every 4th) and the
@@ -236,4 +235,4 @@ def build_archive(weights: Weights, options: Options, held: list[Photo]) -> None
         int8 = Int8Options(calibration=options.folder, gate=tuple(p.path for p in held))
     else:
         int8 = Int8Options()
-    build(weights, serving_config(options.base), options.output, int8)
+    build(weights, config, options.output, int8)

@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 from imagegen import truncated_jpeg
 from PIL import Image
 from scenes import KINDS, labelled_folder
@@ -123,7 +124,13 @@ def test_the_head_is_right_on_held_apart_photos(trained: Trained) -> None:
     assert f"top-1 {held['top1']:.2%}" in trained.stdout and "confusion" in trained.stdout
 
 
-def test_the_report_files_lie_next_to_the_archive(trained: Trained) -> None:
+def model_config(mar: Path) -> dict[str, Any]:
+    with zipfile.ZipFile(mar) as archive:
+        config: dict[str, Any] = yaml.safe_load(archive.read("model-config.yaml"))
+    return config
+
+
+def test_the_report_files_lie_next_to_the_archive(trained: Trained, base: Path) -> None:
     listed = held_apart(Path(trained.report["held_apart"]["list"]))
     assert len(listed) == trained.report["held_apart"]["images"]
     for photo, label in listed:
@@ -132,6 +139,7 @@ def test_the_report_files_lie_next_to_the_archive(trained: Trained) -> None:
         assert png.format == "PNG" and png.width > 5 * 40 and png.height > 5 * 40
     meta, settings = archive_info(trained.output)
     assert meta["classes"] == 5 and meta["labels_source"] == "train-head:kinds" and settings["engine"] == "onnx"
+    assert model_config(trained.output) == model_config(base)  # the base's serving settings
 
 
 def test_shuffled_labels_stay_near_chance(features: dict[Path, np.ndarray]) -> None:
