@@ -3,9 +3,8 @@ route (`settings: SettingsDep`, `_: Authenticated`, ...) and none reads the app'
 
 `create_app` (gateway/main.py) keeps the app's services in `app.state`; this module is the one place that
 reads them back, each with its type. It also turns what a request carries into the plain values the service
-layer takes: the caller (after auth), the served model's description (its N classes and labels), the ranking
-options (`top_k` checked against N, `classes` resolved against the labels), the service itself with the
-request's id.
+layer takes: the caller (after auth), the ranking options (`top_k` checked against the served model's N
+classes, `classes` resolved against its labels), the service itself with the request's id.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Response
 
-from contract.wire import ModelDescription
 from gateway.auth import Caller, KeyStore, RateLimiter, admit
 from gateway.budget import hold_of
 from gateway.drain import Drain
@@ -64,26 +62,20 @@ async def authenticate(
 Authenticated = Annotated[Caller, Depends(authenticate)]
 
 
-async def served_model(upstream: UpstreamDep) -> ModelDescription:
-    """The served model's description: its N classes and their labels (kept by the upstream client, so asked of
-    TorchServe once, not per request)."""
-    return await upstream.model_info()
+RankQueryDep = Annotated[RankQuery, Depends(rank_query)]
 
 
-Described = Annotated[ModelDescription, Depends(served_model)]
-
-
-async def rank_options(query: Annotated[RankQuery, Depends(rank_query)], described: Described) -> RankOptions:
+async def rank_options(query: RankQuery, upstream: TorchServeClient) -> RankOptions:
     """The ranking the client asked for (gateway/ranking.py): `top_k` checked against the served model's N
-    classes, an allow-list of `classes` resolved against its labels."""
+    classes, an allow-list of `classes` resolved against its labels (the model's description, kept by the
+    upstream client: asked of TorchServe once, not per request). Called by a route once it has read and checked
+    the request's images, so that what a request's head decides (401, 413, 415, 429) needs no model."""
+    described = await upstream.model_info()
     classes = described["labels"]
     allowed = None if query.classes is None else resolve_classes(query.classes, described["label_names"])
     return RankOptions(
         top_k_within(query.top_k, classes), query.min_score, query.unknown_below, allowed, model_classes=classes
     )
-
-
-Ranking = Annotated[RankOptions, Depends(rank_options)]
 
 
 async def inference(request: Request, settings: SettingsDep, upstream: UpstreamDep, metrics: MetricsDep) -> Inference:

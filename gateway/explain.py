@@ -15,14 +15,35 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from contract.wire import ClassMap, ItemAnswer
 from gateway import schemas, uploads
-from gateway.deps import Authenticated, Described, InferenceDep, RendersDep, SettingsDep
+from gateway.deps import Authenticated, InferenceDep, RendersDep, SettingsDep, UpstreamDep
 from gateway.ranking import RankOptions, class_id_within, ranked, top_k_note, top_k_within
 from gateway.service import model_block
+from gateway.upstream import TorchServeClient
 
 router = APIRouter()
 MAX_SIDE = 1024  # the PNG's longer side at most
 # What X-Explained-Label carries as it is: printable ASCII but `%`; the rest of a label is percent-encoded (UTF-8).
 HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+@dataclass(frozen=True)
+class ExplainQuery:
+    """The options as the client sent them; `explain_options` checks them against the served model."""
+
+    top_k: int | None
+    class_id: int | None
+    format: Literal["json", "png"]
+
+
+async def explain_query(
+    top_k: Annotated[int | None, Query(ge=1, description=top_k_note("explain"))] = None,
+    class_id: Annotated[
+        int | None,
+        Query(ge=0, description="also explain this class (below the model's classes); the PNG shows it, not the top-1"),
+    ] = None,
+    format: Annotated[Literal["json", "png"], Query(description="json: the grids; png: the overlay")] = "json",
+) -> ExplainQuery:
+    return ExplainQuery(top_k, class_id, format)
 
 
 @dataclass(frozen=True)
@@ -33,21 +54,12 @@ class ExplainOptions:
     model_classes: int
 
 
-async def explain_options(
-    described: Described,
-    top_k: Annotated[int | None, Query(ge=1, description=top_k_note("explain"))] = None,
-    class_id: Annotated[
-        int | None,
-        Query(ge=0, description="also explain this class (below the model's classes); the PNG shows it, not the top-1"),
-    ] = None,
-    format: Annotated[Literal["json", "png"], Query(description="json: the grids; png: the overlay")] = "json",
-) -> ExplainOptions:
-    """The options, `top_k` and `class_id` checked against the served model's N classes."""
-    classes = described["labels"]
-    return ExplainOptions(top_k_within(top_k, classes), class_id_within(class_id, classes), format, classes)
-
-
-Options = Annotated[ExplainOptions, Depends(explain_options)]
+async def explain_options(query: ExplainQuery, upstream: TorchServeClient) -> ExplainOptions:
+    """The options, `top_k` and `class_id` checked against the served model's N classes (after the image is
+    read, as gateway/deps.py's rank_options)."""
+    classes = (await upstream.model_info())["labels"]
+    top_k, class_id = top_k_within(query.top_k, classes), class_id_within(query.class_id, classes)
+    return ExplainOptions(top_k, class_id, query.format, classes)
 
 
 def explained(answer: ItemAnswer, class_ids: list[int]) -> list[ClassMap]:
@@ -68,12 +80,14 @@ def explained(answer: ItemAnswer, class_ids: list[int]) -> list[ClassMap]:
 async def explain(
     request: Request,
     _: Authenticated,
-    options: Options,
+    query: Annotated[ExplainQuery, Depends(explain_query)],
     renders: RendersDep,
     settings: SettingsDep,
+    upstream: UpstreamDep,
     service: InferenceDep,
 ) -> schemas.Explanation | Response:
     image = await uploads.single_image(request, settings)
+    options = await explain_options(query, upstream)
     asked = await service.explain(image, options.top_k, options.class_id)
     answer = asked.answer
     predictions, decision = ranked(answer, RankOptions(options.top_k, None, None, None, options.model_classes))

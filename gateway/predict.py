@@ -2,9 +2,9 @@
 (what is served).
 
 A request's path: this module (the image read and checked by gateway/uploads.py and gateway/validation.py;
-auth and ranking options from gateway/deps.py) → gateway/service.py (asking gateway/upstream.py, the
-TorchServe client) → handlers/image_handler.py inside the TorchServe worker; the scores come back and are
-ranked by gateway/ranking.py.
+auth and, once the image is read, ranking options from gateway/deps.py) → gateway/service.py (asking
+gateway/upstream.py, the TorchServe client) → handlers/image_handler.py inside the TorchServe worker; the
+scores come back and are ranked by gateway/ranking.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from gateway import schemas, uploads
-from gateway.deps import Authenticated, InferenceDep, Ranking, SettingsDep, UpstreamDep
+from gateway.deps import Authenticated, InferenceDep, RankQueryDep, SettingsDep, UpstreamDep, rank_options
 from gateway.ranking import ranked
 from gateway.service import model_block
 from gateway.validation import CheckedImage
@@ -28,9 +28,16 @@ router = APIRouter()
     "Send the image as multipart field `file`, or as the raw body with an `image/*` type.",
 )
 async def predict(
-    request: Request, _: Authenticated, options: Ranking, settings: SettingsDep, service: InferenceDep
+    request: Request,
+    _: Authenticated,
+    query: RankQueryDep,
+    settings: SettingsDep,
+    upstream: UpstreamDep,
+    service: InferenceDep,
 ) -> schemas.Prediction:
-    asked = await service.classify(await uploads.single_image(request, settings), options.upstream_top_k)
+    image = await uploads.single_image(request, settings)
+    options = await rank_options(query, upstream)
+    asked = await service.classify(image, options.upstream_top_k)
     predictions, decision = ranked(asked.answer, options)
     return schemas.Prediction(
         request_id=service.request_id,
@@ -43,8 +50,16 @@ async def predict(
 
 @schemas.batch_route(router, "/v1/predict/batch", schemas.BatchPrediction, "Classify several images")
 async def predict_batch(
-    request: Request, caller: Authenticated, options: Ranking, settings: SettingsDep, service: InferenceDep
+    request: Request,
+    caller: Authenticated,
+    query: RankQueryDep,
+    settings: SettingsDep,
+    upstream: UpstreamDep,
+    service: InferenceDep,
 ) -> schemas.BatchPrediction:
+    files = await uploads.batch_uploads(request, settings)
+    options = await rank_options(query, upstream)
+
     async def work(filename: str | None, image: CheckedImage) -> tuple[schemas.ModelBlock, schemas.BatchResult]:
         asked = await service.classify(image, options.upstream_top_k)
         predictions, decision = ranked(asked.answer, options)
@@ -52,7 +67,6 @@ async def predict_batch(
             filename=filename, predictions=predictions, decision=decision
         )
 
-    files = await uploads.batch_uploads(request, settings)
     done = await service.batch(files, caller, work, schemas.BatchResult)
     return schemas.BatchPrediction(request_id=service.request_id, model=done.model, results=done.results)
 

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse
 
 from contract.wire import EMBEDDING_SIZE, ItemAnswer, ModelDescription, ServedModel
 from gateway import readiness
-from gateway.deps import Authenticated, Described, DrainDep, InferenceDep, SettingsDep, UpstreamDep
+from gateway.deps import Authenticated, DrainDep, InferenceDep, SettingsDep, UpstreamDep
 from gateway.digits import ascii_int
 from gateway.problems import Problem
 from gateway.settings import Settings
@@ -265,7 +265,7 @@ async def infer(
     model_name: str,
     caller: Authenticated,
     settings: SettingsDep,
-    described: Described,
+    upstream: UpstreamDep,
     inference: InferenceDep,
 ) -> Response:
     expect_model(settings, model_name)
@@ -281,7 +281,7 @@ async def infer(
     caller.charge_images(len(images))
     outputs = requested_outputs(request_json)
     wanted = {o["name"] for o in outputs}
-    classes = described["labels"]
+    classes = (await upstream.model_info())["labels"]  # after the body: what its head decides needs no model
     top_k = max([(classification_k(o, classes) or classes) for o in outputs if o["name"] == OUTPUT_NAME], default=1)
     checked = tensor_images(images, settings)
     results = await inference.classify_all(checked, top_k, embedding=EMBEDDING_NAME in wanted)
