@@ -17,6 +17,7 @@ from contract.torchserve_tokens import KEY_FILE
 from handlers.engine_choice import AUTO, POLICIES, POLICY_ENV
 from handlers.engines import ENGINES
 from modelserver.gateway_process import GatewayProcess, ServerProcessError, gateway_env
+from modelserver.holdout import DEFAULT_HOLDOUT
 from modelserver.paths import DEFAULT_MAR, REPO_ROOT
 from modelserver.ports import Ports, port_in_use
 from modelserver.process_groups import stop_on_sigterm
@@ -87,6 +88,44 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     size, classes = out.stat().st_size / 2**20, f"{len(weights.labels)} classes from {weights.labels_source}"
     print(f"built {out} ({size:.1f} MiB, weights {weights.name}, {classes}, engine {args.engine})")
+    return 0
+
+
+def cmd_train_head(args: argparse.Namespace) -> int:
+    from modelserver.archive import ArchiveError
+    from modelserver.calibration import CalibrationError
+    from modelserver.holdout import Holdout, HoldoutError
+    from modelserver.onnx_export import VerificationError
+    from modelserver.quantize import GateError
+    from modelserver.train_head import Options, TrainHeadError, report_paths, train
+    from modelserver.weights import WeightsError
+
+    try:
+        holdout = Holdout.parse(args.holdout)
+        options = Options(
+            args.folder,
+            args.base,
+            args.output,
+            args.seed,
+            holdout,
+            args.augment,
+            args.gate_images,
+            args.force,
+            progress=not args.no_progress,
+        )
+        result = train(options)
+    except (TrainHeadError, HoldoutError, WeightsError, ArchiveError, CalibrationError) as exc:
+        return _fail(str(exc))
+    except VerificationError as exc:
+        return _fail(f"refusing to package: {exc}")
+    except GateError as exc:  # a head of few classes on generic photos: most of them lie near its boundaries
+        return _fail(
+            f"refusing to package: {exc}; with train-head: --gate-images own, or a base built with --engine onnx (fp32)"
+        )
+    print(result.text)
+    files = ", ".join(str(path) for path in report_paths(result.output).values())
+    timings = result.report["timings"]
+    print(f"built {result.output} in {timings['total_s']:.0f} s; report: {files}")
     return 0
 
 
@@ -273,6 +312,47 @@ def parser() -> argparse.ArgumentParser:
         "--offline-fallback", action="store_true", help="use random weights when the download fails (make run)"
     )
     build.set_defaults(func=cmd_build)
+
+    head = sub.add_parser(
+        "train-head",
+        help="fit a new final layer on DIR/<label>/<image> and build the archive that serves those labels",
+        description="Keep the base archive's backbone, fit a new final layer (logistic regression, regularisation "
+        "by cross-validation) on the pooled features of DIR's photos, report on a held-apart part of each class, and "
+        "build an archive with the base's serving settings and DIR's class folders as labels (docs/model.md, "
+        "'Your own categories').",
+    )
+    head.add_argument("folder", type=Path, help="DIR/<label>/<image>: one folder per class, named by its label")
+    head.add_argument("--base", type=Path, default=DEFAULT_MAR, help="the archive whose backbone and settings are used")
+    head.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_MAR,
+        help="the archive to write (default: the one `make run` serves); the report's files go next to it",
+    )
+    head.add_argument("--force", action="store_true", help="replace --output when it exists (refused otherwise)")
+    head.add_argument("--seed", type=int, default=0, help="the held-apart draw and the cross-validation folds")
+    head.add_argument(
+        "--holdout",
+        default=DEFAULT_HOLDOUT,
+        metavar="F|N",
+        help="held apart for the report, per class: a fraction (default 0.2, at least one photo) or a count",
+    )
+    head.add_argument(
+        "--augment",
+        action="store_true",
+        help="also fit on each training photo mirrored and cropped (4x the feature time; see docs/model.md for when "
+        "it helped)",
+    )
+    head.add_argument(
+        "--gate-images",
+        choices=["bundled", "own"],
+        default="bundled",
+        help="the images an INT8/bf16/auto archive checks its engine on (INT8's calibration and build gate, and the "
+        "gate at every worker start): the bundled generic set (default), or your photos (the held-apart ones for "
+        "the worker-start gate), which then travel inside the archive and every image built from it",
+    )
+    head.add_argument("--no-progress", action="store_true", help="no progress bar")
+    head.set_defaults(func=cmd_train_head)
 
     evaluate = sub.add_parser(
         "evaluate", help="top-1/top-5 accuracy on a labelled folder (ImageFolder layout) or list of images"

@@ -134,6 +134,20 @@ class ServingConfig:
             jpeg_draft=plain.jpeg_draft if jpeg_draft is None else jpeg_draft,
         )
 
+    @classmethod
+    def from_yaml(cls, config: dict[str, Any]) -> ServingConfig:
+        """The settings an archive's model-config.yaml holds (as_yaml's inverse; absent keys take the defaults)."""
+        handler, plain = config.get("handler") or {}, cls()
+        fields = {name: handler[name] for name in HANDLER_DEFAULTS if name in handler and hasattr(plain, name)}
+        return cls(
+            **fields,
+            workers=config.get("minWorkers", plain.workers),
+            batch_size=config.get("batchSize", plain.batch_size),
+            max_batch_delay_ms=config.get("maxBatchDelay", plain.max_batch_delay_ms),
+            response_timeout_s=config.get("responseTimeout", plain.response_timeout_s),
+            startup_timeout_s=config.get("startupTimeout", plain.startup_timeout_s),
+        )
+
     def as_yaml(self) -> dict[str, Any]:
         if self.engine not in (*ENGINES, AUTO):
             raise ValueError(f"unknown engine {self.engine!r}")
@@ -163,10 +177,13 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class Int8Options:
-    """For `--engine onnx-int8`: the calibration images (None: the default set) and the gate's thresholds."""
+    """For `--engine onnx-int8`: the calibration images (None: the default set) and the gate's thresholds; for
+    every engine but fp32 `onnx`, the worker-start gate's images: `gate` (image files, e.g. `train-head
+    --gate-images own`'s held-apart photos), else the calibration folder's held-apart ones or the default set's."""
 
     calibration: Path | None = None
     thresholds: Thresholds = Thresholds()
+    gate: tuple[Path, ...] | None = None
 
 
 def metadata(
@@ -213,7 +230,9 @@ def stage(weights: Weights, config: ServingConfig, root: Path, int8: Int8Options
         sets = image_sets(int8.calibration)
         gate = quantize_and_gate(payload / ONNX_FILE, payload / INT8_ONNX_FILE, sets, int8.thresholds)
     if config.engine != FALLBACK:
-        reference_outputs(payload, gate_images(int8.calibration), config.max_pixels).save(payload / GATE_FILE)
+        reference_outputs(payload, gate_images(int8.calibration, int8.gate), config.max_pixels).save(
+            payload / GATE_FILE
+        )
     labels = {str(i): name for i, name in enumerate(weights.labels)}
     (payload / LABELS_FILE).write_text(json.dumps(labels, indent=0))
     meta = metadata(weights, config, sha256_file(payload / STATE_DICT_FILE), onnx_diff, gate)

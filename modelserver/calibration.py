@@ -168,8 +168,11 @@ def image_sets(folder: Path | None) -> ImageSets:
     return default_sets() if folder is None else folder_sets(folder)
 
 
-def gate_images(folder: Path | None) -> list[bytes]:
-    """The worker-start gate's images, encoded: held apart from calibration, at most GATE_IMAGES."""
+def gate_images(folder: Path | None, files: tuple[Path, ...] | None = None) -> list[bytes]:
+    """The worker-start gate's images, encoded, at most GATE_IMAGES: `files` when given, else those held apart
+    from calibration."""
+    if files is not None:
+        return [jpeg(load(path)) for path in spread(list(files), GATE_IMAGES)]
     if folder is not None:
         return [jpeg(load(path)) for path in spread(held_apart(folder)[1], GATE_IMAGES)]
     data = skimage_data_dir()
