@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import zipfile
 from collections.abc import Iterator
@@ -214,12 +215,17 @@ def test_evaluate_refuses_imagenet_names_for_an_archive_of_its_own(own_classes_s
 
 def test_int8_of_a_small_model_is_gated_on_its_top_k(own_classes_store: Path, tmp_path: Path) -> None:
     """INT8's build gate on a model of 4 classes compares the top min(5, N - 1) = 3, and says so: its top-5 would
-    always be all 4 classes."""
+    always be all 4 classes. Whether INT8 passes is the CPU's kernels' to decide (a head of few classes on generic
+    photos lies near its boundaries): a refusal must name the same measure."""
     weights, labels = own_sources(own_classes_store)
     build = [PYTHON, "-m", "modelserver", "build", "--weights", str(weights), "--labels", str(labels)]
     build += ["--engine", "onnx-int8", "--output", str(tmp_path / "x.mar")]
     done = subprocess.run(build, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
+    assert re.search(rf"top-{N - 1} overlap \d\.\d{{3}}", done.stdout), done.stdout + done.stderr
+    if done.returncode != 0:
+        assert "INT8 accuracy gate failed" in done.stderr, done.stderr
+        assert not (tmp_path / "x.mar").exists()
+        return
     gate = archive_info(tmp_path / "x.mar")[0]["int8_gate"]
     assert gate["top_k"] == N - 1
     assert f"top-{N - 1} overlap {gate['top5_overlap']:.3f}" in done.stdout
