@@ -20,34 +20,28 @@ report to stdout or `--output`. An image that cannot be classified counts as a m
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-from tqdm import tqdm
 
 from contract.formats import IMAGE_SUFFIXES
 from contract.labels import normalise
-from handlers.cpu_features import this_cpu_flags
 from handlers.engine_choice import POLICIES
 from handlers.engine_start import Started
-from handlers.engine_start import start as start_engine
 from handlers.gate import overlap_k
-from handlers.imaging import ImageError, decode, preprocess
+from modelserver.features import PLAIN, engine_for, prepared_batches
 from modelserver.mar import UnreadableArchive, archive_info, archive_labels, unpack
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
 WNID = re.compile(r"^n\d{8}$")
-BATCH = 8
 
 
 class EvaluationError(Exception):
@@ -172,28 +166,14 @@ def in_process(
     """The archive's engine, as a worker on this CPU would choose it (appended to `served`), with the handler's
     decoding and preprocessing."""
     with tempfile.TemporaryDirectory(prefix="evaluate-") as tmp:
-        model_dir = unpack(mar, Path(tmp))
-        chosen = start_engine(model_dir, settings, untrained, os.cpu_count() or 1, os.environ, this_cpu_flags())
+        chosen = engine_for(unpack(mar, Path(tmp)), settings, untrained)
         served.append(chosen)
-        engine = chosen.engine
-
-        def prepared(item: Labelled) -> np.ndarray | str:
-            try:
-                data = item.path.read_bytes()
-                return preprocess(decode(data, int(settings["max_pixels"]), int(settings["jpeg_draft"])))
-            except ImageError as err:
-                return f"{err.code}: {err.detail}"
-
-        with (
-            ThreadPoolExecutor(max(1, int(settings["decode_threads"]))) as pool,
-            tqdm(total=len(images), unit="img", disable=not progress) as bar,
-        ):
-            for start in range(0, len(images), BATCH):
-                batch = list(pool.map(prepared, images[start : start + BATCH]))
-                good = [t for t in batch if isinstance(t, np.ndarray)]
-                tops = iter(np.argsort(-engine.run(np.stack(good)), axis=1)[:, :top_k].tolist() if good else [])
-                yield from (next(tops) if isinstance(t, np.ndarray) else t for t in batch)
-                bar.update(len(batch))
+        for batch in prepared_batches([i.path for i in images], settings, PLAIN, progress):
+            good = [t for t in batch if isinstance(t, np.ndarray)]
+            tops = iter(
+                np.argsort(-chosen.engine.run(np.concatenate(good)), axis=1)[:, :top_k].tolist() if good else []
+            )
+            yield from (next(tops) if isinstance(t, np.ndarray) else t for t in batch)
 
 
 def via_gateway(url: str, api_key: str, images: list[Labelled], progress: bool, top_k: int) -> Iterator[Outcome]:

@@ -10,7 +10,7 @@ augmentation `train-head --augment` measured.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,13 +63,19 @@ def engine_for(model_dir: Path, settings: Mapping[str, Any], untrained: bool) ->
     return start_engine(model_dir, settings, untrained, os.cpu_count() or 1, os.environ, this_cpu_flags())
 
 
-def pooled(
-    engine: Started, settings: Mapping[str, Any], paths: list[Path], views: tuple[View, ...], progress: bool
-) -> Features:
-    """Every photo's pooled vectors, one per view; a photo that cannot be decoded is listed, not fatal here."""
+# One photo's input tensors (views, 3, 224, 224), or why it cannot be read.
+Prepared = np.ndarray | str
+
+
+def prepared_batches(
+    paths: list[Path], settings: Mapping[str, Any], views: tuple[View, ...], progress: bool, desc: str | None = None
+) -> Iterator[list[Prepared]]:
+    """The photos in batches of BATCH, each decoded and preprocessed as the handler does (the archive's
+    max_pixels and jpeg_draft), several at once, with a progress bar on stderr. A photo that cannot be decoded
+    is its reason, not fatal here."""
     max_pixels, jpeg_draft = int(settings["max_pixels"]), int(settings["jpeg_draft"])
 
-    def prepared(path: Path) -> np.ndarray | str:
+    def prepared(path: Path) -> Prepared:
         try:
             img = decode(path.read_bytes(), max_pixels, jpeg_draft)
         except ImageError as err:
@@ -78,24 +84,32 @@ def pooled(
             return f"unreadable: {err.strerror or err}"
         return np.stack([preprocess(view(img)) for view in views])
 
+    with (
+        ThreadPoolExecutor(max(1, int(settings["decode_threads"]))) as pool,
+        tqdm(total=len(paths), unit="img", desc=desc, disable=not progress) as bar,
+    ):
+        for start in range(0, len(paths), BATCH):
+            yield list(pool.map(prepared, paths[start : start + BATCH]))
+            bar.update(min(BATCH, len(paths) - start))
+
+
+def pooled(
+    engine: Started, settings: Mapping[str, Any], paths: list[Path], views: tuple[View, ...], progress: bool
+) -> Features:
+    """Every photo's pooled vectors, one per view; a photo that cannot be decoded is listed, not fatal here."""
     good: list[Path] = []
     vectors: list[np.ndarray] = []
     unreadable: dict[Path, str] = {}
-    with (
-        ThreadPoolExecutor(max(1, int(settings["decode_threads"]))) as pool,
-        tqdm(total=len(paths), unit="img", desc="features", disable=not progress) as bar,
-    ):
-        for start in range(0, len(paths), BATCH):
-            chunk = paths[start : start + BATCH]
-            batch = list(pool.map(prepared, chunk))
-            for path, item in zip(chunk, batch, strict=True):
-                if isinstance(item, str):
-                    unreadable[path] = item
-            arrays = [item for item in batch if isinstance(item, np.ndarray)]
-            if arrays:
-                out = engine.engine.run_outputs(np.concatenate(arrays), ["pooled"])[0]
-                vectors.extend(out.reshape(len(arrays), len(views), -1))
-                good.extend(p for p, item in zip(chunk, batch, strict=True) if isinstance(item, np.ndarray))
-            bar.update(len(chunk))
+    batches = prepared_batches(paths, settings, views, progress, "features")
+    for start, batch in zip(range(0, len(paths), BATCH), batches, strict=True):
+        chunk = paths[start : start + BATCH]
+        for path, item in zip(chunk, batch, strict=True):
+            if isinstance(item, str):
+                unreadable[path] = item
+        arrays = [item for item in batch if isinstance(item, np.ndarray)]
+        if arrays:
+            out = engine.engine.run_outputs(np.concatenate(arrays), ["pooled"])[0]
+            vectors.extend(out.reshape(len(arrays), len(views), -1))
+            good.extend(p for p, item in zip(chunk, batch, strict=True) if isinstance(item, np.ndarray))
     empty = np.zeros((0, len(views), 0), np.float32)
     return Features(good, np.stack(vectors) if vectors else empty, unreadable, engine)
