@@ -25,9 +25,9 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps
 
-from contract.formats import IMAGE_SUFFIXES
 from handlers.gate import GATE_IMAGES
 from handlers.imaging import ImageError, decode, preprocess
+from modelserver.image_folder import images_in
 
 GATE_EVERY = 4
 MAX_IMAGES = 256
@@ -143,7 +143,7 @@ def held_apart(folder: Path) -> tuple[list[Path], list[Path]]:
     """(calibration, gate) files of a folder: every GATE_EVERY-th is held apart."""
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = images_in(folder)
     if len(paths) < MIN_IMAGES:
         raise CalibrationError(
             f"{folder} holds {len(paths)} image(s); calibration needs at least {MIN_IMAGES} "

@@ -32,12 +32,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from contract.formats import IMAGE_SUFFIXES
 from contract.labels import normalise
 from handlers.engine_choice import POLICIES
 from handlers.engine_start import Started
 from handlers.gate import overlap_k
 from modelserver.features import PLAIN, engine_for, prepared_batches
+from modelserver.image_folder import class_folders, images_in
 from modelserver.mar import UnreadableArchive, archive_info, archive_labels, unpack
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.tsv")
@@ -96,17 +96,12 @@ def class_index(labels: Sequence[str] | None = None) -> ClassIndex:
     return ClassIndex([(label, label) for label in labels], by_label, imagenet=False)
 
 
-def images_in(folder: Path) -> Iterator[Path]:
-    yield from (p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def labelled_images(folder: Path, index: ClassIndex | None = None) -> list[Labelled]:
     """The images of an ImageFolder, each with the class id its folder names (ImageNet's classes by default)."""
     index = index or class_index()
     if not folder.is_dir():
         raise EvaluationError(f"{folder} is not a folder")
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    found = {d: index.of(d.name) for d in class_dirs}
+    found = {d: index.of(d.name) for d in class_folders(folder)}
     unknown = [d.name for d, class_id in found.items() if class_id is None]
     if unknown:
         raise EvaluationError(f"{len(unknown)} class folder(s) name no {index.described()}: {', '.join(unknown[:5])}")

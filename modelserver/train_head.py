@@ -2,7 +2,7 @@
 labelled photos (DIR/<label>/<image>), and the archive that serves it.
 
 1. The folder: one class per sub-folder, its name the label (contract/labels.py's rules; refused with one line
-   when one is broken), its image files (IMAGE_SUFFIXES, recursively) the class's photos; every class needs
+   when one is broken), its image files (modelserver/image_folder.py) the class's photos; every class needs
    Holdout.min_images() of them (modelserver/holdout.py says why).
 2. Features: every photo's pooled 2048-d vector from the base archive's backbone, through the handler's decode
    and preprocessing (modelserver/features.py), on the engine a worker on this CPU would serve for the base
@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from contract.formats import IMAGE_SUFFIXES
 from contract.labels import LabelError, check
 from handlers.engine_choice import AUTO
 from handlers.engines import STATE_DICT_FILE
@@ -36,6 +35,7 @@ from modelserver import head_report
 from modelserver.features import AUGMENTED, PLAIN, engine_for, pooled
 from modelserver.head_fit import Head, fit, logits
 from modelserver.holdout import CV_FOLDS, DEFAULT_HOLDOUT, Holdout, HoldoutError, Photo, check_counts, split
+from modelserver.image_folder import class_folders, images_in
 from modelserver.mar import UnreadableArchive, archive_info, unpack
 
 if TYPE_CHECKING:  # torch and the archive builder are imported when the head is fitted
@@ -87,17 +87,12 @@ def read_folder(folder: Path, holdout: Holdout) -> tuple[tuple[str, ...], list[P
     """The folder's labels (its sub-folders' names, sorted, checked) and photos; refusals as TrainHeadError."""
     if not folder.is_dir():
         raise TrainHeadError(f"{folder} is not a folder (train-head reads DIR/<label>/<image>)")
-    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = class_folders(folder)
     try:
         labels = check([d.name for d in classes])
     except LabelError as exc:
         raise TrainHeadError(f"{folder}'s class folders cannot be labels: {exc}") from None
-    photos = [
-        Photo(path, label)
-        for d, label in zip(classes, labels, strict=True)
-        for path in sorted(d.rglob("*"))
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    photos = [Photo(path, label) for d, label in zip(classes, labels, strict=True) for path in images_in(d)]
     try:
         check_counts(photos, holdout)
     except HoldoutError as exc:
